@@ -1,0 +1,3 @@
+from lineage_lens.cli import main
+
+main()

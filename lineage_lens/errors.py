@@ -1,0 +1,45 @@
+"""One exception hierarchy for lineage-lens.
+
+Every error raised on purpose by the library is a :class:`LineageLensError`. Messages say what was
+wrong and how to fix it: data errors name the file and line, shape errors name both shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LineageLensError(Exception):
+    """Base class of every error lineage-lens raises on purpose."""
+
+
+class ConfigError(LineageLensError, ValueError):
+    """A parameter or option has an invalid value (unknown name, non-finite number, ...)."""
+
+
+class DataError(LineageLensError, ValueError):
+    """Input data is malformed. Carries the file and (1-based) line when they are known."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None):
+        self.path = None if path is None else str(path)
+        self.line = line
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
+        super().__init__(where + message)
+
+
+class ShapeMismatchError(LineageLensError, ValueError):
+    """Two objects that must share a shape (scores and a model, two models, ...) do not."""
+
+    def __init__(self, what: str, expected: object, got: object, hint: str = ""):
+        self.expected = expected
+        self.got = got
+        msg = f"{what}: expected shape {expected}, got {got}."
+        if hint:
+            msg += " " + hint
+        super().__init__(msg)
+
+
+class ModelLoadError(LineageLensError, OSError):
+    """A model could not be found or loaded; the message says what to install or where to look."""

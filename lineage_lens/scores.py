@@ -1,0 +1,291 @@
+"""Truth Scores: per-head probe metrics as ``[n_layers, n_heads]`` arrays, with their provenance.
+
+:class:`TruthScores` is what :func:`lineage_lens.probing.fit_truth_scores` returns, what gates are
+built from and what lineage comparisons read. It also imports the paper's published files: the
+``[L, H]`` accuracy ``.npy`` arrays and the ``cv5_head_metrics.csv`` layout
+(``layer, head, accuracy, precision, recall, f1``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+
+from lineage_lens._io import atomic_open, atomic_path
+from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+#: Metrics a probe reports per head; ``accuracy`` is the Truth Score.
+METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auroc")
+#: Columns of the paper's ``cv5_head_metrics.csv`` files.
+CSV_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1")
+
+_META_KEYS = ("model", "dataset", "n", "folds", "solver", "seed")
+
+
+@dataclass
+class TruthScores:
+    """Per-head probe metrics of one model on one dataset.
+
+    Attributes:
+        metrics: metric name -> ``[n_layers, n_heads]`` float array; ``"accuracy"`` is the score.
+        model, dataset: what was probed.
+        n: number of probing examples; folds: cross-validation folds; solver, seed: how.
+        meta: any further provenance (JSON-serialisable).
+    """
+
+    metrics: dict[str, Float[np.ndarray, "layer head"]]
+    model: str = ""
+    dataset: str = ""
+    n: int | None = None
+    folds: int | None = None
+    solver: str = ""
+    seed: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ConfigError("TruthScores needs at least one metric array (e.g. 'accuracy').")
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in self.metrics.items()}
+        shapes = {k: a.shape for k, a in arrays.items()}
+        first = next(iter(arrays.values())).shape
+        if len(first) != 2:
+            raise ShapeMismatchError("Truth Score array", "(n_layers, n_heads)", first)
+        for name, shape in shapes.items():
+            if shape != first:
+                raise ShapeMismatchError(f"metric {name!r}", first, shape)
+        self.metrics = arrays
+
+    # ------------------------------------------------------------------ access
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_layers, n_heads)``."""
+        return next(iter(self.metrics.values())).shape  # type: ignore[return-value]
+
+    @property
+    def n_layers(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.shape[1]
+
+    @property
+    def accuracy(self) -> Float[np.ndarray, "layer head"]:
+        """The Truth Score: k-fold cross-validated probe accuracy per head."""
+        return self.get("accuracy")
+
+    def get(self, metric: str = "accuracy") -> Float[np.ndarray, "layer head"]:
+        """The ``[n_layers, n_heads]`` array of ``metric``."""
+        if metric not in self.metrics:
+            raise ConfigError(
+                f"metric {metric!r} is not in these scores; available: {sorted(self.metrics)}"
+            )
+        return self.metrics[metric]
+
+    def top_k(self, k: int = 10, metric: str = "accuracy") -> list[tuple[int, int]]:
+        """The ``k`` best heads as ``(layer, head)``, best first (ties: lower layer, head first)."""
+        values = self.get(metric).ravel()
+        if not 0 < k <= values.size:
+            raise ConfigError(f"k must be in 1..{values.size}, got {k}")
+        order = np.lexsort((np.arange(values.size), -values))[:k]
+        return [divmod(int(i), self.n_heads) for i in order]  # type: ignore[misc]
+
+    def check_shape(self, shape: tuple[int, int], what: str = "model") -> None:
+        """Raise :class:`ShapeMismatchError` unless these scores are ``shape`` = (layers, heads)."""
+        if tuple(shape) != self.shape:
+            raise ShapeMismatchError(
+                f"Truth Scores of {self.model or 'a model'} vs {what}",
+                tuple(shape),
+                self.shape,
+                "Scores transfer only between models with the same (n_layers, n_heads).",
+            )
+
+    def with_metric(self, metric: str) -> TruthScores:
+        """A copy whose ``accuracy`` is another metric (e.g. to gate by AUROC)."""
+        return TruthScores(
+            {"accuracy": self.get(metric).copy()},
+            self.model,
+            self.dataset,
+            self.n,
+            self.folds,
+            self.solver,
+            self.seed,
+            {**self.meta, "metric": metric},
+        )
+
+    # ----------------------------------------------------------------- frames
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: ``layer, head`` and every metric, plus the accuracy ``rank`` (1=best)."""
+        layers, heads = np.divmod(np.arange(self.n_layers * self.n_heads), self.n_heads)
+        frame = pd.DataFrame({"layer": layers, "head": heads})
+        for name, arr in self.metrics.items():
+            frame[name] = arr.ravel()
+        key = "accuracy" if "accuracy" in self.metrics else next(iter(self.metrics))
+        frame["rank"] = frame[key].rank(ascending=False, method="min").astype(int)
+        return frame
+
+    def summary(self, k: int = 5) -> str:
+        """A few lines: provenance and the top ``k`` heads."""
+        acc = (
+            self.get("accuracy")
+            if "accuracy" in self.metrics
+            else next(iter(self.metrics.values()))
+        )
+        lines = [
+            f"TruthScores {self.model or '?'} on {self.dataset or '?'}: {self.n_layers} layers x "
+            f"{self.n_heads} heads, n={self.n}, folds={self.folds}, solver={self.solver or '?'}",
+            f"  mean {acc.mean():.3f}, max {acc.max():.3f}",
+        ]
+        for rank, (layer, head) in enumerate(self.top_k(min(k, acc.size)), 1):
+            extra = "  ".join(
+                f"{m}={self.metrics[m][layer, head]:.3f}" for m in self.metrics if m != "accuracy"
+            )
+            lines.append(f"  #{rank} L{layer}H{head}: accuracy={acc[layer, head]:.3f}  {extra}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"TruthScores(model={self.model!r}, dataset={self.dataset!r}, shape={self.shape}, "
+            f"n={self.n}, metrics={sorted(self.metrics)})"
+        )
+
+    def _repr_html_(self) -> str:
+        top = self.to_frame().sort_values("rank").head(10)
+        return f"<p><b>{self.__repr__()}</b></p>" + top.to_html(index=False, float_format="%.3f")
+
+    # -------------------------------------------------------------------- I/O
+    def _meta_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _META_KEYS} | {"meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        """Write a ``.npz`` (one array per metric + JSON provenance), atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise ConfigError(f"TruthScores.save writes .npz files, got {path.name!r}")
+        arrays = {f"metric_{k}": v for k, v in self.metrics.items()}
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays, meta=np.array(json.dumps(self._meta_dict())))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TruthScores:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                metrics = {k[7:]: data[k] for k in data.files if k.startswith("metric_")}
+                meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"not a lineage-lens scores file ({exc})", path=path) from exc
+        if not metrics:
+            raise DataError("no metric arrays (metric_*) in file", path=path)
+        extra = meta.pop("meta", {})
+        return cls(metrics, **{k: meta.get(k) for k in _META_KEYS if k in meta}, meta=extra)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the paper's ``cv5_head_metrics.csv`` layout (plus ``auroc`` when present)."""
+        frame = self.to_frame().drop(columns="rank")
+        with atomic_open(path, "w", newline="") as fh:
+            frame.to_csv(fh, index=False, float_format="%.17g")
+        return Path(path)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, *, model: str = "", dataset: str = "") -> TruthScores:
+        """Read a ``cv5_head_metrics.csv`` (``layer, head, accuracy, ...``) file."""
+        path = Path(path)
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError) as exc:
+            raise DataError(f"cannot read CSV ({exc})", path=path) from exc
+        missing = {"layer", "head", "accuracy"} - set(frame.columns)
+        if missing:
+            raise DataError(
+                f"missing column(s) {sorted(missing)}; expected layer, head, accuracy, ...",
+                path=path,
+                line=1,
+            )
+        n_layers, n_heads = int(frame["layer"].max()) + 1, int(frame["head"].max()) + 1
+        if len(frame) != n_layers * n_heads or frame.duplicated(["layer", "head"]).any():
+            raise DataError(
+                f"expected one row per (layer, head) for {n_layers}x{n_heads} heads, "
+                f"got {len(frame)} rows",
+                path=path,
+            )
+        frame = frame.sort_values(["layer", "head"])
+        metrics = {
+            m: frame[m].to_numpy(dtype=np.float64).reshape(n_layers, n_heads)
+            for m in frame.columns
+            if m not in ("layer", "head") and pd.api.types.is_numeric_dtype(frame[m])
+        }
+        return cls(metrics, model=model or path.stem, dataset=dataset, meta={"source": str(path)})
+
+    @classmethod
+    def from_npy(cls, path: str | Path, *, model: str = "", dataset: str = "") -> TruthScores:
+        """Read one of the paper's published ``[n_layers, n_heads]`` accuracy arrays."""
+        path = Path(path)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read .npy ({exc})", path=path) from exc
+        if arr.ndim != 2:
+            raise DataError(
+                f"expected a [n_layers, n_heads] array, got shape {arr.shape}", path=path
+            )
+        return cls(
+            {"accuracy": arr}, model=model or path.stem, dataset=dataset, meta={"source": str(path)}
+        )
+
+    # ------------------------------------------------------------------- plot
+    def heatmap(
+        self,
+        metric: str = "accuracy",
+        *,
+        ax: Axes | None = None,
+        cmap: str = "viridis",
+        title: str | None = None,
+        vmin: float | None = None,
+        vmax: float | None = None,
+    ) -> Axes:
+        """Layer x head heatmap of ``metric`` (layers on the y axis, layer 0 at the top)."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(
+                figsize=(max(3.0, 0.25 * self.n_heads + 2), max(3.0, 0.2 * self.n_layers + 1))
+            )
+        image = ax.imshow(self.get(metric), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(title if title is not None else f"{self.model or 'model'}: {metric}")
+        ax.figure.colorbar(image, ax=ax, label=metric)
+        return ax
+
+
+def load_scores(path: str | Path, *, model: str = "", dataset: str = "") -> TruthScores:
+    """Load scores from our ``.npz``, the paper's ``[L, H]`` ``.npy`` or a ``cv5_head_metrics.csv``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("scores file not found", path=path)
+    if path.suffix == ".npz":
+        return TruthScores.load(path)
+    if path.suffix == ".npy":
+        return TruthScores.from_npy(path, model=model, dataset=dataset)
+    if path.suffix == ".csv":
+        return TruthScores.from_csv(path, model=model, dataset=dataset)
+    raise DataError("unknown scores format; use .npz (ours), .npy or .csv (the paper's)", path=path)
+
+
+def published_scores_dir() -> Path:
+    """Folder of the paper's vendored Truth Score files (``*.npy`` and ``cross_dataset/*.csv``)."""
+    from lineage_lens._resources import resource_path
+
+    return resource_path("truth_scores")
