@@ -1,0 +1,427 @@
+"""Probing data: HaluEval QA and TruthProbe-style JSON lines, prompt templates, and splits.
+
+Label convention (used everywhere in lineage-lens): ``label == 1`` means the answer is
+**truthful** (the gold answer, supported by the context); ``label == 0`` means it is
+**hallucinated**. Probes therefore predict "truthful".
+
+A *source row* is one (context, question) item of a dataset. HaluEval QA gives two probing examples
+per source row (its right answer and its hallucinated answer) that share a ``source_id``; splits are
+made by source row so that no row leaks between the probing set and the evaluation set.
+
+Typical use::
+
+    rows = load_halueval_qa()
+    probe_rows, eval_rows = split_probe_eval(rows, n_probe=292, seed=0)
+    examples = halueval_probe_examples(probe_rows)  # 584 examples, balanced
+    check_two_classes(examples)
+    text, spans = DEFAULT_TEMPLATE.render(examples[0])
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from lineage_lens._resources import resource_path
+from lineage_lens.errors import ConfigError, DataError
+
+#: Integer label of a truthful (gold) answer.
+TRUTHFUL = 1
+#: Integer label of a hallucinated answer.
+HALLUCINATED = 0
+
+#: Accepted spellings of labels in JSON-lines files -> integer label.
+LABELS: dict[Any, int] = {
+    "gold": TRUTHFUL,
+    "truthful": TRUTHFUL,
+    "true": TRUTHFUL,
+    "hallucinated": HALLUCINATED,
+    "hallucination": HALLUCINATED,
+    "false": HALLUCINATED,
+    1: TRUTHFUL,
+    0: HALLUCINATED,
+}
+
+HALUEVAL_FIELDS = ("knowledge", "question", "right_answer", "hallucinated_answer")
+TRUTHPROBE_FIELDS = ("context", "question", "answer", "label")
+
+
+@dataclass(frozen=True)
+class ProbeExample:
+    """One probing example: a context, a question and a candidate answer with its label.
+
+    Attributes:
+        context: the evidence passage (HaluEval ``knowledge``).
+        question: the question.
+        answer: the candidate answer whose last token is probed.
+        label: ``1`` = truthful (gold), ``0`` = hallucinated.
+        source_id: id of the source row; the truthful and hallucinated answers of one HaluEval
+            row share it.
+    """
+
+    context: str
+    question: str
+    answer: str
+    label: int
+    source_id: str
+
+    @property
+    def is_truthful(self) -> bool:
+        return self.label == TRUTHFUL
+
+
+@dataclass(frozen=True)
+class HaluEvalRow:
+    """One row of HaluEval QA: knowledge, question, right answer and hallucinated answer.
+
+    ``row_id`` is the 0-based line index in the source file, as a string.
+    """
+
+    row_id: str
+    knowledge: str
+    question: str
+    right_answer: str
+    hallucinated_answer: str
+
+    @property
+    def source_id(self) -> str:
+        return self.row_id
+
+    def probe_examples(self) -> tuple[ProbeExample, ProbeExample]:
+        """The truthful and the hallucinated :class:`ProbeExample` of this row (same source_id)."""
+        return (
+            ProbeExample(self.knowledge, self.question, self.right_answer, TRUTHFUL, self.row_id),
+            ProbeExample(
+                self.knowledge, self.question, self.hallucinated_answer, HALLUCINATED, self.row_id
+            ),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading JSON lines
+# --------------------------------------------------------------------------------------------
+
+
+def _read_json_lines(path: Path, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """``(1-based line number, object)`` for each non-blank line; DataError on bad JSON."""
+    if not path.is_file():
+        raise DataError("file not found; pass the path of a JSON-lines file.", path=path)
+    out: list[tuple[int, dict[str, Any]]] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"line is not valid JSON ({exc.msg} at column {exc.colno}); each line must be "
+                    "one JSON object.",
+                    path=path,
+                    line=lineno,
+                ) from exc
+            if not isinstance(obj, dict):
+                raise DataError(
+                    f"expected a JSON object per line, got {type(obj).__name__}.",
+                    path=path,
+                    line=lineno,
+                )
+            out.append((lineno, obj))
+            if limit is not None and len(out) >= limit:
+                break
+    if not out:
+        raise DataError("file holds no examples (it is empty or only blank lines).", path=path)
+    return out
+
+
+def _require_str(obj: dict[str, Any], key: str, path: Path, lineno: int, fields: Sequence[str]):
+    if key not in obj:
+        raise DataError(
+            f"missing field {key!r}; every line needs the fields {', '.join(fields)} "
+            f"(found: {', '.join(sorted(obj)) or 'none'}).",
+            path=path,
+            line=lineno,
+        )
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DataError(
+            f"field {key!r} must be a string, got {type(value).__name__}.", path=path, line=lineno
+        )
+    return value
+
+
+def load_halueval_qa(
+    path: str | Path | None = None, *, limit: int | None = None
+) -> list[HaluEvalRow]:
+    """Read HaluEval QA JSON lines (``knowledge, question, right_answer, hallucinated_answer``).
+
+    Args:
+        path: the file; defaults to the vendored 500-row ``halueval/qa_one-turn_data.json``.
+        limit: read only the first ``limit`` rows.
+
+    Returns:
+        one :class:`HaluEvalRow` per line; ``row_id`` is the 0-based index among non-blank lines.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
+    p = Path(path) if path is not None else resource_path("halueval", "qa_one-turn_data.json")
+    rows = []
+    for idx, (lineno, obj) in enumerate(_read_json_lines(p, limit)):
+        vals = [_require_str(obj, k, p, lineno, HALUEVAL_FIELDS) for k in HALUEVAL_FIELDS]
+        for key, value in zip(("right_answer", "hallucinated_answer"), vals[2:], strict=True):
+            if not value.strip():
+                raise DataError(
+                    f"field {key!r} is empty; every row needs both answers.", path=p, line=lineno
+                )
+        rows.append(HaluEvalRow(str(idx), *vals))
+    return rows
+
+
+def halueval_probe_examples(rows: Iterable[HaluEvalRow]) -> list[ProbeExample]:
+    """Two :class:`ProbeExample` per row: truthful (label 1) then hallucinated (label 0)."""
+    return [ex for row in rows for ex in row.probe_examples()]
+
+
+def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list[ProbeExample]:
+    """Read TruthProbe-style JSON lines: ``context, question, answer, label``.
+
+    ``label`` is ``"gold"`` (truthful, 1) or ``"hallucinated"`` (0); ``"truthful"`` and the
+    integers ``1``/``0`` are accepted too. An optional ``source_id`` (or ``id``) field groups
+    examples of the same source item; without one, each line is its own source (``"line-N"``).
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
+    p = Path(path)
+    examples = []
+    for lineno, obj in _read_json_lines(p, limit):
+        context, question, answer = (
+            _require_str(obj, k, p, lineno, TRUTHPROBE_FIELDS) for k in TRUTHPROBE_FIELDS[:3]
+        )
+        if "label" not in obj:
+            raise DataError(
+                f"missing field 'label'; every line needs the fields {', '.join(TRUTHPROBE_FIELDS)}.",
+                path=p,
+                line=lineno,
+            )
+        raw = obj["label"]
+        key = raw.strip().lower() if isinstance(raw, str) else raw
+        if isinstance(key, bool) or key not in LABELS:
+            raise DataError(
+                f"unknown label {raw!r}; use 'gold' (truthful) or 'hallucinated'.",
+                path=p,
+                line=lineno,
+            )
+        if not answer.strip():
+            raise DataError("field 'answer' is empty.", path=p, line=lineno)
+        sid = obj.get("source_id", obj.get("id", f"line-{lineno}"))
+        examples.append(ProbeExample(context, question, answer, LABELS[key], str(sid)))
+    return examples
+
+
+def load_probe_examples(name_or_path: str | Path = "halueval", *, limit: int | None = None):
+    """Probing examples by name or path.
+
+    ``"halueval"`` gives the vendored HaluEval QA (two examples per row, ``limit`` counting rows);
+    any other value is read as a TruthProbe JSON-lines file (``limit`` counting lines).
+    """
+    if str(name_or_path).lower() == "halueval":
+        return halueval_probe_examples(load_halueval_qa(limit=limit))
+    p = Path(name_or_path)
+    if not p.exists():
+        raise DataError(
+            "no such file, and not a known dataset name (known: 'halueval').", path=name_or_path
+        )
+    return load_truthprobe_jsonl(p, limit=limit)
+
+
+def check_two_classes(examples: Sequence[ProbeExample], what: str = "probing examples") -> None:
+    """Raise :class:`DataError` unless ``examples`` hold both labels (1 = truthful, 0 = halluc.).
+
+    Call this before any model work: a probe cannot be trained on one class.
+    """
+    if len(examples) == 0:
+        raise DataError(f"{what}: no examples; load a dataset with both truthful and hallucinated.")
+    counts = {TRUTHFUL: 0, HALLUCINATED: 0}
+    for ex in examples:
+        if ex.label not in counts:
+            raise DataError(f"{what}: label {ex.label!r} is neither 1 (truthful) nor 0.")
+        counts[ex.label] += 1
+    if min(counts.values()) == 0:
+        raise DataError(
+            f"{what}: only one class ({counts[TRUTHFUL]} truthful, {counts[HALLUCINATED]} "
+            "hallucinated); probes need both. Add examples of the missing label."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _source_of(item: Any) -> str:
+    sid = getattr(item, "source_id", None)
+    if sid is None:
+        raise ConfigError(
+            f"cannot split {type(item).__name__} items: they need a 'source_id' attribute."
+        )
+    return str(sid)
+
+
+def split_probe_eval(
+    rows: Sequence[T], n_probe: int = 292, seed: int = 0
+) -> tuple[list[T], list[T]]:
+    """Deterministic split into a probing part and an evaluation part, by source row.
+
+    Works on :class:`HaluEvalRow` lists and on :class:`ProbeExample` lists (grouped by
+    ``source_id``, so both answers of a row land on the same side). A seeded permutation of the
+    distinct source ids picks ``n_probe`` of them for probing; the rest is for evaluation. Each
+    part keeps the input order. The two parts never share a source row.
+
+    Returns:
+        ``(probe_rows, eval_rows)``.
+    """
+    sources = list(dict.fromkeys(_source_of(r) for r in rows))
+    if not 0 < n_probe <= len(sources):
+        raise ConfigError(
+            f"n_probe={n_probe} must be between 1 and the number of source rows ({len(sources)})."
+        )
+    perm = np.random.default_rng(seed).permutation(len(sources))
+    probe_ids = {sources[i] for i in perm[:n_probe]}
+    probe = [r for r in rows if _source_of(r) in probe_ids]
+    evals = [r for r in rows if _source_of(r) not in probe_ids]
+    shared = {_source_of(r) for r in probe} & {_source_of(r) for r in evals}
+    assert not shared, f"split leaked source rows {sorted(shared)[:5]}"
+    return probe, evals
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt templates
+# --------------------------------------------------------------------------------------------
+
+PAPER_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}\nAnswer: {answer}"
+
+
+@dataclass(frozen=True)
+class PromptSpans:
+    """Character offsets inside a rendered prompt (``text[start:end]`` slices).
+
+    ``answer_end`` is where the answer ends: the last token ending at or before it is probed.
+    """
+
+    context: tuple[int, int]
+    question: tuple[int, int]
+    answer: tuple[int, int]
+
+    @property
+    def answer_end(self) -> int:
+        return self.answer[1]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A plain-text prompt with ``{context}``, ``{question}`` and ``{answer}`` fields.
+
+    The default is the TruthProbe paper's prompt. :meth:`render` also returns the character spans
+    of the fields so that activations can find the answer's last token (via a tokenizer's offset
+    mapping) and attention analyses can find the context (the evidence).
+    """
+
+    template: str = PAPER_TEMPLATE
+    name: str = "truthprobe"
+
+    def __post_init__(self) -> None:
+        fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+        unknown = set(fields) - {"context", "question", "answer"}
+        if unknown or fields.count("answer") != 1:
+            raise ConfigError(
+                f"template {self.name!r} must contain {{answer}} exactly once and only the fields "
+                f"{{context}}, {{question}}, {{answer}} (found {fields})."
+            )
+
+    def format(self, example: ProbeExample) -> str:
+        """The prompt text of ``example``."""
+        return self.render(example)[0]
+
+    def render(self, example: ProbeExample) -> tuple[str, PromptSpans]:
+        """``(text, spans)``: the prompt and the character spans of context, question, answer."""
+        values = {
+            "context": example.context,
+            "question": example.question,
+            "answer": example.answer,
+        }
+        parts: list[str] = []
+        spans: dict[str, tuple[int, int]] = {}
+        pos = 0
+        for literal, field, spec, conv in string.Formatter().parse(self.template):
+            parts.append(literal)
+            pos += len(literal)
+            if field is None:
+                continue
+            value = format(values[field] if conv is None else repr(values[field]), spec or "")
+            spans.setdefault(field, (pos, pos + len(value)))
+            parts.append(value)
+            pos += len(value)
+        for missing in ("context", "question"):
+            spans.setdefault(missing, (0, 0))
+        return "".join(parts), PromptSpans(spans["context"], spans["question"], spans["answer"])
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": "plain", "template": self.template, "name": self.name}
+
+
+@dataclass(frozen=True)
+class ChatPromptTemplate:
+    """A chat prompt: context + question as the user turn, the answer as the assistant turn.
+
+    Rendered with ``tokenizer.apply_chat_template`` (the tokenizer must have a chat template). The
+    answer's span is located as the last occurrence of the answer in the rendered text, so the
+    probed token is the answer's last token, not the end-of-turn marker.
+    """
+
+    tokenizer: Any
+    user_template: str = "Context:\n{context}\n\nQuestion: {question}"
+    name: str = "truthprobe-chat"
+
+    def render(self, example: ProbeExample) -> tuple[str, PromptSpans]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                "the tokenizer has no chat template; use PromptTemplate (plain text) instead."
+            )
+        user = self.user_template.format(context=example.context, question=example.question)
+        messages = [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": example.answer},
+        ]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        a0 = text.rfind(example.answer)
+        c0 = text.find(example.context)
+        q0 = text.find(example.question, max(c0, 0))
+        if a0 < 0 or c0 < 0 or q0 < 0:
+            raise DataError(
+                "the chat template changed the context, question or answer text; cannot locate "
+                "them in the rendered prompt. Use PromptTemplate instead."
+            )
+        spans = PromptSpans(
+            (c0, c0 + len(example.context)),
+            (q0, q0 + len(example.question)),
+            (a0, a0 + len(example.answer)),
+        )
+        return text, spans
+
+    def format(self, example: ProbeExample) -> str:
+        return self.render(example)[0]
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": "chat", "template": self.user_template, "name": self.name}
+
+
+#: The TruthProbe paper's prompt.
+DEFAULT_TEMPLATE = PromptTemplate()
