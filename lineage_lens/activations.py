@@ -1,0 +1,632 @@
+"""Per-head activations at one token: the probing features of TruthProbe.
+
+For every example the prompt (see :mod:`lineage_lens.data`) is tokenized with the model's own
+Hugging Face tokenizer, run through the model in padded batches, and ``blocks.{l}.attn.hook_z``
+(each head's output before ``W_O``) is kept **only at the probed token** — by default the answer's
+last token. Nothing of shape ``[batch, pos, ...]`` is cached, and the forward pass stops right
+after the last layer's ``hook_z`` (the last MLP, the final norm and the unembedding never run).
+
+Tokenization policy (BOS): prompts are encoded with ``tokenizer(text, add_special_tokens=True)``,
+i.e. exactly as the Hugging Face model would see them: Llama/Vicuna tokenizers add ``<s>``, the
+SmolLM2 tokenizer adds nothing. ``prepend_bos=True`` forces a BOS token first (what
+``model.to_tokens`` does), ``prepend_bos=False`` encodes without special tokens.
+
+The answer's last token is the last non-special token whose character span ends at or before the
+end of the answer in the rendered prompt (found through the tokenizer's offset mapping).
+
+Typical use::
+
+    model = load_model("smollm2-135m-instruct")
+    examples = halueval_probe_examples(split_probe_eval(load_halueval_qa())[0])
+    acts = collect_head_activations(model, examples, out="acts/smollm2")  # resumable
+    acts.acts.shape  # (584, 30, 9, 64)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lineage_lens._io import atomic_open, atomic_path
+from lineage_lens.data import (
+    DEFAULT_TEMPLATE,
+    ChatPromptTemplate,
+    ProbeExample,
+    PromptSpans,
+    PromptTemplate,
+)
+from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.models import HeadGeometry, attn_hook_name, head_geometry, model_label
+
+log = logging.getLogger(__name__)
+
+Position = Literal["answer_last", "last"]
+POSITIONS: tuple[str, ...] = ("answer_last", "last")
+
+_NP_DTYPES: dict[torch.dtype, type] = {
+    torch.float16: np.float16,
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+}
+_ACTS_FILE = "acts.npy"
+_META_FILE = "meta.json"
+_PROGRESS_FILE = "progress.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadActivations:
+    """Per-head vectors of ``n`` examples at one token position, with their labels.
+
+    Attributes:
+        acts: ``[n, n_layers, n_heads, d_head]``; ``acts[i, l, h]`` is ``blocks.{l}.attn.hook_z``
+            of example ``i``, head ``h``, at the probed token. A numpy array or memmap.
+        labels: ``[n]`` ints, 1 = truthful, 0 = hallucinated.
+        source_ids: source row of each example (examples of one row share it).
+        model, template, position, dtype: provenance of the capture.
+        token_positions: ``[n]`` index of the probed token in the example's own (unpadded) tokens.
+        n_tokens: ``[n]`` number of tokens of each prompt.
+        meta: further provenance (JSON-serialisable), e.g. ``geometry`` and ``prepend_bos``.
+    """
+
+    acts: Float[np.ndarray, "n layer head d_head"]
+    labels: Int[np.ndarray, " n"]
+    source_ids: list[str]
+    model: str = ""
+    template: str = ""
+    position: str = "answer_last"
+    dtype: str = "float16"
+    token_positions: Int[np.ndarray, " n"] | None = None
+    n_tokens: Int[np.ndarray, " n"] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.acts, np.ndarray):
+            self.acts = np.asarray(self.acts)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.source_ids = [str(s) for s in self.source_ids]
+        if self.acts.ndim != 4:
+            raise ShapeMismatchError(
+                "HeadActivations.acts", "[n, n_layers, n_heads, d_head]", tuple(self.acts.shape)
+            )
+        n = self.acts.shape[0]
+        for name in ("labels", "token_positions", "n_tokens"):
+            arr = getattr(self, name)
+            if arr is not None and np.asarray(arr).shape != (n,):
+                raise ShapeMismatchError(
+                    f"HeadActivations.{name}", (n,), np.asarray(arr).shape, "one per example."
+                )
+        if len(self.source_ids) != n:
+            raise ShapeMismatchError("HeadActivations.source_ids", (n,), (len(self.source_ids),))
+
+    def __len__(self) -> int:
+        return int(self.acts.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.acts.shape[1])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.acts.shape[2])
+
+    @property
+    def d_head(self) -> int:
+        return int(self.acts.shape[3])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_layers, n_heads)``: the shape of the Truth Scores fitted on these activations."""
+        return (self.n_layers, self.n_heads)
+
+    @property
+    def geometry(self) -> HeadGeometry | None:
+        """The model's :class:`HeadGeometry` when it was recorded at capture time."""
+        g = self.meta.get("geometry")
+        return HeadGeometry(**g) if g else None
+
+    def head(self, layer: int, head: int) -> Float[np.ndarray, "n d_head"]:
+        """Features of one head, ``[n, d_head]`` as float32 (what a probe is fitted on)."""
+        return np.asarray(self.acts[:, layer, head, :], dtype=np.float32)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> HeadActivations:
+        """The examples at ``index`` (a new in-memory object)."""
+        idx = np.asarray(index)
+        pick = lambda a: None if a is None else np.asarray(a)[idx]  # noqa: E731
+        return HeadActivations(
+            acts=np.asarray(self.acts[idx]),
+            labels=self.labels[idx],
+            source_ids=[self.source_ids[i] for i in idx.tolist()],
+            model=self.model,
+            template=self.template,
+            position=self.position,
+            dtype=self.dtype,
+            token_positions=pick(self.token_positions),
+            n_tokens=pick(self.n_tokens),
+            meta=dict(self.meta),
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example: ``label``, ``source_id``, ``token_position``, ``n_tokens``."""
+        df = pd.DataFrame({"label": self.labels, "source_id": self.source_ids})
+        if self.token_positions is not None:
+            df["token_position"] = self.token_positions
+        if self.n_tokens is not None:
+            df["n_tokens"] = self.n_tokens
+        df.index.name = "example"
+        return df
+
+    def _meta_dict(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels.tolist(),
+            "source_ids": self.source_ids,
+            "model": self.model,
+            "template": self.template,
+            "position": self.position,
+            "dtype": self.dtype,
+            "token_positions": None
+            if self.token_positions is None
+            else np.asarray(self.token_positions).tolist(),
+            "n_tokens": None if self.n_tokens is None else np.asarray(self.n_tokens).tolist(),
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def _from_meta(cls, acts: np.ndarray, meta: dict[str, Any]) -> HeadActivations:
+        return cls(
+            acts=acts,
+            labels=np.asarray(meta["labels"]),
+            source_ids=meta["source_ids"],
+            model=meta.get("model", ""),
+            template=meta.get("template", ""),
+            position=meta.get("position", "answer_last"),
+            dtype=meta.get("dtype", str(acts.dtype)),
+            token_positions=None
+            if meta.get("token_positions") is None
+            else np.asarray(meta["token_positions"]),
+            n_tokens=None if meta.get("n_tokens") is None else np.asarray(meta["n_tokens"]),
+            meta=meta.get("meta", {}),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path``: a ``.npz`` file, or else a directory (``acts.npy`` + ``meta.json``).
+
+        Both are written atomically. A directory can be opened memory-mapped by :meth:`load`.
+        """
+        path = Path(path)
+        meta = self._meta_dict()
+        if path.suffix == ".npz":
+            with atomic_path(path) as tmp:
+                np.savez(tmp, acts=np.asarray(self.acts), meta=np.array(json.dumps(meta)))
+            return path
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / _ACTS_FILE) as tmp:
+            np.save(tmp, np.asarray(self.acts))
+        _write_json(path / _META_FILE, {**meta, "complete": True})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = True) -> HeadActivations:
+        """Read what :meth:`save` or ``collect_head_activations(out=...)`` wrote.
+
+        Directories are memory-mapped read-only unless ``mmap=False``.
+        """
+        path = Path(path)
+        if path.is_file() and path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "acts" not in z or "meta" not in z:
+                    raise DataError(
+                        "not a HeadActivations .npz (needs 'acts' and 'meta').", path=path
+                    )
+                return cls._from_meta(z["acts"], json.loads(str(z["meta"])))
+        meta_path = path / _META_FILE
+        if not meta_path.is_file() or not (path / _ACTS_FILE).is_file():
+            raise DataError(
+                f"not a HeadActivations directory or .npz file (needs {_ACTS_FILE} and "
+                f"{_META_FILE}).",
+                path=path,
+            )
+        meta = json.loads(meta_path.read_text())
+        if not meta.get("complete", False):
+            raise DataError(
+                "the capture in this directory is incomplete; call collect_head_activations "
+                "again with the same out= to resume it.",
+                path=path,
+            )
+        acts = np.load(path / _ACTS_FILE, mmap_mode="r" if mmap else None)
+        return cls._from_meta(acts, meta)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenization
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """One tokenized prompt.
+
+    Attributes:
+        input_ids: token ids (no padding).
+        position: index of the probed token in ``input_ids``.
+        context_tokens: ``(start, end)`` token slice covering the context (the evidence);
+            ``(0, 0)`` when the template has no context.
+        answer_tokens: ``(start, end)`` token slice covering the answer.
+    """
+
+    input_ids: list[int]
+    position: int
+    context_tokens: tuple[int, int]
+    answer_tokens: tuple[int, int]
+
+
+def _token_span(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) -> tuple[int, int]:
+    start, end = span
+    if end <= start:
+        return (0, 0)
+    idx = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+    return (idx[0], idx[-1] + 1) if idx else (0, 0)
+
+
+def encode_prompt(
+    tokenizer: Any,
+    text: str,
+    spans: PromptSpans,
+    *,
+    position: Position = "answer_last",
+    prepend_bos: bool | None = None,
+) -> EncodedPrompt:
+    """Tokenize one rendered prompt and locate the probed token (see the module docstring)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            "collecting activations needs a fast (Rust) tokenizer for its offset mapping; load "
+            "the model with a tokenizer.json."
+        )
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=prepend_bos is not False)
+    ids: list[int] = list(enc["input_ids"])
+    offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
+    bos = tokenizer.bos_token_id
+    if prepend_bos and (not ids or ids[0] != bos):
+        if bos is None:
+            raise ConfigError("prepend_bos=True but the tokenizer has no BOS token.")
+        ids.insert(0, bos)
+        offsets.insert(0, (0, 0))
+    if not ids:
+        raise DataError(f"prompt tokenizes to no tokens: {text[:60]!r}")
+    answer_tokens = _token_span(offsets, spans.answer)
+    if position == "last":
+        pos = len(ids) - 1
+    else:
+        a_start, a_end = spans.answer
+        inside = [
+            i for i, (a, b) in enumerate(offsets) if b > a and b <= a_end and b > a_start
+        ] or [i for i, (a, b) in enumerate(offsets) if b > a and a < a_end and b >= a_end]
+        if not inside:
+            raise DataError(
+                f"no token of the answer found in the prompt {text[:60]!r}...; is the answer "
+                "empty or cut off?"
+            )
+        pos = inside[-1]
+    return EncodedPrompt(ids, pos, _token_span(offsets, spans.context), answer_tokens)
+
+
+AnyTemplate = PromptTemplate | ChatPromptTemplate
+
+
+def _as_template(template: AnyTemplate | str | None) -> AnyTemplate:
+    if template is None:
+        return DEFAULT_TEMPLATE
+    if isinstance(template, str):
+        return PromptTemplate(template, name="custom")
+    if not hasattr(template, "render"):
+        raise ConfigError(f"prompt_template must be a PromptTemplate, got {type(template)}.")
+    return template
+
+
+def encode_examples(
+    model_or_tokenizer: Any,
+    examples: Sequence[ProbeExample],
+    *,
+    prompt_template: AnyTemplate | str | None = None,
+    position: Position = "answer_last",
+    prepend_bos: bool | None = None,
+) -> list[EncodedPrompt]:
+    """Render and tokenize ``examples`` (the tokenization :func:`collect_head_activations` uses)."""
+    tokenizer = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
+    template = _as_template(prompt_template)
+    out = []
+    for ex in examples:
+        text, spans = template.render(ex)
+        out.append(
+            encode_prompt(tokenizer, text, spans, position=position, prepend_bos=prepend_bos)
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Capture
+# --------------------------------------------------------------------------------------------
+
+
+class _StopForwardError(Exception):
+    """Raised inside the last needed hook to skip the rest of the forward pass."""
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device(getattr(model.cfg, "device", None) or "cpu")
+
+
+def _pad_batch(
+    encoded: Sequence[EncodedPrompt], pad_id: int, side: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(input_ids, attention_mask, positions)`` of a padded batch."""
+    width = max(len(e.input_ids) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    pos = torch.empty(len(encoded), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        n = len(e.input_ids)
+        start = width - n if side == "left" else 0
+        ids[i, start : start + n] = torch.tensor(e.input_ids)
+        mask[i, start : start + n] = 1
+        pos[i] = start + e.position
+    return ids, mask, pos
+
+
+def _fingerprint(parts: dict[str, Any], encoded: Sequence[EncodedPrompt], labels) -> str:
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode())
+    for e, y in zip(encoded, labels, strict=True):
+        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes())
+        h.update(f"|{e.position}|{y};".encode())
+    return h.hexdigest()[:32]
+
+
+def collect_head_activations(
+    model: Any,
+    examples: Sequence[ProbeExample],
+    *,
+    batch_size: int = 16,
+    position: Position = "answer_last",
+    prompt_template: AnyTemplate | str | None = None,
+    dtype: torch.dtype = torch.float16,
+    out: str | Path | None = None,
+    padding_side: Literal["left", "right"] = "right",
+    prepend_bos: bool | None = None,
+    sort_by_length: bool = True,
+    stop_early: bool = True,
+    progress: bool = True,
+) -> HeadActivations:
+    """Capture every head's ``hook_z`` vector at one token of each example.
+
+    Args:
+        model: a ``TransformerBridge`` (see :func:`lineage_lens.models.load_model`). On multimodal
+            bridges only the language-model blocks are read; prompts are text-only.
+        examples: the probing examples (labels 1 = truthful, 0 = hallucinated).
+        batch_size: examples per forward pass.
+        position: ``"answer_last"`` (the answer's last token, the paper's choice) or ``"last"``
+            (the prompt's last token).
+        prompt_template: a :class:`~lineage_lens.data.PromptTemplate`,
+            :class:`~lineage_lens.data.ChatPromptTemplate` or template string; default the paper's.
+        dtype: dtype of the stored vectors (float16 halves the memory; use float32 for exactness).
+        out: a directory to stream into (``acts.npy`` memmap + ``meta.json`` + ``progress.json``,
+            flushed after each batch). Calling again with the same ``out`` resumes after the last
+            finished batch; a finished ``out`` is simply loaded.
+        padding_side: where padding goes in a batch; results do not depend on it (up to float
+            rounding), it only matters for speed on some kernels.
+        prepend_bos: ``None`` = the tokenizer's own special tokens; ``True`` force a BOS;
+            ``False`` none.
+        sort_by_length: batch prompts of similar length together (less padding); results are
+            returned in the input order either way.
+        stop_early: stop the forward pass right after the last layer's ``hook_z``.
+        progress: show a tqdm bar.
+
+    Returns:
+        :class:`HeadActivations` with ``acts`` of shape ``[n, n_layers, n_heads, d_head]``.
+    """
+    if position not in POSITIONS:
+        raise ConfigError(f"position must be one of {POSITIONS}, got {position!r}.")
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
+    if dtype not in _NP_DTYPES:
+        raise ConfigError(f"dtype must be one of {list(_NP_DTYPES)}, got {dtype}.")
+    examples = list(examples)
+    if not examples:
+        raise DataError("no examples to collect activations for; load a dataset first.")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError("the model has no tokenizer; load it with load_model().")
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+    template = _as_template(prompt_template)
+    geo = head_geometry(model)
+    L, H, D = geo.n_layers, geo.n_heads, geo.d_head
+    n = len(examples)
+    labels = np.array([ex.label for ex in examples], dtype=np.int64)
+    encoded = encode_examples(
+        tokenizer, examples, prompt_template=template, position=position, prepend_bos=prepend_bos
+    )
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    longest = max(len(e.input_ids) for e in encoded)
+    if n_ctx and longest > n_ctx:
+        raise DataError(f"a prompt has {longest} tokens, more than the model's n_ctx={n_ctx}.")
+
+    order = np.arange(n)
+    if sort_by_length:
+        lengths = np.array([len(e.input_ids) for e in encoded])
+        order = np.argsort(-lengths, kind="stable")  # longest first: memory errors show early
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+    def make_result(acts: np.ndarray) -> HeadActivations:
+        return HeadActivations(
+            acts=acts,
+            labels=labels,
+            source_ids=[ex.source_id for ex in examples],
+            model=model_label(model),
+            template=template.name,
+            position=position,
+            dtype=str(dtype).removeprefix("torch."),
+            token_positions=np.array([e.position for e in encoded], dtype=np.int64),
+            n_tokens=np.array([len(e.input_ids) for e in encoded], dtype=np.int64),
+            meta={
+                "geometry": geo.to_dict(),
+                "prepend_bos": prepend_bos,
+                "template": template.to_dict(),
+                "hook": "blocks.{l}.attn.hook_z",
+                "padding_side": padding_side,
+                "batch_size": batch_size,
+            },
+        )
+
+    fingerprint = _fingerprint(
+        {
+            "model": model_label(model),
+            "geometry": geo.to_dict(),
+            "template": template.to_dict(),
+            "position": position,
+            "dtype": str(dtype),
+            "batch_size": batch_size,
+            "sort": sort_by_length,
+        },
+        encoded,
+        labels,
+    )
+
+    done = 0
+    if out is None:
+        acts = np.zeros((n, L, H, D), dtype=_NP_DTYPES[dtype])
+    else:
+        acts, done = _open_out(
+            Path(out),
+            make_result(np.zeros((n, 0, 0, 0))),
+            (L, H, D),
+            _NP_DTYPES[dtype],
+            fingerprint,
+            len(batches),
+        )
+        if done == len(batches):
+            log.info("%s is already complete; loading it", out)
+            del acts
+            return HeadActivations.load(out)
+
+    device = _model_device(model)
+    buf = torch.zeros((batch_size, L, H, D), dtype=torch.float32)
+    state: dict[str, Any] = {}
+
+    def make_hook(layer: int):
+        def hook_fn(z: Tensor, hook: Any) -> None:
+            b = z.shape[0]
+            if z.ndim == 3 and z.shape[-1] == H * D:
+                z = z.view(b, z.shape[1], H, D)
+            if z.ndim != 4 or z.shape[2:] != (H, D):
+                raise ShapeMismatchError(
+                    f"{hook.name}", "[batch, pos, n_heads, d_head]", tuple(z.shape)
+                )
+            buf[:b, layer] = z[torch.arange(b, device=z.device), state["pos"]].float().cpu()
+            if stop_early and layer == L - 1:
+                raise _StopForwardError
+
+        return hook_fn
+
+    hooks = [(attn_hook_name(layer, "hook_z"), make_hook(layer)) for layer in range(L)]
+    bar = tqdm(
+        total=len(batches),
+        initial=done,
+        disable=not progress,
+        desc=f"hook_z of {model_label(model)}",
+        unit="batch",
+    )
+    try:
+        with torch.inference_mode():
+            for bi in range(done, len(batches)):
+                idx = batches[bi]
+                ids, mask, pos = _pad_batch([encoded[i] for i in idx], pad_id, padding_side)
+                state["pos"] = pos.to(device)
+                kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
+                if padding_side == "left":
+                    kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+                with contextlib.suppress(_StopForwardError):
+                    model.run_with_hooks(ids.to(device), fwd_hooks=hooks, **kwargs)
+                acts[idx] = buf[: len(idx)].numpy().astype(acts.dtype, copy=False)
+                if out is not None:
+                    acts.flush()
+                    _write_json(
+                        Path(out) / _PROGRESS_FILE,
+                        {"fingerprint": fingerprint, "done": bi + 1, "total": len(batches)},
+                    )
+                bar.update()
+    finally:
+        bar.close()
+
+    if out is not None:
+        _write_json(
+            Path(out) / _META_FILE,
+            {**make_result(np.zeros((n, 0, 0, 0)))._meta_dict(), "complete": True},
+        )
+        del acts
+        return HeadActivations.load(out)
+    return make_result(acts)
+
+
+def _open_out(
+    out: Path,
+    result: HeadActivations,
+    geometry: tuple[int, int, int],
+    np_dtype: type,
+    fingerprint: str,
+    n_batches: int,
+) -> tuple[np.memmap, int]:
+    """Open (or create) the streaming directory; return the memmap and finished batches."""
+    progress_path = out / _PROGRESS_FILE
+    acts_path = out / _ACTS_FILE
+    shape = (len(result), *geometry)
+    if progress_path.is_file() and acts_path.is_file():
+        prog = json.loads(progress_path.read_text())
+        if prog.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{out} holds activations of a different run (other model, examples, template, "
+                "position, dtype or batch size). Delete it or pass another out= directory."
+            )
+        acts = np.lib.format.open_memmap(acts_path, mode="r+")
+        if acts.shape != shape or acts.dtype != np.dtype(np_dtype):
+            raise ShapeMismatchError(f"{acts_path}", shape, acts.shape, "Delete the directory.")
+        done = int(prog["done"])
+        log.info("Resuming %s after %d/%d batches", out, done, prog["total"])
+        return acts, done
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(
+            f"{out} exists and is not a resumable capture; pass an empty or new directory."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    acts = np.lib.format.open_memmap(acts_path, mode="w+", dtype=np_dtype, shape=shape)
+    _write_json(out / _META_FILE, {**result._meta_dict(), "complete": False})
+    _write_json(progress_path, {"fingerprint": fingerprint, "done": 0, "total": n_batches})
+    return acts, 0
