@@ -1,0 +1,106 @@
+"""``lineage-lens gate``: compare a model's greedy continuation with and without a TruthGate."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+
+from lineage_lens.cli import app
+from lineage_lens.errors import ConfigError
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """``"0,2,5-7,-1"`` -> ``[0, 2, 5, 6, 7, -1]``; ``None`` or ``""`` -> ``None`` (all layers)."""
+    if not spec or not spec.strip():
+        return None
+    layers: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None or (match.group(2) and int(match.group(1)) < 0):
+            raise ConfigError(f"cannot parse layer spec {spec!r} at {part!r}; use e.g. '0,2,5-7'")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) else lo
+        if hi < lo:
+            raise ConfigError(f"empty layer range {part.strip()!r} in {spec!r}")
+        layers.extend(range(lo, hi + 1))
+    return layers
+
+
+@app.command("gate")
+def gate_command(
+    scores: Path = typer.Option(..., "--scores", help="Truth Scores (.npz ours, .npy or .csv)."),
+    alpha: float = typer.Option(..., "--alpha", help="Gating strength: g = 1 + alpha*norm(S)."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", help="Model alias, HF directory or .gguf file."
+    ),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt to continue."),
+    norm: str = typer.Option("center", "--norm", help="center, minmax or raw."),
+    metric: str = typer.Option("accuracy", "--metric", help="Which score metric gates."),
+    placement: str = typer.Option("z", "--placement", help="z, fold or reference."),
+    clamp_min: float = typer.Option(0.0, "--clamp-min", help="Lower bound of the gates."),
+    no_clamp: bool = typer.Option(
+        False, "--no-clamp", help="Keep negative gates (published behaviour)."
+    ),
+    layers: str = typer.Option("", "--layers", help="Layers to gate, e.g. '0,2,10-15' (all)."),
+    control: str = typer.Option(
+        "", "--control", help="Gate with control scores instead: random, inverse or uniform."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random control."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+    chat: bool = typer.Option(
+        False, "--chat/--no-chat", help="Wrap the prompt in the tokenizer's chat template."
+    ),
+    device: str = typer.Option("", "--device", help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Show the greedy continuation of PROMPT without and with the gate, and the gate summary."""
+    import torch
+
+    from lineage_lens.gating import TruthGate
+    from lineage_lens.models import load_model
+    from lineage_lens.scores import load_scores
+
+    truth_scores = load_scores(scores)
+    gate = TruthGate(
+        truth_scores,
+        alpha=alpha,
+        norm=norm,  # type: ignore[arg-type]
+        metric=metric,
+        clamp_min=None if no_clamp else clamp_min,
+        layers=parse_layers(layers),
+        placement=placement,  # type: ignore[arg-type]
+    )
+    if control:
+        gate = gate.control(control, seed=seed)  # type: ignore[arg-type]
+    bridge = load_model(model, device=device or None)
+    gate.check_model(bridge)
+    tok = bridge.tokenizer
+    if chat and getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    else:
+        ids = bridge.to_tokens(prompt)
+    ids = ids.to(bridge.cfg.device)
+
+    def continuation() -> str:
+        with torch.no_grad():
+            out = bridge.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                verbose=False,
+                return_type="tokens",
+                use_past_kv_cache=True,
+            )
+        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    ungated = continuation()
+    with gate.applied(bridge):
+        gated = continuation()
+    typer.echo(gate.summary())
+    typer.echo(f"\nprompt: {prompt}")
+    typer.echo(f"\n--- ungated ---\n{ungated}")
+    typer.echo(f"\n--- gated ({gate.placement}) ---\n{gated}")
