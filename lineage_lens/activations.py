@@ -538,7 +538,8 @@ def collect_head_activations(
             return HeadActivations.load(out)
 
     device = _model_device(model)
-    buf = torch.zeros((batch_size, L, H, D), dtype=torch.float32)
+    # One small [batch, L, H, d_head] buffer on the model's device, copied to the host once per batch.
+    buf = torch.zeros((batch_size, L, H, D), dtype=torch.float32, device=device)
     state: dict[str, Any] = {}
 
     def make_hook(layer: int):
@@ -550,7 +551,8 @@ def collect_head_activations(
                 raise ShapeMismatchError(
                     f"{hook.name}", "[batch, pos, n_heads, d_head]", tuple(z.shape)
                 )
-            buf[:b, layer] = z[torch.arange(b, device=z.device), state["pos"]].float().cpu()
+            pos = state["pos"].to(z.device)
+            buf[:b, layer] = z[torch.arange(b, device=z.device), pos].float()
             if stop_early and layer == L - 1:
                 raise _StopForwardError
 
@@ -575,7 +577,7 @@ def collect_head_activations(
                     kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(device)
                 with contextlib.suppress(_StopForwardError):
                     model.run_with_hooks(ids.to(device), fwd_hooks=hooks, **kwargs)
-                acts[idx] = buf[: len(idx)].numpy().astype(acts.dtype, copy=False)
+                acts[idx] = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)
                 if out is not None:
                     acts.flush()
                     _write_json(

@@ -206,3 +206,21 @@ def test_llava_text_only_hooks_language_blocks(tiny_llava):
     acts = collect_head_activations(tiny_llava, make_examples(3), batch_size=2, progress=False)
     assert acts.acts.shape[1:] == (2, 4, 8)
     assert np.isfinite(acts.acts).all()
+
+
+@pytest.mark.slow
+def test_smollm2_answer_token_and_batching():
+    from lineage_lens.data import halueval_probe_examples, load_halueval_qa
+    from lineage_lens.models import load_model
+
+    model = load_model("smollm2-135m-instruct", device="cpu")
+    examples = halueval_probe_examples(load_halueval_qa(limit=1))
+    tok = model.tokenizer
+    enc = encode_examples(model, examples)
+    # the SmolLM2 tokenizer adds no BOS; the probed token ends the answer
+    assert enc[0].input_ids[0] != tok.bos_token_id
+    assert tok.decode(enc[0].input_ids[: enc[0].position + 1]).endswith("Arthur's Magazine")
+    assert tok.decode(enc[1].input_ids[: enc[1].position + 1]).endswith("was started first.")
+    batched = collect_head_activations(model, examples, dtype=torch.float32, progress=False)
+    assert batched.acts.shape == (2, 30, 9, 64)
+    np.testing.assert_allclose(batched.acts, single_runs(model, examples), atol=1e-4)
