@@ -1,0 +1,44 @@
+"""Evaluations: HaluEval QA judgement, POPE and CHAIR, with optional TruthGate sweeps.
+
+* :func:`evaluate_halueval` -- is the shown answer hallucinated? (probing rows excluded)
+* :func:`evaluate_pope` -- "Is there a <object> in the image?" on POPE-schema files
+* :func:`compute_chair` / :func:`evaluate_chair` -- object hallucination in captions
+* :func:`run_sweep` -- baseline vs gated vs control settings; results JSON/CSV/plot + cache
+"""
+
+from lineage_lens.evals._common import EvalResult, ResultCache, binary_metrics, parse_yes_no
+from lineage_lens.evals.chair import (
+    Caption,
+    ChairResult,
+    ObjectVocabulary,
+    compute_chair,
+    evaluate_chair,
+    generate_captions,
+    load_captions,
+    load_ground_truth,
+    singularize,
+)
+from lineage_lens.evals.halueval import evaluate_halueval
+from lineage_lens.evals.pope import evaluate_pope, load_pope
+from lineage_lens.evals.runner import plot_sweep, run_sweep
+
+__all__ = [
+    "Caption",
+    "ChairResult",
+    "EvalResult",
+    "ObjectVocabulary",
+    "ResultCache",
+    "binary_metrics",
+    "compute_chair",
+    "evaluate_chair",
+    "evaluate_halueval",
+    "evaluate_pope",
+    "generate_captions",
+    "load_captions",
+    "load_ground_truth",
+    "load_pope",
+    "parse_yes_no",
+    "plot_sweep",
+    "run_sweep",
+    "singularize",
+]

@@ -1,0 +1,468 @@
+"""What every evaluator shares: yes/no scoring, generation, answer parsing, metrics, the cache.
+
+Yes/no scoring (``mode="logprob"``, the default): one forward pass per prompt; at the last position
+the log-probability of "Yes" is the maximum over the variants ``Yes``, `` Yes``, ``yes``, `` yes``,
+``YES``, `` YES`` that are a single token of the tokenizer (likewise for "No"); the answer is "Yes"
+when that beats "No". This is robust to formatting (a model that would write ``" yes."`` or
+``"Yes, because"`` is scored the same) and never leaves an answer unparsed. Tokenizers in which no
+variant is a single token fall back to the first token of ``"Yes"`` / ``"No"``.
+
+Generation (``mode="generate"``): greedy decoding, then :func:`parse_yes_no` looks for the words
+yes / no (case-insensitive, whole words). Outputs with neither or both are *unparsed*: they are
+counted (``n_unparsed``) and excluded from the metrics; ``accuracy_all`` additionally reports the
+accuracy with every unparsed output counted as wrong (the published HaluEval convention). Nothing
+is ever silently mapped to "No".
+
+Batches are left-padded with an attention mask and position ids that restart at each row's first
+real token. :class:`ResultCache` stores one JSON line per scored example so that an interrupted
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lineage_lens._io import atomic_open
+from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.models import model_label
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from lineage_lens.gating import TruthGate
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["logprob", "generate"]
+MODES: tuple[str, ...] = ("logprob", "generate")
+
+YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
+NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def check_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise ConfigError(f"mode must be 'logprob' or 'generate', got {mode!r}.")
+    return mode  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------ tokens
+def _single_token_ids(tokenizer: Any, variants: Sequence[str]) -> list[int]:
+    ids: list[int] = []
+    for v in variants:
+        toks = tokenizer(v, add_special_tokens=False).input_ids
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if len(toks) == 1 and toks[0] != unk and toks[0] not in ids:
+            ids.append(int(toks[0]))
+    return ids
+
+
+def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids standing for "Yes" and for "No" (see the module docstring)."""
+    yes = _single_token_ids(tokenizer, YES_VARIANTS)
+    no = _single_token_ids(tokenizer, NO_VARIANTS)
+    if not yes:
+        yes = tokenizer("Yes", add_special_tokens=False).input_ids[:1]
+    if not no:
+        no = tokenizer("No", add_special_tokens=False).input_ids[:1]
+    if not yes or not no or set(yes) & set(no):
+        raise ConfigError(
+            f"the tokenizer cannot tell 'Yes' {yes} from 'No' {no}; use mode='generate'."
+        )
+    return yes, no
+
+
+def encode_chat(
+    tokenizer: Any, user: str, *, system: str | None = None, use_chat_template: bool = True
+) -> list[int]:
+    """Token ids of a one-turn prompt, ready for the assistant's answer.
+
+    With a chat template (and ``use_chat_template``), the system and user messages are rendered
+    with the generation prompt; otherwise the plain text ``system + "\\n\\n" + user`` is used with
+    the tokenizer's special tokens (BOS).
+    """
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False).input_ids)
+    text = f"{system}\n\n{user}" if system else user
+    return list(tokenizer(text, add_special_tokens=True).input_ids)
+
+
+def parse_yes_no(text: str) -> Literal["yes", "no"] | None:
+    """``"yes"`` or ``"no"`` when exactly one of the words occurs in ``text``, else ``None``."""
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    has_yes, has_no = "yes" in words, "no" in words
+    if has_yes == has_no:
+        return None
+    return "yes" if has_yes else "no"
+
+
+# ------------------------------------------------------------------------------ batching
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt to score: a unique ``key``, its token ids and, for MLLMs, an image file."""
+
+    key: str
+    input_ids: tuple[int, ...]
+    image: str | None = None
+
+
+def model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device(getattr(model.cfg, "device", None) or "cpu")
+
+
+def left_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """``(input_ids, attention_mask, position_ids)`` of a left-padded batch."""
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise DataError("cannot batch an empty prompt.")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError(
+            "the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token."
+        )
+    return int(pad)
+
+
+def gate_context(
+    model: TransformerBridge, gate: TruthGate | None
+) -> contextlib.AbstractContextManager:
+    """``gate.applied(model)`` or a no-op context."""
+    return gate.applied(model) if gate is not None else contextlib.nullcontext()
+
+
+def gate_description(gate: TruthGate | None) -> dict[str, Any] | None:
+    """JSON-able description of a gate (its parameters and a digest of its gate values)."""
+    if gate is None:
+        return None
+    digest = hashlib.sha256(gate.gates.numpy().astype(np.float32).tobytes()).hexdigest()[:16]
+    return {**gate.params(), "scores_model": gate.scores.model, "gates_sha": digest}
+
+
+def run_prompts(
+    model: TransformerBridge,
+    items: Sequence[PromptItem],
+    *,
+    mode: Mode = "logprob",
+    batch_size: int = 8,
+    max_new_tokens: int = 8,
+    gate: TruthGate | None = None,
+    cache: ResultCache | None = None,
+    setting: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+    pixel_loader: Callable[[Sequence[str]], Tensor] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Score or continue every prompt; return ``{key: record}``.
+
+    Records hold ``log_p_yes``, ``log_p_no`` and ``answer`` (``"yes"``/``"no"``) in ``"logprob"``
+    mode, and ``text`` plus ``answer`` (``None`` when unparsed) in ``"generate"`` mode. Items with
+    an ``image`` need ``pixel_loader`` (paths -> ``[batch, 3, S, S]``). With a ``cache``, records
+    already stored under ``setting`` are reused and new ones appended after each batch.
+    """
+    mode = check_mode(mode)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    keys = [it.key for it in items]
+    if len(set(keys)) != len(keys):
+        raise DataError("prompt keys must be unique.")
+    setting = dict(setting or {})
+    setting.update({"mode": mode, "model": model_label(model), "gate": gate_description(gate)})
+    if mode == "generate":
+        setting["max_new_tokens"] = max_new_tokens
+    prefix = setting_digest(setting)
+    results: dict[str, dict[str, Any]] = {}
+    todo = list(items)
+    if cache is not None:
+        todo = []
+        for it in items:
+            rec = cache.get(f"{prefix}:{it.key}")
+            if rec is None:
+                todo.append(it)
+            else:
+                results[it.key] = rec
+        if results:
+            log.info("%s: %d of %d results from the cache", desc, len(results), len(items))
+    if not todo:
+        return results
+    tok = model.tokenizer
+    pad = _pad_id(tok)
+    device = model_device(model)
+    yes_ids, no_ids = yes_no_token_ids(tok)
+    eos = tok.eos_token_id
+    # Sort by length so batches pad little; results are keyed, order does not matter.
+    todo.sort(key=lambda it: len(it.input_ids))
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="ex")
+    try:
+        with gate_context(model, gate), torch.inference_mode():
+            for batch in batches:
+                ids, mask, pos = left_pad([it.input_ids for it in batch], pad)
+                kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
+                images = [it.image for it in batch]
+                if any(im is not None for im in images):
+                    if pixel_loader is None or any(im is None for im in images):
+                        raise ConfigError("prompts with images need a pixel_loader for every item.")
+                    kwargs["pixel_values"] = pixel_loader(images).to(device)  # type: ignore[arg-type]
+                if mode == "logprob":
+                    kwargs["position_ids"] = pos.to(device)
+                    logits = model(ids.to(device), **kwargs)[:, -1].float()
+                    logp = torch.log_softmax(logits, dim=-1)
+                    p_yes = logp[:, yes_ids].max(dim=-1).values.cpu().numpy()
+                    p_no = logp[:, no_ids].max(dim=-1).values.cpu().numpy()
+                    recs = [
+                        {
+                            "log_p_yes": float(y),
+                            "log_p_no": float(n),
+                            "answer": "yes" if y > n else "no",
+                        }
+                        for y, n in zip(p_yes, p_no, strict=True)
+                    ]
+                else:
+                    out = model.generate(
+                        ids.to(device),
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        verbose=False,
+                        return_type="tokens",
+                        use_past_kv_cache=True,
+                        **kwargs,
+                    )
+                    recs = []
+                    for row in out[:, ids.shape[1] :].tolist():
+                        if eos is not None and eos in row:
+                            row = row[: row.index(eos)]
+                        text = tok.decode(row, skip_special_tokens=True)
+                        recs.append({"text": text, "answer": parse_yes_no(text)})
+                for it, rec in zip(batch, recs, strict=True):
+                    results[it.key] = rec
+                    if cache is not None:
+                        cache.put(f"{prefix}:{it.key}", rec)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+    return results
+
+
+# ------------------------------------------------------------------------------ metrics
+def binary_metrics(
+    truth: Sequence[bool] | np.ndarray, pred: Sequence[bool | None]
+) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (``True`` = positive), yes-ratio, ``n``, ``n_unparsed``.
+
+    ``pred`` entries that are ``None`` (unparsed answers) are left out of every metric except
+    ``accuracy_all``, which counts them as wrong. ``yes_ratio`` is the share of positive
+    predictions among parsed ones.
+    """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    truth = [bool(t) for t in truth]
+    if len(truth) != len(pred):
+        raise ConfigError(f"{len(truth)} labels but {len(pred)} predictions.")
+    if not truth:
+        raise DataError("no examples to score.")
+    parsed = [(t, bool(p)) for t, p in zip(truth, pred, strict=True) if p is not None]
+    n_unparsed = len(truth) - len(parsed)
+    out: dict[str, float] = {"n": len(truth), "n_unparsed": n_unparsed}
+    if parsed:
+        y, p = (np.array(v) for v in zip(*parsed, strict=True))
+        prec, rec, f1, _ = precision_recall_fscore_support(
+            y, p, average="binary", pos_label=True, zero_division=0
+        )
+        out |= {
+            "accuracy": float(accuracy_score(y, p)),
+            "precision": float(prec),
+            "recall": float(rec),
+            "f1": float(f1),
+            "yes_ratio": float(p.mean()),
+        }
+    else:
+        out |= dict.fromkeys(METRIC_NAMES, math.nan)
+    out["accuracy_all"] = sum(t == p for t, p in parsed) / len(truth)
+    return out
+
+
+# ------------------------------------------------------------------------------ cache
+def setting_digest(setting: Mapping[str, Any]) -> str:
+    """A short stable hash of a JSON-able setting (the cache key prefix)."""
+    return hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+
+
+class ResultCache:
+    """A per-example result cache: one JSON line ``{"key": ..., "record": {...}}`` per result.
+
+    Lines are appended and flushed after each batch (an append-only log, so it is not written
+    atomically); a truncated last line from an interrupted run is ignored on reading.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._data: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            with open(self.path, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    try:
+                        obj = json.loads(line)
+                        self._data[str(obj["key"])] = obj["record"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        log.warning("%s:%d: unreadable cache line ignored", self.path, lineno)
+        self._fh: Any = None
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._data.get(key)
+
+    def put(self, key: str, record: Mapping[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._data[key] = dict(record)
+        self._fh.write(json.dumps({"key": key, "record": record}) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> ResultCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+@contextlib.contextmanager
+def maybe_cache(cache: ResultCache | str | Path | None) -> Iterator[ResultCache | None]:
+    """Open a cache from a path (closing it afterwards), or pass an open one / ``None`` through."""
+    if cache is None or isinstance(cache, ResultCache):
+        yield cache
+        return
+    with ResultCache(cache) as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------ results
+@dataclass
+class EvalResult:
+    """Results of a yes/no evaluation (HaluEval or POPE).
+
+    Attributes:
+        task: ``"halueval"`` or ``"pope"``.
+        metrics: one row per group (HaluEval: per answer seed; POPE: per split) with ``accuracy,
+            precision, recall, f1, yes_ratio, n, n_unparsed, accuracy_all``.
+        examples: one row per example: its key, group, label, prediction and scores or text.
+        config: how it was run (model, mode, gate, ...).
+    """
+
+    task: str
+    metrics: pd.DataFrame
+    examples: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The per-group metrics."""
+        return self.metrics.copy()
+
+    def summary(self) -> dict[str, float]:
+        """Mean and (sample) standard deviation of each metric over the groups."""
+        out: dict[str, float] = {}
+        for name in (*METRIC_NAMES, "accuracy_all"):
+            vals = self.metrics[name].astype(float)
+            out[name] = float(vals.mean())
+            out[f"{name}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out["n"] = float(self.metrics["n"].sum())
+        out["n_unparsed"] = float(self.metrics["n_unparsed"].sum())
+        return out
+
+    def summary_text(self) -> str:
+        s = self.summary()
+        parts = [f"{k} {s[k]:.4f} ± {s[k + '_std']:.4f}" for k in (*METRIC_NAMES, "accuracy_all")]
+        return (
+            f"{self.task} ({len(self.metrics)} groups, n={int(s['n'])}, "
+            f"unparsed={int(s['n_unparsed'])}): " + ", ".join(parts)
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write everything as one JSON file (atomically)."""
+        payload = {
+            "task": self.task,
+            "config": self.config,
+            "summary": self.summary(),
+            "metrics": self.metrics.to_dict(orient="records"),
+            "examples": self.examples.to_dict(orient="records"),
+        }
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=1, default=str)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResult:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError("result file not found.", path=p)
+        d = json.loads(p.read_text(encoding="utf-8"))
+        return cls(d["task"], pd.DataFrame(d["metrics"]), pd.DataFrame(d["examples"]), d["config"])
+
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Bar chart of the mean metrics with their standard deviation as error bars."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3))
+        s = self.summary()
+        ax.bar(
+            list(METRIC_NAMES),
+            [s[k] for k in METRIC_NAMES],
+            yerr=[s[k + "_std"] for k in METRIC_NAMES],
+            capsize=3,
+        )
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{self.task} (n={int(s['n'])})")
+        return ax

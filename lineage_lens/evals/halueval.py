@@ -1,0 +1,222 @@
+"""HaluEval QA as a judgement task: is the shown answer hallucinated? ("Yes"/"No").
+
+The prompt is the official HaluEval QA evaluation (vendored instruction, system message and
+``#Knowledge#`` / ``#Question#`` / ``#Answer#`` / ``#Your Judgement#:`` layout), rendered with the
+tokenizer's chat template when it has one. For each evaluation row a seed decides, as in the
+published pipeline (``random.random() > 0.5``), whether the row shows its hallucinated answer
+(ground truth "Yes") or its right answer ("No"); the paper runs three seeds and reports mean ± std.
+
+Scoring: ``mode="logprob"`` (default) compares the next-token log-probabilities of Yes and No;
+``mode="generate"`` decodes greedily and parses yes/no, counting unparsed outputs (``n_unparsed``)
+instead of mapping them to "No" (see :mod:`lineage_lens.evals._common`). Hallucinated (the model
+says "Yes") is the positive class.
+
+Evaluation rows never include probing rows: by default the vendored HaluEval QA is split with
+:func:`lineage_lens.data.split_probe_eval` (``n_probe=292``) and only the remainder is evaluated;
+explicit ``rows`` are checked against ``exclude_ids``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from lineage_lens._resources import resource_path
+from lineage_lens.data import HaluEvalRow, load_halueval_qa, split_probe_eval
+from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.evals._common import (
+    EvalResult,
+    Mode,
+    PromptItem,
+    ResultCache,
+    binary_metrics,
+    check_mode,
+    encode_chat,
+    gate_description,
+    maybe_cache,
+    run_prompts,
+)
+from lineage_lens.models import model_label
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from lineage_lens.gating import TruthGate
+
+log = logging.getLogger(__name__)
+
+#: The system message of HaluEval's ``evaluate.py`` (its typo "huallucination" kept).
+HALUEVAL_SYSTEM = (
+    "You are a huallucination detector. You MUST determine if the provided answer contains "
+    "hallucination or not for the question based on the world knowledge. The answer you "
+    'provided MUST be "Yes" or "No"'
+)
+
+
+def qa_instruction() -> str:
+    """The vendored official HaluEval QA evaluation instruction (with its few-shot examples)."""
+    return resource_path("halueval", "qa_evaluation_instruction.txt").read_text(encoding="utf-8")
+
+
+def halueval_user_message(
+    knowledge: str, question: str, answer: str, instruction: str | None = None
+) -> str:
+    """The user message of HaluEval's QA evaluation for one (knowledge, question, answer)."""
+    instruction = qa_instruction() if instruction is None else instruction
+    return (
+        f"{instruction}\n\n#Knowledge#: {knowledge}\n#Question#: {question}"
+        f"\n#Answer#: {answer}\n#Your Judgement#:"
+    )
+
+
+def shown_answers(rows: Sequence[HaluEvalRow], seed: int) -> np.ndarray:
+    """Per row, ``True`` when the seed shows the hallucinated answer (ground truth "Yes")."""
+    return np.random.default_rng(seed).random(len(rows)) > 0.5
+
+
+def eval_rows(
+    rows: Sequence[HaluEvalRow] | None = None,
+    *,
+    n_probe: int = 292,
+    split_seed: int = 0,
+    exclude_ids: Iterable[str] | None = None,
+) -> list[HaluEvalRow]:
+    """The evaluation rows: the vendored HaluEval QA minus its probing split, or ``rows``.
+
+    Raises :class:`DataError` if any evaluation row is among ``exclude_ids`` (probing rows).
+    """
+    if rows is None:
+        probe, rest = split_probe_eval(load_halueval_qa(), n_probe=n_probe, seed=split_seed)
+        excluded = {r.row_id for r in probe} | set(exclude_ids or ())
+        rows = rest
+    else:
+        rows = list(rows)
+        excluded = set(exclude_ids or ())
+    if not rows:
+        raise DataError("no HaluEval rows to evaluate.")
+    leaked = sorted({r.row_id for r in rows} & {str(i) for i in excluded})
+    if leaked:
+        raise DataError(
+            f"{len(leaked)} evaluation rows were used for probing (row ids {leaked[:5]}); "
+            "evaluate on the remainder of split_probe_eval."
+        )
+    assert not {r.row_id for r in rows} & {str(i) for i in excluded}
+    return list(rows)
+
+
+def evaluate_halueval(
+    model: TransformerBridge,
+    rows: Sequence[HaluEvalRow] | None = None,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    mode: Mode = "logprob",
+    gate: TruthGate | None = None,
+    n_probe: int = 292,
+    split_seed: int = 0,
+    exclude_ids: Iterable[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 8,
+    use_chat_template: bool = True,
+    instruction: str | None = None,
+    cache: ResultCache | str | Path | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` as a HaluEval QA hallucination judge.
+
+    Args:
+        model: a loaded bridge.
+        rows: evaluation rows (default: the vendored HaluEval QA minus the ``n_probe`` probing
+            rows of ``split_probe_eval(..., seed=split_seed)``).
+        seeds: each seed picks which answer every row shows; metrics are reported per seed.
+        mode: ``"logprob"`` (yes/no next-token comparison) or ``"generate"`` (greedy + parse).
+        gate: a :class:`~lineage_lens.gating.TruthGate` applied during the evaluation.
+        exclude_ids: row ids that must not be evaluated (the probing rows of your scores).
+        limit: evaluate only the first ``limit`` rows.
+        batch_size, max_new_tokens: batching and generation length.
+        use_chat_template: wrap the prompt in the tokenizer's chat template when it has one.
+        instruction: replace the vendored instruction.
+        cache: a :class:`ResultCache` or its path; finished examples are reused.
+
+    Returns:
+        an :class:`EvalResult`: ``metrics`` has one row per seed, ``summary()`` mean ± std.
+    """
+    mode = check_mode(mode)
+    if not seeds:
+        raise ConfigError("give at least one seed.")
+    rows = eval_rows(rows, n_probe=n_probe, split_seed=split_seed, exclude_ids=exclude_ids)
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"limit must be positive, got {limit}.")
+        rows = rows[:limit]
+    tok = model.tokenizer
+    instr = qa_instruction() if instruction is None else instruction
+    encoded: dict[tuple[str, bool], tuple[int, ...]] = {}
+    items: list[PromptItem] = []
+    plan: list[tuple[int, HaluEvalRow, bool]] = []
+    for seed in seeds:
+        for row, halluc in zip(rows, shown_answers(rows, seed), strict=True):
+            halluc = bool(halluc)
+            plan.append((int(seed), row, halluc))
+            key = (row.row_id, halluc)
+            if key not in encoded:
+                answer = row.hallucinated_answer if halluc else row.right_answer
+                user = halueval_user_message(row.knowledge, row.question, answer, instr)
+                ids = encode_chat(
+                    tok, user, system=HALUEVAL_SYSTEM, use_chat_template=use_chat_template
+                )
+                encoded[key] = tuple(ids)
+                items.append(PromptItem(f"{row.row_id}:{'h' if halluc else 'r'}", tuple(ids)))
+    setting = {
+        "task": "halueval",
+        "chat": use_chat_template,
+        "instruction": instr if instruction is not None else "vendored",
+    }
+    with maybe_cache(cache) as c:
+        records = run_prompts(
+            model,
+            items,
+            mode=mode,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            gate=gate,
+            cache=c,
+            setting=setting,
+            progress=progress,
+            desc=f"HaluEval {mode}",
+        )
+    ex_rows = []
+    for seed, row, halluc in plan:
+        rec = records[f"{row.row_id}:{'h' if halluc else 'r'}"]
+        ex_rows.append(
+            {
+                "seed": seed,
+                "row_id": row.row_id,
+                "hallucinated": halluc,
+                "answer": rec.get("answer"),
+                "log_p_yes": rec.get("log_p_yes"),
+                "log_p_no": rec.get("log_p_no"),
+                "text": rec.get("text"),
+            }
+        )
+    examples = pd.DataFrame(ex_rows)
+    metric_rows = []
+    for seed, grp in examples.groupby("seed", sort=False):
+        pred = [None if pd.isna(a) else a == "yes" for a in grp["answer"]]
+        metric_rows.append({"seed": seed, **binary_metrics(grp["hallucinated"].tolist(), pred)})
+    config = {
+        "model": model_label(model),
+        "mode": mode,
+        "seeds": list(seeds),
+        "n_rows": len(rows),
+        "n_probe": n_probe if exclude_ids is None else None,
+        "split_seed": split_seed,
+        "gate": gate_description(gate),
+        "chat": use_chat_template,
+    }
+    return EvalResult("halueval", pd.DataFrame(metric_rows), examples, config)
