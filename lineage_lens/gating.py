@@ -327,7 +327,7 @@ class TruthGate:
                     "as in the published implementation. Pass clamp_min=0.0 to prevent that."
                 )
                 warnings.warn(msg, UserWarning, stacklevel=2)
-                log.warning(msg)
+                log.info(msg)
         else:
             final = np.maximum(self.raw_gates, self.clamp_min)
             self.n_clamped = int((self.raw_gates < self.clamp_min).sum())
