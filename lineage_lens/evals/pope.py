@@ -81,7 +81,10 @@ def load_pope(split_or_path: str | Path, *, limit: int | None = None) -> list[Po
     name = str(split_or_path)
     p = pope_path(name) if name in POPE_SPLITS else Path(split_or_path)
     if not p.is_file():
-        raise DataError("POPE question file not found.", path=p)
+        raise DataError(
+            f"POPE question file not found (and not a vendored split: {', '.join(POPE_SPLITS)}).",
+            path=p,
+        )
     out: list[PopeQuestion] = []
     with open(p, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):

@@ -1,0 +1,158 @@
+"""HaluEval evaluation: metrics, parsing, probe/eval separation, both scoring modes, gating."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lineage_lens.data import HaluEvalRow, load_halueval_qa, split_probe_eval
+from lineage_lens.errors import DataError
+from lineage_lens.evals._common import (
+    EvalResult,
+    ResultCache,
+    binary_metrics,
+    parse_yes_no,
+    yes_no_token_ids,
+)
+from lineage_lens.evals.halueval import eval_rows, evaluate_halueval, shown_answers
+from lineage_lens.gating import TruthGate
+
+SHORT = "Is the answer hallucinated ? Answer yes or no ."
+ROWS = [
+    HaluEvalRow(str(i), "Paris is the capital of France", "what is the capital of France ?", a, b)
+    for i, (a, b) in enumerate([("Paris", "Rome"), ("France", "Italy"), ("the city", "a river")])
+]
+
+
+def test_binary_metrics_hand_computed() -> None:
+    truth = [True, True, False, False, True]
+    pred = [True, False, False, True, None]
+    m = binary_metrics(truth, pred)
+    assert m["n"] == 5 and m["n_unparsed"] == 1
+    assert m["accuracy"] == 0.5 and m["accuracy_all"] == 2 / 5
+    assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["f1"] == 0.5
+    assert m["yes_ratio"] == 0.5
+    none = binary_metrics([True, False], [None, None])
+    assert none["n_unparsed"] == 2 and math.isnan(none["accuracy"]) and none["accuracy_all"] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("Yes", "yes"),
+        (" no.", "no"),
+        ("No, it is not", "no"),
+        ("YES!", "yes"),
+        ("Nothing to say", None),
+        ("Yes and no", None),
+        ("", None),
+    ],
+)
+def test_parse_yes_no(text: str, answer: str | None) -> None:
+    assert parse_yes_no(text) == answer
+
+
+def test_eval_rows_exclude_probing_rows() -> None:
+    all_rows = load_halueval_qa()
+    probe, rest = split_probe_eval(all_rows, n_probe=292, seed=0)
+    rows = eval_rows()
+    assert [r.row_id for r in rows] == [r.row_id for r in rest]
+    assert not {r.row_id for r in rows} & {r.row_id for r in probe}
+    with pytest.raises(DataError, match="used for probing"):
+        eval_rows(all_rows[:5], exclude_ids=[r.row_id for r in all_rows[:2]])
+
+
+def test_seed_picks_answers_reproducibly() -> None:
+    a, b = shown_answers(list(range(200)), 0), shown_answers(list(range(200)), 0)
+    assert (a == b).all() and 70 < a.sum() < 130
+    assert not (shown_answers(list(range(200)), 1) == a).all()
+
+
+def test_yes_no_tokens_of_tiny_tokenizer(tiny_llama) -> None:
+    yes, no = yes_no_token_ids(tiny_llama.tokenizer)
+    tok = tiny_llama.tokenizer
+    assert {tok.decode([i]) for i in yes} == {"Yes", "yes"}
+    assert {tok.decode([i]) for i in no} == {"No", "no"}
+
+
+def test_logprob_mode_matches_unbatched_forward(tiny_llama) -> None:
+    res = evaluate_halueval(
+        tiny_llama, ROWS, seeds=(0, 1), instruction=SHORT, batch_size=2, progress=False
+    )
+    assert isinstance(res, EvalResult)
+    assert list(res.metrics["seed"]) == [0, 1] and (res.metrics["n"] == 3).all()
+    assert (res.metrics["n_unparsed"] == 0).all()
+    ex = res.examples
+    assert set(ex["answer"]) <= {"yes", "no"}
+    assert ((ex["log_p_yes"] > ex["log_p_no"]) == (ex["answer"] == "yes")).all()
+    # the batched, left-padded score equals an unpadded forward of the same prompt
+    from lineage_lens.evals._common import encode_chat
+    from lineage_lens.evals.halueval import HALUEVAL_SYSTEM, halueval_user_message
+
+    row = ex.iloc[0]
+    src = ROWS[int(row["row_id"])]
+    answer = src.hallucinated_answer if row["hallucinated"] else src.right_answer
+    ids = encode_chat(
+        tiny_llama.tokenizer,
+        halueval_user_message(src.knowledge, src.question, answer, SHORT),
+        system=HALUEVAL_SYSTEM,
+    )
+    import torch
+
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_llama(torch.tensor([ids]))[0, -1].float(), -1)
+    yes, _ = yes_no_token_ids(tiny_llama.tokenizer)
+    assert float(logp[yes].max()) == pytest.approx(row["log_p_yes"], abs=1e-4)
+    s = res.summary()
+    assert s["n"] == 6 and s["accuracy_std"] >= 0
+    assert "halueval" in res.summary_text()
+
+
+def test_generate_mode_counts_unparsed(tiny_llama, tmp_path) -> None:
+    res = evaluate_halueval(
+        tiny_llama,
+        ROWS,
+        seeds=(0,),
+        mode="generate",
+        instruction=SHORT,
+        max_new_tokens=3,
+        progress=False,
+    )
+    ex = res.examples
+    parsed = ex["text"].map(parse_yes_no)
+    assert int(res.metrics["n_unparsed"].iloc[0]) == int(parsed.isna().sum())
+    # unparsed outputs are never mapped to "No"
+    assert (ex.loc[parsed.isna(), "answer"].isna()).all()
+    path = res.save(tmp_path / "r.json")
+    back = EvalResult.load(path)
+    assert back.metrics.equals(res.metrics) or np.allclose(
+        back.metrics.fillna(-1).to_numpy(float), res.metrics.fillna(-1).to_numpy(float)
+    )
+
+
+def test_cache_resumes_and_gate_changes_scores(tiny_llama, tmp_path) -> None:
+    cache = tmp_path / "cache.jsonl"
+    first = evaluate_halueval(
+        tiny_llama, ROWS, seeds=(0,), instruction=SHORT, cache=cache, progress=False
+    )
+    n_lines = len(cache.read_text().splitlines())
+    assert n_lines == 3
+    again = evaluate_halueval(
+        tiny_llama, ROWS, seeds=(0,), instruction=SHORT, cache=cache, progress=False
+    )
+    assert len(cache.read_text().splitlines()) == n_lines
+    assert again.examples["log_p_yes"].tolist() == first.examples["log_p_yes"].tolist()
+    scores = np.random.default_rng(0).random((2, 4))
+    gate = TruthGate(scores, alpha=4.0)
+    gated = evaluate_halueval(
+        tiny_llama, ROWS, seeds=(0,), instruction=SHORT, gate=gate, cache=cache, progress=False
+    )
+    assert len(cache.read_text().splitlines()) == 2 * n_lines  # a new setting
+    assert not np.allclose(gated.examples["log_p_yes"], first.examples["log_p_yes"])
+    assert gated.config["gate"]["alpha"] == 4.0
+    # a truncated last line (interrupted run) is ignored
+    with open(cache, "a") as fh:
+        fh.write('{"key": "x", "rec')
+    assert len(ResultCache(cache)) == 2 * n_lines
