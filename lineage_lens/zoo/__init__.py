@@ -1,0 +1,319 @@
+"""The lineage zoo: small, project-made model families, built offline, seeded and cached.
+
+No 7B checkpoint can be downloaded here, so the zoo *builds* the lineages the analyses need:
+
+* profile ``"test"`` -- the tiny synthetic family (``base``, ``instruct``, ``vlm``, ``control``)
+  trained on a synthetic world of facts and contexts (:mod:`lineage_lens.zoo.world`) and on
+  rendered images (:mod:`lineage_lens.zoo.images`); a minute or so on a laptop CPU;
+* profile ``"demo"`` -- adds ``smollm2-ft``, a fine-tune of SmolLM2-135M-Instruct;
+* profile ``"full"`` -- adds ``smollm2-vlm``, a LLaVA whose language model is SmolLM2-135M-Instruct.
+
+Every member is a Hugging Face directory with its tokenizer (``load_model(zoo.path("base"))``).
+Members are content-addressed (see :mod:`lineage_lens.zoo.recipes`): a second build reuses them, a
+changed recipe rebuilds. ``manifest.json`` in the zoo directory records each member's parent, recipe,
+what was trained, wall time, final losses and build-time checks.
+
+Typical use::
+
+    from lineage_lens.zoo import build_zoo
+    zoo = build_zoo(profile="test")
+    base, vlm = zoo.path("base"), zoo.path("vlm")
+    zoo.to_frame()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lineage_lens._io import atomic_open
+from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.zoo.recipes import (
+    ANCESTOR,
+    PROFILE_MEMBERS,
+    PROFILES,
+    ZOO_CODE_VERSION,
+    MemberSpec,
+    profile_specs,
+    recipe_hash,
+)
+from lineage_lens.zoo.world import World, world_probe_examples
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MEMBER_RECORD = "zoo_member.json"
+
+
+@dataclass
+class ZooMember:
+    """One built member: where it is, where it comes from, how it was made and what it measured."""
+
+    name: str
+    path: str
+    parent: str | None
+    parent_path: str | None
+    kind: str
+    recipe: dict[str, Any]
+    hash: str
+    description: str = ""
+    trained: dict[str, Any] = field(default_factory=dict)
+    losses: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    built_at: str = ""
+    code_version: str = ZOO_CODE_VERSION
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("reused")
+        return d
+
+
+@dataclass
+class Zoo:
+    """The members of a built zoo (from :func:`build_zoo` or :func:`load_zoo`)."""
+
+    root: Path
+    members: dict[str, ZooMember]
+
+    def path(self, name: str) -> Path:
+        """Directory of member ``name`` (a HF model directory with its tokenizer)."""
+        if name not in self.members:
+            raise ConfigError(
+                f"the zoo at {self.root} has no member {name!r} (has: {', '.join(self.members)}); "
+                "build a profile that contains it."
+            )
+        return Path(self.members[name].path)
+
+    def world(self, name: str = "base") -> World:
+        """The synthetic world a tiny member was trained on."""
+        return World.load(self.path(name))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per member: parent, kind, wall time, final losses and checks."""
+        rows = []
+        for m in self.members.values():
+            row: dict[str, Any] = {
+                "member": m.name,
+                "parent": m.parent,
+                "kind": m.kind,
+                "wall_time_s": m.wall_time_s,
+                "dir": Path(m.path).name,
+            }
+            row.update({f"loss_{k}": v for k, v in m.losses.items()})
+            row.update(m.checks)
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("member")
+
+
+def _builders() -> dict[str, Callable[[dict[str, Any], Path | None, Path], dict[str, Any]]]:
+    from lineage_lens.zoo import real, synthetic
+
+    return {
+        "tiny_base": synthetic.build_tiny_base,
+        "tiny_instruct": synthetic.build_tiny_instruct,
+        "vlm": synthetic.build_vlm,
+        "smollm2_ft": real.build_smollm2_ft,
+    }
+
+
+def default_zoo_dir() -> Path:
+    """``cache_dir()/"zoo"`` (``$LINEAGE_LENS_CACHE/zoo``)."""
+    from lineage_lens.models import cache_dir
+
+    return cache_dir() / "zoo"
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        return {"members": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"corrupt zoo manifest ({exc}); delete it to rebuild.", path=path) from exc
+    data.setdefault("members", {})
+    return data
+
+
+def _member_from_record(record: dict[str, Any], path: Path, reused: bool) -> ZooMember:
+    fields = set(ZooMember.__dataclass_fields__) - {"reused", "path"}
+    kw = {k: v for k, v in record.items() if k in fields}
+    return ZooMember(path=str(path), reused=reused, **kw)
+
+
+def _ancestor_path_and_hash(alias: str) -> tuple[Path, str]:
+    from lineage_lens.models import resolve_model_path
+
+    path = Path(resolve_model_path(alias))
+    return path, f"{alias}:{path.name}"
+
+
+@contextmanager
+def _threads(n: int | None):
+    import torch
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def build_zoo(
+    out_dir: str | Path | None = None,
+    profile: str = "test",
+    *,
+    members: list[str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    force: bool = False,
+    threads: int | None = None,
+) -> Zoo:
+    """Build (or reuse) the zoo members of ``profile`` under ``out_dir`` and return the :class:`Zoo`.
+
+    Args:
+        out_dir: zoo directory; defaults to :func:`default_zoo_dir`.
+        profile: ``"test"`` (tiny synthetic family), ``"demo"`` (+ ``smollm2-ft``) or ``"full"``
+            (+ ``smollm2-vlm``).
+        members: build only these members of the profile (and their parents).
+        overrides: recipe changes by member name, e.g. ``{"base": {"steps": 50}}``; a changed
+            recipe gets a new content address, so it is built beside the old one.
+        force: rebuild even when a member with the same address exists.
+        threads: torch CPU threads during the build (``None`` keeps torch's setting).
+
+    Each member is trained in a temporary directory and renamed into place only when complete,
+    then ``manifest.json`` is rewritten (atomically) with every member built so far.
+    """
+    root = Path(out_dir) if out_dir is not None else default_zoo_dir()
+    specs = profile_specs(profile, overrides)
+    if members is not None:
+        wanted = set(members)
+        unknown = wanted - {s.name for s in specs}
+        if unknown:
+            raise ConfigError(
+                f"members {sorted(unknown)} are not in profile {profile!r} "
+                f"({', '.join(PROFILE_MEMBERS[profile])})."
+            )
+        by_name = {s.name: s for s in specs}
+        for name in list(wanted):  # add ancestors inside the zoo
+            parent = by_name[name].parent
+            while parent in by_name:
+                wanted.add(parent)
+                parent = by_name[parent].parent
+        specs = [s for s in specs if s.name in wanted]
+    root.mkdir(parents=True, exist_ok=True)
+    builders = _builders()
+    built: dict[str, ZooMember] = {}
+    with _threads(threads), tqdm(specs, desc=f"zoo ({profile})", unit="member") as bar:
+        for spec in bar:
+            bar.set_postfix(member=spec.name)
+            built[spec.name] = _build_member(spec, root, built, builders[spec.kind], force)
+    manifest = _read_manifest(root)
+    manifest["code_version"] = ZOO_CODE_VERSION
+    for name, member in built.items():
+        manifest["members"][name] = {**member.to_dict(), "path": Path(member.path).name}
+    with atomic_open(root / MANIFEST, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+    return Zoo(root, built)
+
+
+def _build_member(
+    spec: MemberSpec,
+    root: Path,
+    built: dict[str, ZooMember],
+    builder: Callable[[dict[str, Any], Path | None, Path], dict[str, Any]],
+    force: bool,
+) -> ZooMember:
+    parent_path: Path | None = None
+    parent_hash: str | None = None
+    if spec.parent is not None:
+        if spec.parent in built:
+            parent_path, parent_hash = Path(built[spec.parent].path), built[spec.parent].hash
+        elif spec.parent == ANCESTOR:
+            parent_path, parent_hash = _ancestor_path_and_hash(spec.parent)
+        else:
+            raise ConfigError(f"parent {spec.parent!r} of {spec.name!r} is not built.")
+    digest = recipe_hash(spec.kind, spec.recipe, parent_hash)
+    final = root / f"{spec.name}-{digest[:12]}"
+    record_path = final / MEMBER_RECORD
+    if record_path.is_file() and not force:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        log.info("zoo: reusing %s (%s)", spec.name, final.name)
+        return _member_from_record(record, final, reused=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    try:
+        t0 = time.perf_counter()
+        info = builder(spec.recipe, parent_path, tmp)
+        wall = time.perf_counter() - t0
+        member = ZooMember(
+            name=spec.name,
+            path=str(final),
+            parent=spec.parent,
+            parent_path=str(parent_path) if parent_path is not None else None,
+            kind=spec.kind,
+            recipe=spec.recipe,
+            hash=digest,
+            description=spec.description,
+            trained=info.get("trained", {}),
+            losses=info.get("losses", {}),
+            checks=info.get("checks", {}),
+            wall_time_s=round(wall, 2),
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        with atomic_open(tmp / MEMBER_RECORD, "w", encoding="utf-8") as fh:
+            json.dump(member.to_dict(), fh, indent=1, sort_keys=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("zoo: built %s in %.1f s -> %s", spec.name, wall, final)
+    return member
+
+
+def load_zoo(out_dir: str | Path | None = None) -> Zoo:
+    """The zoo recorded in ``out_dir``'s ``manifest.json`` (members whose directory exists)."""
+    root = Path(out_dir) if out_dir is not None else default_zoo_dir()
+    manifest = _read_manifest(root)
+    if not manifest["members"]:
+        raise DataError(
+            "no zoo here; build one with `lineage-lens zoo build --profile test`.", path=root
+        )
+    members = {}
+    for name, record in manifest["members"].items():
+        path = root / record["path"]
+        if path.is_dir():
+            members[name] = _member_from_record(record, path, reused=True)
+    return Zoo(root, members)
+
+
+__all__ = [
+    "MANIFEST",
+    "PROFILES",
+    "World",
+    "Zoo",
+    "ZooMember",
+    "build_zoo",
+    "default_zoo_dir",
+    "load_zoo",
+    "world_probe_examples",
+]

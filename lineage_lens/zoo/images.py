@@ -1,0 +1,249 @@
+"""Procedurally rendered scenes of simple objects, their questions and captions, and preprocessing.
+
+A *scene* places 1-3 objects from :data:`OBJECTS` in the cells of a 2x2 grid. Each object is drawn
+as its own icon (a shape in a colour, see :data:`ICONS`): the icons stand for the words. Some objects
+usually appear together (:data:`COOCCUR`), so captions and questions carry a language prior that a
+multimodal model can follow against the image: object hallucination.
+
+Everything is numpy (and PIL for files and resizing); no torchvision, no image processor. The
+questions follow POPE ("Is there a cat in the image?" yes/no) and the vendored POPE file layout;
+ground-truth objects follow the vendored CHAIR layout (``{image_id: [objects]}``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float, UInt8
+from torch import Tensor
+
+from lineage_lens._io import atomic_open, atomic_path
+from lineage_lens.errors import ConfigError, DataError
+
+#: Object words (single tokens in the tiny tokenizer, common words for real tokenizers).
+OBJECTS = ["cat", "dog", "car", "tree", "house", "ball", "bird", "fish", "cup", "book"]
+
+#: object -> (shape, RGB colour) of its icon.
+ICONS: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "cat": ("circle", (220, 40, 40)),
+    "dog": ("square", (40, 60, 220)),
+    "car": ("triangle", (30, 170, 60)),
+    "tree": ("cross", (230, 200, 20)),
+    "house": ("diamond", (170, 40, 190)),
+    "ball": ("circle", (20, 190, 200)),
+    "bird": ("triangle", (240, 130, 20)),
+    "fish": ("square", (120, 80, 30)),
+    "cup": ("diamond", (20, 20, 20)),
+    "book": ("cross", (240, 240, 240)),
+}
+
+#: Objects that usually appear together (both directions): the language prior.
+COOCCUR: dict[str, str] = {}
+for _a, _b in [("cat", "dog"), ("car", "tree"), ("cup", "book"), ("ball", "bird"), ("house", "fish")]:
+    COOCCUR[_a], COOCCUR[_b] = _b, _a
+
+#: CLIP's normalisation constants.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+POPE_QUESTION = "Is there a {obj} in the image?"
+CAPTION_PROMPT = "Describe the image."
+
+PopeKind = Literal["random", "popular", "adversarial"]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Objects and the grid cells (0..3, reading order) they occupy; ``seed`` fixes the pixels."""
+
+    objects: tuple[str, ...]
+    cells: tuple[int, ...]
+    seed: int
+
+    def caption(self) -> str:
+        """``"There is a cat and a dog."``, objects in reading order."""
+        names = [o for _, o in sorted(zip(self.cells, self.objects, strict=True))]
+        if len(names) == 1:
+            listed = f"a {names[0]}"
+        else:
+            listed = ", ".join(f"a {n}" for n in names[:-1]) + f" and a {names[-1]}"
+        return f"There is {listed}."
+
+
+def sample_scenes(
+    n: int, seed: int = 0, *, p_cooccur: float = 0.8, max_objects: int = 3
+) -> list[Scene]:
+    """``n`` random scenes; a scene of 2+ objects holds a co-occurring pair with ``p_cooccur``."""
+    if n < 1 or not 1 <= max_objects <= 4:
+        raise ConfigError(f"need n >= 1 and 1 <= max_objects <= 4 (got n={n}, {max_objects}).")
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for _ in range(n):
+        k = int(rng.integers(1, max_objects + 1))
+        objs = [OBJECTS[int(rng.integers(len(OBJECTS)))]]
+        if k >= 2 and rng.random() < p_cooccur:
+            objs.append(COOCCUR[objs[0]])
+        while len(objs) < k:
+            cand = OBJECTS[int(rng.integers(len(OBJECTS)))]
+            # non-pair extras avoid completing a pair, so pairs stay informative
+            if cand not in objs and COOCCUR[cand] not in objs[1:]:
+                objs.append(cand)
+        cells = rng.permutation(4)[:k]
+        scenes.append(Scene(tuple(objs), tuple(int(c) for c in cells), int(rng.integers(2**31))))
+    return scenes
+
+
+def _shape_mask(shape: str, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = (size - 1) / 2
+    r = size / 2
+    if shape == "circle":
+        return (yy - c) ** 2 + (xx - c) ** 2 <= r**2
+    if shape == "square":
+        return np.ones((size, size), dtype=bool)
+    if shape == "triangle":
+        return np.abs(xx - c) <= (yy + 1) / 2
+    if shape == "diamond":
+        return np.abs(xx - c) + np.abs(yy - c) <= r
+    if shape == "cross":
+        w = max(1, size // 6)
+        return (np.abs(xx - c) <= w) | (np.abs(yy - c) <= w)
+    raise ConfigError(f"unknown icon shape {shape!r}")
+
+
+def render_scene(scene: Scene, size: int = 32) -> UInt8[np.ndarray, "size size 3"]:
+    """Draw ``scene`` as an RGB uint8 image of ``size`` x ``size`` (a noisy grey background)."""
+    if size < 16 or size % 2:
+        raise ConfigError(f"image size must be an even number >= 16, got {size}.")
+    rng = np.random.default_rng(scene.seed)
+    img = rng.normal(150, 12, size=(size, size, 3))
+    cell = size // 2
+    for obj, c in zip(scene.objects, scene.cells, strict=True):
+        shape, colour = ICONS[obj]
+        s = int(round(cell * rng.uniform(0.6, 0.85)))
+        y0 = (c // 2) * cell + int(rng.integers(0, cell - s + 1))
+        x0 = (c % 2) * cell + int(rng.integers(0, cell - s + 1))
+        mask = _shape_mask(shape, s)
+        patch = img[y0 : y0 + s, x0 : x0 + s]
+        patch[mask] = np.asarray(colour, dtype=float) + rng.normal(0, 6, size=(int(mask.sum()), 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def to_pixel_values(
+    images: Sequence[Any] | np.ndarray,
+    size: int,
+    *,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> Float[Tensor, "batch 3 size size"]:
+    """Resize and normalise images (uint8 arrays ``HxWx3``, PIL images or file paths) for a ViT.
+
+    A numpy/PIL replacement for CLIP's image processor: RGB, bicubic resize to ``size`` x ``size``,
+    scale to [0, 1], subtract ``mean``, divide by ``std``; returns ``[batch, 3, size, size]``.
+    """
+    from PIL import Image
+
+    out = []
+    for im in images:
+        if isinstance(im, (str, Path)):
+            if not Path(im).is_file():
+                raise DataError("image file not found.", path=im)
+            im = Image.open(im)
+        if isinstance(im, Image.Image):
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32)
+        else:
+            arr = np.asarray(im)
+            if arr.ndim != 3 or arr.shape[2] != 3:
+                raise ConfigError(f"expected an HxWx3 RGB image, got shape {arr.shape}.")
+            if arr.shape[:2] != (size, size):
+                pil = Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.BICUBIC)
+                arr = np.asarray(pil)
+            arr = arr.astype(np.float32)
+        out.append((arr / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
+    if not out:
+        raise ConfigError("no images given.")
+    return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
+
+
+def pope_questions(
+    scenes: Sequence[Scene], kind: PopeKind = "random", seed: int = 0
+) -> list[tuple[int, str, str]]:
+    """POPE-style ``(scene index, object, "yes"|"no")`` questions, balanced yes/no per scene.
+
+    Absent objects are drawn at random (``random``), among the most frequent objects of the scene
+    set (``popular``), or as the usual companions of the present objects (``adversarial``).
+    """
+    if kind not in ("random", "popular", "adversarial"):
+        raise ConfigError(f"unknown POPE kind {kind!r}; use random, popular or adversarial.")
+    rng = np.random.default_rng(seed)
+    freq = Counter(o for s in scenes for o in s.objects)
+    popular = [o for o, _ in freq.most_common()] + [o for o in OBJECTS if o not in freq]
+    out = []
+    for i, scene in enumerate(scenes):
+        absent = [o for o in OBJECTS if o not in scene.objects]
+        if kind == "random":
+            order = [absent[int(j)] for j in rng.permutation(len(absent))]
+        elif kind == "popular":
+            order = [o for o in popular if o in absent]
+        else:
+            partners = [COOCCUR[o] for o in scene.objects if COOCCUR[o] in absent]
+            rest = [absent[int(j)] for j in rng.permutation(len(absent))]
+            order = list(dict.fromkeys(partners + rest))
+        for obj in scene.objects:
+            out.append((i, obj, "yes"))
+        for obj in order[: len(scene.objects)]:
+            out.append((i, obj, "no"))
+    return out
+
+
+def write_eval_set(
+    out_dir: str | Path, n: int = 100, seed: int = 12345, *, size: int = 32
+) -> dict[str, Path]:
+    """Write ``n`` rendered scenes plus POPE and CHAIR files in the vendored layouts.
+
+    Files: ``images/zoo_{i:05d}.png``, ``pope_{random,popular,adversarial}.json`` (JSON lines:
+    question_id, image, text, label), ``gt_objects.json`` (``{image_id: [objects]}``) and
+    ``synonyms.txt`` (one object per line). Returns their paths by name.
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    scenes = sample_scenes(n, seed)
+    img_dir = out_dir / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    gt = {}
+    for i, scene in enumerate(scenes):
+        name = f"zoo_{i:05d}.png"
+        with atomic_path(img_dir / name) as tmp:
+            Image.fromarray(render_scene(scene, size)).save(tmp, format="PNG")
+        gt[str(i)] = sorted(scene.objects)
+    paths = {"images": img_dir}
+    for kind in ("random", "popular", "adversarial"):
+        path = out_dir / f"pope_{kind}.json"
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            for qid, (i, obj, label) in enumerate(pope_questions(scenes, kind, seed), start=1):
+                row = {
+                    "question_id": qid,
+                    "image": f"zoo_{i:05d}.png",
+                    "text": POPE_QUESTION.format(obj=obj),
+                    "label": label,
+                }
+                fh.write(json.dumps(row) + "\n")
+        paths[f"pope_{kind}"] = path
+    with atomic_open(out_dir / "gt_objects.json", "w", encoding="utf-8") as fh:
+        json.dump(gt, fh)
+    with atomic_open(out_dir / "synonyms.txt", "w", encoding="utf-8") as fh:
+        fh.write("\n".join(OBJECTS) + "\n")
+    paths["gt_objects"] = out_dir / "gt_objects.json"
+    paths["synonyms"] = out_dir / "synonyms.txt"
+    return paths
