@@ -667,11 +667,24 @@ def published_fig1_table(
                     "top10_overlap": int(top["overlap"]),
                 }
             )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["n_permutations"] = n_permutations
+    table.attrs["n_resamples"] = n_resamples
+    return table
 
 
 def format_fig1_markdown(table: pd.DataFrame) -> str:
-    """Render :func:`published_fig1_table` as a markdown table (3 decimals)."""
+    """Render :func:`published_fig1_table` as a markdown table (3 decimals).
+
+    Permutation p-values at the resolution floor ``2 / (n_permutations + 1)`` (two-sided: no
+    shuffle reached the observed |r|) are shown as ``≤`` that floor.
+    """
+    n_perm = table.attrs.get("n_permutations")
+    floor = 2.0 / (n_perm + 1) if n_perm else 0.0
+
+    def fmt(p: float) -> str:
+        return f"≤{floor:.4f}" if p <= floor * (1 + 1e-9) else _fmt_p(p)
+
     head = (
         "| set | model | Pearson r | 95 % CI | p (perm.) | Spearman ρ | 95 % CI | p (perm.) | "
         "top-10 overlap |\n|---|---|---|---|---|---|---|---|---|"
@@ -680,8 +693,8 @@ def format_fig1_markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         lines.append(
             f"| {r.set} | {r.model} | {r.pearson:.3f} | [{r.pearson_ci[0]:.3f}, "
-            f"{r.pearson_ci[1]:.3f}] | {_fmt_p(r.pearson_p_perm)} | {r.spearman:.3f} | "
-            f"[{r.spearman_ci[0]:.3f}, {r.spearman_ci[1]:.3f}] | {_fmt_p(r.spearman_p_perm)} | "
+            f"{r.pearson_ci[1]:.3f}] | {fmt(r.pearson_p_perm)} | {r.spearman:.3f} | "
+            f"[{r.spearman_ci[0]:.3f}, {r.spearman_ci[1]:.3f}] | {fmt(r.spearman_p_perm)} | "
             f"{r.top10_overlap}/10 |"
         )
     return "\n".join(lines)

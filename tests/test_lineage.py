@@ -130,7 +130,7 @@ def test_cli_compare_reads_npy_csv_npz(tmp_path):
     assert "Pearson r" in res.output and "vicuna-7b_halueval_292 vs llama2" in res.output
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
-    payload = json.loads(res.output)
+    payload = json.loads(res.stdout)
     assert len(payload["pairs"]) == 3
     r = payload["pearson"]["llama2"]["vicuna-7b_halueval_292"]
     x = np.load(root / "vicuna-7b_halueval_292.npy").ravel()

@@ -171,3 +171,24 @@ def test_save_load_frame_plot(lineage_dirs, tmp_path):
     assert len(frame) == 2 * H and {"layer", "head", "qk_rel", "ov_cos"} <= set(frame.columns)
     assert drift.plot().get_lines() and drift.plot(whole_matrix=True).get_lines()
     assert drift.heatmap("ov_rel").images
+
+
+def test_cli_drift(lineage_dirs, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lineage_lens.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "d.npz"
+    args = ["drift", "--ancestor", str(lineage_dirs["base"]), "--descendant"]
+    res = runner.invoke(app, [*args, str(lineage_dirs["child"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "mean_qk_rel" in res.output
+    assert WeightDrift.load(out).changed_heads(name="qk_rel") == [(0, 1)]
+    res = runner.invoke(app, [*args, str(lineage_dirs["llava"]), "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["geometry"]["n_kv_heads"] == KV
+    assert payload["layers"]["mean_ov_rel"] == [0.0, 0.0]
