@@ -204,49 +204,54 @@ def open_weights(model: ModelLike) -> AttentionWeightSource:
 # --------------------------------------------------------------------------------------------
 
 
-def _heads(w: dict[str, Tensor], g: HeadGeometry) -> dict[str, Tensor]:
-    """Per-head float64 views: q [H, dh, dm], k/v [n_kv, dh, dm], o [H, dm, dh]."""
+def _heads(w: dict[str, Tensor], g: HeadGeometry) -> dict[str, np.ndarray]:
+    """Per-head float64 numpy arrays: q [H, dh, dm], k/v [n_kv, dh, dm], o [H, dm, dh].
+
+    (The arithmetic runs in numpy: on a CPU shared with other processes, torch's thread pool
+    made these small float64 operations ~10x slower.)"""
     H, K, dh, dm = g.n_heads, g.n_kv_heads, g.d_head, g.d_model
     expected = {"q": (H * dh, dm), "k": (K * dh, dm), "v": (K * dh, dm), "o": (dm, H * dh)}
     for name, shape in expected.items():
         if tuple(w[name].shape) != shape:
             raise ShapeMismatchError(f"{name}_proj weight", shape, tuple(w[name].shape))
-    f = {k: v.detach().to(device="cpu", dtype=torch.float64) for k, v in w.items()}
+    f = {k: v.detach().to(device="cpu", dtype=torch.float64).numpy() for k, v in w.items()}
     return {
         "q": f["q"].reshape(H, dh, dm),
         "k": f["k"].reshape(K, dh, dm),
         "v": f["v"].reshape(K, dh, dm),
-        "o": f["o"].reshape(dm, H, dh).permute(1, 0, 2),
+        "o": np.ascontiguousarray(f["o"].reshape(dm, H, dh).transpose(1, 0, 2)),
     }
 
 
-def _rel_cos(a: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+def _rel_cos(a: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relative Frobenius change and cosine over all but the first axis."""
     dims = tuple(range(1, a.ndim))
-    na = a.pow(2).sum(dims).sqrt()
-    nd = d.pow(2).sum(dims).sqrt()
-    rel = (d - a).pow(2).sum(dims).sqrt() / na
+    na = np.sqrt((a * a).sum(dims))
+    nd = np.sqrt((d * d).sum(dims))
+    diff = d - a
+    rel = np.sqrt((diff * diff).sum(dims)) / na
     cos = (a * d).sum(dims) / (na * nd)
     return rel, cos
 
 
 def _lowrank_rel_cos(
-    a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor
-) -> tuple[Float[Tensor, " head"], Float[Tensor, " head"]]:
+    a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray
+) -> tuple[Float[np.ndarray, " head"], Float[np.ndarray, " head"]]:
     """Drift of ``M = A B^T`` per head from factors ``A, B`` of shape ``[head, r, d_model]``.
 
     (Factors are passed transposed, rows = rank.) Uses ``<A1 B1^T, A2 B2^T>_F =
     sum((A1^T A2) * (B1^T B2))`` with the small ``r x r`` Gram matrices only.
     """
-    g11 = (a1 @ a1.transpose(1, 2)) * (b1 @ b1.transpose(1, 2))
-    g22 = (a2 @ a2.transpose(1, 2)) * (b2 @ b2.transpose(1, 2))
-    g12 = (a1 @ a2.transpose(1, 2)) * (b1 @ b2.transpose(1, 2))
-    n11 = g11.sum((1, 2))
-    n22 = g22.sum((1, 2))
-    n12 = g12.sum((1, 2))
-    diff = (n11 + n22 - 2 * n12).clamp_min(0)
-    rel = diff.sqrt() / n11.sqrt()
-    cos = n12 / (n11.sqrt() * n22.sqrt())
+
+    def gram(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return x @ y.transpose(0, 2, 1)
+
+    n11 = (gram(a1, a1) * gram(b1, b1)).sum((1, 2))
+    n22 = (gram(a2, a2) * gram(b2, b2)).sum((1, 2))
+    n12 = (gram(a1, a2) * gram(b1, b2)).sum((1, 2))
+    diff = np.maximum(n11 + n22 - 2 * n12, 0.0)
+    rel = np.sqrt(diff) / np.sqrt(n11)
+    cos = n12 / (np.sqrt(n11) * np.sqrt(n22))
     return rel, cos
 
 
@@ -256,26 +261,26 @@ def layer_drift(
     """Drift quantities of one layer (see :class:`WeightDrift` for the keys)."""
     A = _heads(ancestor, geometry)
     D = _heads(descendant, geometry)
-    kv_of_head = torch.arange(geometry.n_heads) // (geometry.n_heads // geometry.n_kv_heads)
+    kv_of_head = np.arange(geometry.n_heads) // (geometry.n_heads // geometry.n_kv_heads)
     out: dict[str, np.ndarray] = {}
     for p in PROJECTIONS:
         rel, cos = _rel_cos(A[p], D[p])
         if p in ("k", "v"):
-            out[f"{p}_rel_kv"], out[f"{p}_cos_kv"] = rel.numpy(), cos.numpy()
+            out[f"{p}_rel_kv"], out[f"{p}_cos_kv"] = rel, cos
             rel, cos = rel[kv_of_head], cos[kv_of_head]
-        out[f"{p}_rel"], out[f"{p}_cos"] = rel.numpy(), cos.numpy()
+        out[f"{p}_rel"], out[f"{p}_cos"] = rel, cos
         whole_a = A[p].reshape(-1)
         out[f"{p}_layer_rel"] = np.asarray(
-            float((D[p].reshape(-1) - whole_a).norm() / whole_a.norm())
+            np.linalg.norm(D[p].reshape(-1) - whole_a) / np.linalg.norm(whole_a)
         )
     # QK_h = W_Q_h^T W_K_g : factors (rows = d_head) W_Q_h and W_K_g.
     k_a, k_d = A["k"][kv_of_head], D["k"][kv_of_head]
     rel, cos = _lowrank_rel_cos(A["q"], k_a, D["q"], k_d)
-    out["qk_rel"], out["qk_cos"] = rel.numpy(), cos.numpy()
+    out["qk_rel"], out["qk_cos"] = rel, cos
     # OV_h = W_O_h W_V_g : factors W_O_h^T [dh, dm] and W_V_g [dh, dm].
     v_a, v_d = A["v"][kv_of_head], D["v"][kv_of_head]
-    rel, cos = _lowrank_rel_cos(A["o"].transpose(1, 2), v_a, D["o"].transpose(1, 2), v_d)
-    out["ov_rel"], out["ov_cos"] = rel.numpy(), cos.numpy()
+    rel, cos = _lowrank_rel_cos(A["o"].transpose(0, 2, 1), v_a, D["o"].transpose(0, 2, 1), v_d)
+    out["ov_rel"], out["ov_cos"] = rel, cos
     return out
 
 
