@@ -85,14 +85,14 @@ def run(rounds: int, new_tokens: int, threads: int | None) -> dict:
                         outputs[config].append(out)
     tps = {c: [new_tokens / t for t in ts] for c, ts in times.items()}
     overall = {c: new_tokens * len(ts) / sum(ts) for c, ts in times.items()}
-    ratios = {
-        c: statistics.median(a / b for a, b in zip(tps[c], tps["ungated"], strict=True))
-        for c in CONFIGS
-    }
+    paired = {c: [a / b for a, b in zip(tps[c], tps["ungated"], strict=True)] for c in CONFIGS}
+    ratios = {c: statistics.median(v) for c, v in paired.items()}
+    iqr = {c: tuple(np.percentile(v, [25, 75]).tolist()) for c, v in paired.items()}
     agree = all(torch.equal(a, b) for a, b in zip(outputs["z"], outputs["fold"], strict=True))
     return {
         "tps": tps,
         "overall": overall,
+        "iqr": iqr,
         "setup_ms": {c: 1e3 * statistics.median(v) for c, v in setup.items()},
         "ratios": ratios,
         "z_fold_same_tokens": agree,
@@ -118,7 +118,7 @@ def to_markdown(res: dict, command: str) -> str:
         "prompt) the three configurations run back to back in a rotated order.",
         "",
         "| configuration | tokens/s (total) | median per trial | min | max "
-        "| median paired ratio to ungated | overhead |",
+        "| median paired ratio to ungated (IQR) | overhead |",
         "|---|---|---|---|---|---|---|",
     ]
     for config in CONFIGS:
@@ -127,7 +127,8 @@ def to_markdown(res: dict, command: str) -> str:
         lines.append(
             f"| {config} | {res['overall'][config]:.1f} | {statistics.median(t):.1f} | "
             f"{min(t):.1f} | {max(t):.1f} | "
-            f"{ratio:.3f} | {100 * (1 - ratio):+.1f} % |"
+            f"{ratio:.3f} ({res['iqr'][config][0]:.3f}-{res['iqr'][config][1]:.3f}) | "
+            f"{100 * (1 - ratio):+.1f} % |"
         )
     lines += [
         "",
