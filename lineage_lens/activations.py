@@ -8,7 +8,8 @@ after the last layer's ``hook_z`` (the last MLP, the final norm and the unembedd
 
 Tokenization policy (BOS): prompts are encoded with ``tokenizer(text, add_special_tokens=True)``,
 i.e. exactly as the Hugging Face model would see them: Llama/Vicuna tokenizers add ``<s>``, the
-SmolLM2 tokenizer adds nothing. ``prepend_bos=True`` forces a BOS token first (what
+SmolLM2 tokenizer converted from GGUF adds its BOS (``<|im_start|>``), the tiny test tokenizer adds
+``<s>``. ``prepend_bos=True`` forces a BOS token first (what
 ``model.to_tokens`` does), ``prepend_bos=False`` encodes without special tokens.
 
 The answer's last token is the last non-special token whose character span ends at or before the
