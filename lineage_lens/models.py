@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -215,6 +216,19 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     return name  # a hub name: boot_transformers resolves it (needs network or the HF cache)
 
 
+def _declared_generic_tokenizer(source: str) -> Any | None:
+    """The generic fast tokenizer of a local directory that declares it, else None."""
+    config_path = Path(source) / "tokenizer_config.json"
+    if not config_path.is_file():
+        return None
+    declared = json.loads(config_path.read_text()).get("tokenizer_class")
+    if declared not in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(source)
+
+
 def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     *,
@@ -222,6 +236,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device_map: str | dict[str, Any] | None = None,
     n_devices: int | None = None,
+    tokenizer: Any | None = None,
 ) -> TransformerBridge:
     """Load a model as a ``TransformerBridge`` in eval mode, with a padding-ready tokenizer.
 
@@ -233,9 +248,16 @@ def load_model(
         dtype: parameter dtype.
         device_map, n_devices: passed to ``TransformerBridge.boot_transformers`` to split a model
             larger than one GPU across devices.
+        tokenizer: a tokenizer to use instead of the one saved with the model. A local directory
+            whose ``tokenizer_config.json`` declares the generic fast class gets exactly that class
+            (transformers would otherwise substitute the architecture's own, e.g. Qwen2Tokenizer).
     """
     source = resolve_model_path(name_or_path)
     kwargs: dict[str, Any] = {"dtype": dtype}
+    if tokenizer is None:
+        tokenizer = _declared_generic_tokenizer(source)
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
     if device_map is not None or n_devices is not None:
         kwargs["device_map"] = device_map if device_map is not None else "auto"
         if n_devices is not None:

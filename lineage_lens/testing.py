@@ -8,6 +8,7 @@ tiny CLIP; ``tiny_pixel_values`` makes its images with numpy.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -112,8 +113,11 @@ TINY_PATCH_SIZE = 8
 TINY_IMAGE_TOKENS = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
 
 
-def make_word_tokenizer(extra_words: list[str] | None = None):
-    """A word-level ``PreTrainedTokenizerFast`` over :data:`BASE_WORDS` (plus ``extra_words``)."""
+def make_word_tokenizer(extra_words: list[str] | None = None, *, bos: bool = True):
+    """A word-level ``PreTrainedTokenizerFast`` over :data:`BASE_WORDS` (plus ``extra_words``).
+
+    ``bos=False`` declares no BOS token, like Qwen2's tokenizers.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -126,7 +130,7 @@ def make_word_tokenizer(extra_words: list[str] | None = None):
         tokenizer_object=tk,
         pad_token="<pad>",
         unk_token="<unk>",
-        bos_token="<s>",
+        bos_token="<s>" if bos else None,
         eos_token="</s>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
@@ -151,7 +155,9 @@ def make_tiny_model(
     import transformers as tf
 
     out_dir = Path(out_dir)
-    tok = make_word_tokenizer(extra_words)
+    # Qwen2 tokenizers have no BOS token; TransformerLens re-creates a tokenizer that declares
+    # one through AutoTokenizer, which would swap in Qwen2's own BPE class.
+    tok = make_word_tokenizer(extra_words, bos=arch != "qwen2")
     vocab_size = len(tok)
     d_model = n_heads * d_head
     text_kw = dict(
@@ -164,7 +170,7 @@ def make_tiny_model(
         head_dim=d_head,
         max_position_embeddings=256,
         pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
+        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=False,
     )
@@ -198,6 +204,12 @@ def make_tiny_model(
     model.eval()
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
+    # Pin the generic fast tokenizer class: otherwise AutoTokenizer picks the architecture's own
+    # class (e.g. Qwen2Tokenizer), which rebuilds a BPE pipeline around the word-level vocabulary.
+    config_path = out_dir / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config["tokenizer_class"] = "TokenizersBackend"
+    config_path.write_text(json.dumps(tok_config, indent=2))
     return out_dir
 
 

@@ -71,3 +71,17 @@ def test_smollm2_loads_from_packaged_gguf():
     model = load_model("smollm2-135m-instruct", device="cpu")
     geo = head_geometry(model)
     assert geo.shape == (30, 9) and geo.n_kv_heads == 3 and geo.d_head == 64
+
+
+@pytest.mark.parametrize("arch", ["llama", "gqa", "qwen2", "mistral", "llava"])
+def test_tiny_tokenizers_stay_word_level_through_the_bridge(tiny_dirs, arch):
+    model = load_model(tiny_dirs[arch], device="cpu")
+    assert model.tokenizer.tokenize("Context:\nthe cat\nAnswer: the") == [
+        "Context",
+        ":",
+        "the",
+        "cat",
+        "Answer",
+        ":",
+        "the",
+    ]
