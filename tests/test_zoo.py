@@ -67,8 +67,9 @@ def test_manifest_complete(zoo):
     assert manifest["members"]["instruct"]["parent"] == "base"
     assert manifest["members"]["vlm"]["parent"] == "base"
     assert manifest["members"]["base"]["parent"] is None
-    assert manifest["members"]["control"]["recipe"]["world_seed"] != (
-        manifest["members"]["base"]["recipe"]["world_seed"]
+    assert (
+        manifest["members"]["control"]["recipe"]["world_seed"]
+        != (manifest["members"]["base"]["recipe"]["world_seed"])
     )
     frame = zoo.to_frame()
     assert set(TINY) <= set(frame.index)
@@ -114,13 +115,15 @@ def test_vlm_answers_its_existence_questions(zoo):
     from lineage_lens.zoo.train import vlm_yes_no_accuracy
 
     model, tok = _hf(zoo.path("vlm"))
-    scenes = sample_scenes(60, seed=777)
+    scenes = sample_scenes(100, seed=777)
     questions = pope_questions(scenes, "random", seed=777)
     acc = vlm_yes_no_accuracy(model, tok, scenes, questions)
     n = len(questions)
     assert binomtest(round(acc * n), n, 0.5, alternative="greater").pvalue < 0.01, acc
     eval_dir = zoo.path("vlm") / "eval"
-    assert (eval_dir / "pope_adversarial.json").is_file() and (eval_dir / "gt_objects.json").is_file()
+    assert (eval_dir / "pope_adversarial.json").is_file() and (
+        eval_dir / "gt_objects.json"
+    ).is_file()
 
 
 def test_vlm_bridge_runs_on_rendered_images(zoo):
@@ -189,7 +192,9 @@ def test_images_render_and_preprocess(tmp_path):
 
 
 def test_cache_reuses_and_changed_recipe_rebuilds(tmp_path):
-    small = {"base": {"steps": 3, "n_docs": 40, "arch": {**profile_specs("test")[0].recipe["arch"]}}}
+    small = {
+        "base": {"steps": 3, "n_docs": 40, "arch": {**profile_specs("test")[0].recipe["arch"]}}
+    }
     first = build_zoo(tmp_path, "test", members=["base"], overrides=small, threads=1)
     again = build_zoo(tmp_path, "test", members=["base"], overrides=small, threads=1)
     assert not first.members["base"].reused and again.members["base"].reused

@@ -46,7 +46,13 @@ ICONS: dict[str, tuple[str, tuple[int, int, int]]] = {
 
 #: Objects that usually appear together (both directions): the language prior.
 COOCCUR: dict[str, str] = {}
-for _a, _b in [("cat", "dog"), ("car", "tree"), ("cup", "book"), ("ball", "bird"), ("house", "fish")]:
+for _a, _b in [
+    ("cat", "dog"),
+    ("car", "tree"),
+    ("cup", "book"),
+    ("ball", "bird"),
+    ("house", "fish"),
+]:
     COOCCUR[_a], COOCCUR[_b] = _b, _a
 
 #: CLIP's normalisation constants.
@@ -127,7 +133,7 @@ def render_scene(scene: Scene, size: int = 32) -> UInt8[np.ndarray, "size size 3
     cell = size // 2
     for obj, c in zip(scene.objects, scene.cells, strict=True):
         shape, colour = ICONS[obj]
-        s = int(round(cell * rng.uniform(0.6, 0.85)))
+        s = round(cell * rng.uniform(0.6, 0.85))
         y0 = (c // 2) * cell + int(rng.integers(0, cell - s + 1))
         x0 = (c % 2) * cell + int(rng.integers(0, cell - s + 1))
         mask = _shape_mask(shape, s)

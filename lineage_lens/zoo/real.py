@@ -2,7 +2,7 @@
 
 * ``smollm2-ft`` -- the ancestor fine-tuned (attention and MLP weights of every layer; embeddings,
   norms and the tied head frozen) on text made from the vendored HaluEval QA knowledge, in a prompt
-  format that differs from the TruthProbe one (``Knowledge: ... Q: ... A: ...``).
+  format that differs from the TruthProbe one (``Knowledge: ... Q: ...``, no answers).
 * ``smollm2-vlm`` -- built by :func:`lineage_lens.zoo.synthetic.build_vlm` with the ancestor as the
   language model (any Llama-type causal-LM directory works).
 
@@ -19,24 +19,29 @@ import numpy as np
 import torch
 
 from lineage_lens.errors import ConfigError
-from lineage_lens.zoo.train import lm_loss, run_training
+from lineage_lens.zoo.train import lm_loss, load_causal_lm, run_training
 
 log = logging.getLogger(__name__)
 
-FT_TEMPLATE = "Knowledge: {knowledge}\nQ: {question}\nA: {answer}"
+FT_TEMPLATE = "Knowledge: {knowledge}\nQ: {question}"
 
 
 def halueval_ft_documents(first_row: int, n_rows: int) -> list[str]:
-    """Fine-tuning texts from HaluEval QA rows ``[first_row, first_row + n_rows)`` (gold answers)."""
+    """Fine-tuning texts from HaluEval QA rows ``[first_row, first_row + n_rows)``.
+
+    Only the knowledge passage and the question are used (never an answer, gold or hallucinated),
+    so the fine-tune does not learn HaluEval's labels.
+    """
     from lineage_lens.data import load_halueval_qa
 
-    rows = load_halueval_qa(limit=first_row + n_rows)[first_row:]
-    if len(rows) < n_rows:
-        raise ConfigError(f"HaluEval QA has only {first_row + len(rows)} rows; lower n_rows.")
-    return [
-        FT_TEMPLATE.format(knowledge=r.knowledge, question=r.question, answer=r.right_answer)
-        for r in rows
-    ]
+    all_rows = load_halueval_qa()
+    rows = all_rows[first_row : first_row + n_rows]
+    if first_row < 0 or len(rows) < n_rows:
+        raise ConfigError(
+            f"HaluEval QA has {len(all_rows)} rows; rows {first_row}..{first_row + n_rows - 1} "
+            "do not exist. Lower first_row or n_rows."
+        )
+    return [FT_TEMPLATE.format(knowledge=r.knowledge, question=r.question) for r in rows]
 
 
 def _trainable(model: torch.nn.Module, what: str) -> list[torch.nn.Parameter]:
@@ -58,7 +63,7 @@ def build_smollm2_ft(recipe: dict[str, Any], parent: Path | None, out: Path) -> 
     if parent is None:
         raise ConfigError("smollm2-ft needs the ancestor directory as its parent.")
     tok = tf.AutoTokenizer.from_pretrained(parent)
-    model = tf.AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32)
+    model = load_causal_lm(parent)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     texts = halueval_ft_documents(recipe["first_row"], recipe["n_rows"])
@@ -98,7 +103,7 @@ def build_smollm2_ft(recipe: dict[str, Any], parent: Path | None, out: Path) -> 
     return {
         "trained": {
             "data": f"HaluEval QA rows {recipe['first_row']}..{recipe['first_row'] + recipe['n_rows'] - 1} "
-            f"as '{FT_TEMPLATE!s}' (knowledge + gold answer; loss on all tokens)",
+            f"as {FT_TEMPLATE!r} (knowledge + question, no answers; loss on all tokens)",
             "steps": recipe["steps"],
             "lr": recipe["lr"],
             "frozen": ["embeddings (tied lm_head)", "RMS norms"],

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from lineage_lens.errors import ConfigError
 
 #: Bumped when a builder changes in a way that changes its output.
-ZOO_CODE_VERSION = "zoo-1"
+ZOO_CODE_VERSION = "zoo-2"
 
 Profile = Literal["test", "demo", "full"]
 PROFILES: tuple[str, ...] = ("test", "demo", "full")
@@ -70,13 +70,19 @@ TINY_MEMBERS: list[MemberSpec] = [
         "vlm",
         "base",
         {
-            "vision": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "layers": 2, "heads": 2},
+            "vision": {
+                "image_size": 32,
+                "patch_size": 8,
+                "hidden_size": 32,
+                "layers": 2,
+                "heads": 2,
+            },
             "n_scenes": 2000,
             "align_steps": 150,
             "align_lr": 3e-3,
-            "e2e_steps": 250,
-            "e2e_lr": 2e-3,
-            "lm_lr": 5e-4,
+            "e2e_steps": 1000,
+            "e2e_lr": 3e-3,
+            "lm_lr": 3e-3,
             "lm_trainable": "all",
             "batch_size": 32,
             "seed": 2,
@@ -100,8 +106,8 @@ REAL_MEMBERS: list[MemberSpec] = [
         "smollm2_ft",
         ANCESTOR,
         {
-            "n_rows": 1200,
-            "first_row": 2000,
+            "n_rows": 500,
+            "first_row": 0,
             "steps": 150,
             "batch_size": 8,
             "max_len": 160,
@@ -117,7 +123,13 @@ REAL_MEMBERS: list[MemberSpec] = [
         "vlm",
         ANCESTOR,
         {
-            "vision": {"image_size": 64, "patch_size": 16, "hidden_size": 64, "layers": 2, "heads": 4},
+            "vision": {
+                "image_size": 64,
+                "patch_size": 16,
+                "hidden_size": 64,
+                "layers": 2,
+                "heads": 4,
+            },
             "n_scenes": 3000,
             "align_steps": 300,
             "align_lr": 3e-3,
@@ -141,7 +153,9 @@ PROFILE_MEMBERS: dict[str, list[str]] = {
 }
 
 
-def profile_specs(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> list[MemberSpec]:
+def profile_specs(
+    profile: str, overrides: dict[str, dict[str, Any]] | None = None
+) -> list[MemberSpec]:
     """The members of ``profile`` in build order; ``overrides`` updates recipes by member name."""
     if profile not in PROFILE_MEMBERS:
         raise ConfigError(f"unknown zoo profile {profile!r}; use one of {', '.join(PROFILES)}.")

@@ -17,6 +17,7 @@ import torch
 from lineage_lens.zoo.train import (
     llava_from_lm,
     lm_loss,
+    load_causal_lm,
     train_lm_on_documents,
     train_vlm,
     vlm_yes_no_accuracy,
@@ -188,7 +189,7 @@ def build_vlm(recipe: dict[str, Any], parent: Path | None, out: Path) -> dict[st
 
     assert parent is not None
     tok = tf.AutoTokenizer.from_pretrained(parent)
-    lm = tf.AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32)
+    lm = load_causal_lm(parent)
     torch.manual_seed(recipe["seed"])
     model = llava_from_lm(lm, tok, recipe["vision"], seed=recipe["seed"])
     del lm

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from lineage_lens.zoo.images import (
 log = logging.getLogger(__name__)
 
 #: Prompt of the zoo's multimodal members: image tokens, the question, the answer.
-VLM_PROMPT = "{image}\nQuestion: {question}\nAnswer:"
+VLM_PROMPT = "Question: {question}\n{image}\nAnswer:"
 
 Segments = list[tuple[str, bool]]
 
@@ -179,6 +180,20 @@ def train_lm_on_documents(
 # ----------------------------------------------------------------------------------------------
 
 
+def load_causal_lm(path: str | Path) -> nn.Module:
+    """A float32 causal LM from a HF directory, as a plain (saveable) model.
+
+    Directories converted from GGUF keep a ``quantization_config`` that makes the loaded model
+    unserialisable; it is dropped here (the weights are already dequantised).
+    """
+    import transformers as tf
+
+    config = tf.AutoConfig.from_pretrained(path)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    return tf.AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+
+
 def ensure_image_token(tokenizer: Any) -> int:
     """Add :data:`IMAGE_TOKEN` as a special token if missing; return its id."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -240,22 +255,22 @@ def image_features(model: nn.Module, pixel_values: Tensor) -> Float[Tensor, "bat
 
 
 def vlm_examples(
-    scenes: Sequence[Scene], seed: int, *, caption_rate: float = 0.2
+    scenes: Sequence[Scene], seed: int, *, caption_rate: float = 0.3
 ) -> list[tuple[int, str, str]]:
-    """``(scene index, question, answer)``: balanced POPE questions plus captions."""
+    """``(scene index, question, answer)``: balanced POPE questions per scene, plus captions.
+
+    Every present object gets a "yes" question and as many absent objects a "no" question (half
+    of them the usual companion of a present object: the adversarial case).
+    """
     rng = np.random.default_rng(seed)
     out = []
     for i, scene in enumerate(scenes):
         if rng.random() < caption_rate:
             out.append((i, CAPTION_PROMPT, " " + scene.caption()))
-            continue
-        if rng.random() < 0.5:
-            obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        absent = [o for o in OBJECTS if o not in scene.objects]
+        partners = [COOCCUR[o] for o in scene.objects if COOCCUR[o] in absent]
+        for obj in scene.objects:
             out.append((i, POPE_QUESTION.format(obj=obj), " yes"))
-        else:
-            absent = [o for o in OBJECTS if o not in scene.objects]
-            # half of the absent questions ask for the usual companion: the adversarial case
-            partners = [COOCCUR[o] for o in scene.objects if COOCCUR[o] in absent]
             pool = partners if partners and rng.random() < 0.5 else absent
             out.append((i, POPE_QUESTION.format(obj=pool[int(rng.integers(len(pool)))]), " no"))
     return out

@@ -58,9 +58,24 @@ RELATIONS: dict[str, tuple[list[str], str, str]] = {
 #: Instruction format of the ``instruct`` member.
 INSTRUCT_TEMPLATE = "User : {context} {question} Assistant : {answer}"
 
-_TEMPLATE_WORDS = (
-    "lives works owns job pet does live own where what which User Assistant Is There Describe"
-).split()
+_TEMPLATE_WORDS = [
+    "lives",
+    "works",
+    "owns",
+    "job",
+    "pet",
+    "does",
+    "live",
+    "own",
+    "where",
+    "what",
+    "which",
+    "User",
+    "Assistant",
+    "Is",
+    "There",
+    "Describe",
+]
 
 
 def world_vocabulary() -> list[str]:
