@@ -108,10 +108,10 @@ REAL_MEMBERS: list[MemberSpec] = [
         {
             "n_rows": 500,
             "first_row": 0,
-            "steps": 150,
+            "steps": 80,
             "batch_size": 8,
-            "max_len": 160,
-            "lr": 3e-5,
+            "max_len": 128,
+            "lr": 5e-5,
             "trainable": "attn+mlp of all layers",
             "seed": 0,
         },
