@@ -1,0 +1,627 @@
+"""Truth Scores: one logistic probe per attention head, fitted for all heads at once.
+
+A head's *Truth Score* is the k-fold cross-validated accuracy of a linear probe that predicts, from
+the head's ``hook_z`` vector at the answer's last token, whether the answer is truthful
+(label ``1``) or hallucinated (label ``0``). The positive class of precision, recall, F1 and AUROC
+is therefore **truthful** (label 1).
+
+Every head gets its own probe, but nothing loops over heads: the ``n_layers * n_heads`` heads are a
+batch axis of tensors (processed in memory-bounded chunks of heads), and each fold fits all of them
+together.
+
+Two solvers:
+
+``"newton"`` (default)
+    L2-regularised logistic regression solved exactly by batched Newton (IRLS) steps with a
+    vectorised Armijo line search: per head the ``[d+1, d+1]`` Hessian is built with one batched
+    matmul and solved by a batched Cholesky factorisation, in float64. It minimises, per head,
+    ``sum_i BCE(y_i, w.x_i + b) + l2/2 * ||w||^2`` (the intercept ``b`` is not penalised) on
+    features standardised with the training fold's mean and standard deviation -- the same model as
+    ``sklearn.linear_model.LogisticRegression(C=1/l2)`` after a ``StandardScaler``. The default
+    ``l2=1.0`` is scikit-learn's default ``C=1``.
+
+``"adamw"``
+    The TruthProbe paper's recipe, for parity: a linear probe (zero init, BCE loss) trained with
+    AdamW (lr 1e-2, weight decay 1e-3 on weight and bias), 200 epochs of shuffled mini-batches of
+    512, in float32 -- batched over heads through a ``[heads, d]`` weight tensor. It uses the same
+    folds and the same standardisation; ``l2`` is ignored.
+
+Typical use::
+
+    acts = collect_head_activations(model, examples)   # HeadActivations [N, L, H, d]
+    scores = fit_truth_scores(acts, model="smollm2", dataset="halueval")
+    scores.top_k(5)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from scipy.stats import rankdata
+from sklearn.model_selection import StratifiedKFold
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lineage_lens.errors import ConfigError, DataError, LineageLensError, ShapeMismatchError
+from lineage_lens.scores import METRICS, TruthScores
+
+log = logging.getLogger(__name__)
+
+Solver = Literal["newton", "adamw"]
+SOLVERS: tuple[str, ...] = ("newton", "adamw")
+
+#: The paper's AdamW recipe (used by ``solver="adamw"``).
+ADAMW_RECIPE: dict[str, float | int] = {
+    "lr": 1e-2,
+    "weight_decay": 1e-3,
+    "epochs": 200,
+    "batch_size": 512,
+}
+
+#: Bytes of float64 working memory a Newton chunk of heads may use (approximate).
+DEFAULT_MEMORY_BYTES = 1 << 30
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+
+
+def _as_arrays(acts: Any, labels: Any) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """``(acts [N, L, H, d] array or tensor, labels [N] int64, provenance)`` with validation."""
+    info: dict[str, Any] = {}
+    if hasattr(acts, "acts") and hasattr(acts, "labels"):  # HeadActivations
+        if labels is None:
+            labels = acts.labels
+        info["model"] = getattr(acts, "model", "") or ""
+        acts = acts.acts
+    if labels is None:
+        raise ConfigError(
+            "labels are required when acts is an array; pass labels=[N] (1 = truthful, "
+            "0 = hallucinated) or a HeadActivations object that carries them."
+        )
+    if not isinstance(acts, (np.ndarray, Tensor)):
+        acts = np.asarray(acts)
+    if acts.ndim != 4:
+        raise ShapeMismatchError(
+            "probing activations",
+            "[n_examples, n_layers, n_heads, d_head]",
+            tuple(acts.shape),
+            "Pass HeadActivations.acts or an array of that shape.",
+        )
+    if isinstance(labels, Tensor):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != acts.shape[0]:
+        raise ShapeMismatchError(
+            "labels vs activations",
+            (int(acts.shape[0]),),
+            tuple(labels.shape),
+            f"acts has shape {tuple(acts.shape)}: labels need one entry per example (axis 0).",
+        )
+    if labels.dtype == bool:
+        labels = labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.number) or not np.isin(labels, (0, 1)).all():
+        bad = sorted({str(v) for v in np.unique(labels) if str(v) not in ("0", "1")})[:5]
+        raise DataError(
+            f"labels must be 0 (hallucinated) or 1 (truthful); found other values {bad}."
+        )
+    return acts, labels.astype(np.int64), info
+
+
+def _check_folds(labels: np.ndarray, folds: int) -> None:
+    if not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ConfigError(f"folds must be an integer >= 2, got {folds!r}.")
+    n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
+    if min(n_pos, n_neg) == 0:
+        raise DataError(
+            f"labels hold only one class ({n_pos} truthful, {n_neg} hallucinated); a probe needs "
+            "both. Add examples of the missing label."
+        )
+    if min(n_pos, n_neg) < folds:
+        raise DataError(
+            f"{folds}-fold cross-validation needs at least {folds} examples of each class; got "
+            f"{n_pos} truthful and {n_neg} hallucinated. Use more examples or fewer folds."
+        )
+
+
+def _resolve_device(device: str | torch.device | None, acts: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(acts, Tensor):
+        return acts.device
+    return torch.device("cpu")
+
+
+def _head_chunk(
+    acts: Any, start: int, stop: int, device: torch.device, dtype: torch.dtype
+) -> Float[Tensor, "head n d"]:
+    """Heads ``start:stop`` (flattened ``layer * n_heads + head``) as ``[heads, N, d]``."""
+    n, n_layers, n_heads, d = acts.shape
+    flat = acts.reshape(n, n_layers * n_heads, d)
+    chunk = flat[:, start:stop, :]
+    if isinstance(chunk, Tensor):
+        t = chunk.to(device=device, dtype=dtype)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(device, dtype)
+    t = t.transpose(0, 1).contiguous()
+    finite = torch.isfinite(t).all(dim=(1, 2))
+    if not bool(finite.all()):
+        first = start + int(torch.nonzero(~finite)[0, 0])
+        raise DataError(
+            f"activations contain NaN or infinite values (first at layer {first // n_heads}, head "
+            f"{first % n_heads}); recapture them in float32 or drop the bad examples."
+        )
+    return t
+
+
+def _standardize(
+    x_train: Float[Tensor, "head n d"], x_test: Float[Tensor, "head m d"]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Standardise both with the training statistics; return ``(x_train, x_test, mean, scale)``."""
+    mean = x_train.mean(dim=1, keepdim=True)
+    scale = x_train.std(dim=1, keepdim=True, unbiased=False)
+    scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
+    return (x_train - mean) / scale, (x_test - mean) / scale, mean, scale
+
+
+# --------------------------------------------------------------------------------------------
+# Solvers (all heads of a chunk at once)
+# --------------------------------------------------------------------------------------------
+
+
+def _objective(eta: Tensor, y: Tensor, w: Tensor, pen: Tensor) -> Tensor:
+    """Per-head penalised negative log-likelihood (sum over examples)."""
+    nll = torch.nn.functional.softplus(eta) - y * eta
+    return nll.sum(dim=1) + 0.5 * (pen * w * w).sum(dim=1)
+
+
+def newton_logistic(
+    x: Float[Tensor, "head n d"],
+    y: Float[Tensor, " n"],
+    l2: float = 1.0,
+    *,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+) -> tuple[Float[Tensor, "head d1"], Int[Tensor, " head"]]:
+    """Fit one L2-regularised logistic regression per head by batched Newton steps.
+
+    Minimises ``sum_i [softplus(eta_i) - y_i * eta_i] + l2/2 * ||w||^2`` per head with
+    ``eta = x @ w + b``; the intercept (last coefficient) is not penalised. Each iteration builds
+    every active head's Hessian with one batched matmul, solves it by Cholesky, and backtracks
+    (Armijo) per head. A head stops when its Newton decrement ``g^T H^-1 g / 2`` falls below
+    ``tol * n``.
+
+    Args:
+        x: features (already standardised), ``[heads, n, d]``.
+        y: labels ``[n]`` in {0, 1} (same for all heads), float.
+        l2: L2 penalty (``1 / C`` of scikit-learn), must be > 0.
+
+    Returns:
+        ``(coef [heads, d+1] with the intercept last, iterations used per head)``.
+    """
+    if not l2 > 0:
+        raise ConfigError(f"l2 must be > 0 for the Newton solver, got {l2}.")
+    g_all, n, d = x.shape
+    z = torch.cat([x, torch.ones(g_all, n, 1, dtype=x.dtype, device=x.device)], dim=2)
+    pen = torch.full((d + 1,), float(l2), dtype=x.dtype, device=x.device)
+    pen[-1] = 0.0
+    eye_pen = torch.diag(pen)
+    w = torch.zeros(g_all, d + 1, dtype=x.dtype, device=x.device)
+    n_iter = torch.zeros(g_all, dtype=torch.long, device=x.device)
+    active = torch.arange(g_all, device=x.device)
+    za = z
+    eta = torch.zeros(g_all, n, dtype=x.dtype, device=x.device)
+    f = _objective(eta, y, w, pen)
+    for _ in range(max_iter):
+        if active.numel() == 0:
+            break
+        wa, etaa, fa = w[active], eta[active], f[active]
+        p = torch.sigmoid(etaa)
+        grad = torch.einsum("gnd,gn->gd", za, p - y) + pen * wa
+        s = p * (1.0 - p)
+        hess = torch.bmm(za.transpose(1, 2) * s.unsqueeze(1), za) + eye_pen
+        chol, info = torch.linalg.cholesky_ex(hess)
+        if bool((info != 0).any()):  # numerically indefinite: fall back to a damped solve
+            hess = hess + 1e-8 * torch.eye(d + 1, dtype=x.dtype, device=x.device)
+            step = torch.linalg.solve(hess, grad)
+        else:
+            step = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
+        decrement = (grad * step).sum(dim=1)
+        deta = torch.bmm(za, step.unsqueeze(-1)).squeeze(-1)
+        t = torch.ones(active.numel(), dtype=x.dtype, device=x.device)
+        accept = torch.zeros(active.numel(), dtype=torch.bool, device=x.device)
+        f_new = fa
+        for _ in range(30):  # vectorised backtracking; eta is linear in the step length
+            cand = _objective(etaa - t[:, None] * deta, y, wa - t[:, None] * step, pen)
+            ok = cand <= fa - 1e-4 * t * decrement
+            newly = ok & ~accept
+            f_new = torch.where(newly, cand, f_new)
+            accept |= ok
+            if bool(accept.all()):
+                break
+            t = torch.where(accept, t, 0.5 * t)
+        t = torch.where(accept, t, torch.zeros_like(t))  # no progress possible: keep w
+        f_new = torch.where(accept, f_new, fa)
+        w[active] = wa - t[:, None] * step
+        eta[active] = etaa - t[:, None] * deta
+        f[active] = f_new
+        n_iter[active] += 1
+        done = (0.5 * decrement <= tol * n) | ~accept
+        if bool(done.any()):
+            keep = ~done
+            active = active[keep]
+            za = za[keep]
+    return w, n_iter
+
+
+def adamw_logistic(
+    x: Float[Tensor, "head n d"],
+    y: Float[Tensor, " n"],
+    *,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-3,
+    epochs: int = 200,
+    batch_size: int = 512,
+    generator: torch.Generator | None = None,
+) -> Float[Tensor, "head d1"]:
+    """The paper's probe recipe, batched over heads: zero init, BCE, AdamW, shuffled mini-batches.
+
+    The loss is the sum over heads of each head's mean BCE, so every head follows exactly the
+    trajectory it would follow alone (AdamW is element-wise). Returns ``[heads, d+1]``
+    (intercept last) in float32.
+    """
+    g_all, n, d = x.shape
+    x = x.float()
+    y = y.float()
+    weight = torch.zeros(g_all, d, device=x.device, requires_grad=True)
+    bias = torch.zeros(g_all, device=x.device, requires_grad=True)
+    opt = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            logits = torch.einsum("gbd,gd->gb", x[:, idx], weight) + bias[:, None]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, y[idx].expand_as(logits), reduction="none"
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.mean(dim=1).sum().backward()
+            opt.step()
+    return torch.cat([weight.detach(), bias.detach()[:, None]], dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics (vectorised over heads)
+# --------------------------------------------------------------------------------------------
+
+
+def head_metrics(
+    decision: Float[np.ndarray, "head m"], y_true: Int[np.ndarray, " m"]
+) -> dict[str, Float[np.ndarray, " head"]]:
+    """Accuracy, precision, recall, F1 and AUROC of every head's held-out decision values.
+
+    ``decision > 0`` predicts truthful (1), the positive class. Precision, recall and F1 are 0
+    when undefined (scikit-learn's ``zero_division=0``); AUROC is the Mann-Whitney statistic via
+    average ranks (ties count 1/2), as ``sklearn.metrics.roc_auc_score``.
+    """
+    decision = np.asarray(decision, dtype=np.float64)
+    y = np.asarray(y_true).astype(bool)
+    pred = decision > 0
+    tp = (pred & y).sum(axis=1).astype(np.float64)
+    fp = (pred & ~y).sum(axis=1).astype(np.float64)
+    fn = (~pred & y).sum(axis=1).astype(np.float64)
+    tn = (~pred & ~y).sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        auroc = np.full(decision.shape[0], np.nan)
+    else:
+        ranks = rankdata(decision, axis=1)
+        auroc = (ranks[:, y].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return {
+        "accuracy": (tp + tn) / len(y),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "auroc": auroc,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FitResult:
+    metrics: dict[str, np.ndarray]  # name -> [G]
+    coef: np.ndarray | None  # [G, d+1] in the original feature space, or None
+    max_iter_used: int
+    not_converged: int
+
+
+def _heads_per_chunk(n: int, d: int, n_heads: int, memory_bytes: int, itemsize: int) -> int:
+    per_head = 4 * n * (d + 1) * itemsize + 2 * (d + 1) ** 2 * itemsize
+    return max(1, min(n_heads, memory_bytes // max(per_head, 1)))
+
+
+def _fit(
+    acts: Any,
+    labels: np.ndarray,
+    *,
+    folds: int,
+    solver: str,
+    l2: float,
+    seed: int,
+    device: torch.device,
+    refit: bool,
+    max_iter: int,
+    tol: float,
+    memory_bytes: int,
+    progress: bool,
+) -> _FitResult:
+    n, n_layers, n_heads, d = acts.shape
+    g_total = n_layers * n_heads
+    dtype = torch.float64 if solver == "newton" else torch.float32
+    if device.type == "mps" and dtype == torch.float64:
+        dtype = torch.float32
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), labels))
+    chunk = _heads_per_chunk(n, d, g_total, memory_bytes, torch.finfo(dtype).bits // 8)
+    y_all = torch.as_tensor(labels, dtype=dtype, device=device)
+    sums = {m: np.zeros(g_total) for m in METRICS}
+    coef = np.zeros((g_total, d + 1)) if refit else None
+    max_used, not_conv = 0, 0
+    jobs = folds + int(refit)
+    bar = tqdm(
+        total=math.ceil(g_total / chunk) * jobs,
+        disable=not progress,
+        desc=f"probing {g_total} heads ({solver})",
+        unit="fit",
+    )
+
+    def solve(x_tr: Tensor, y_tr: Tensor, fold: int) -> Tensor:
+        nonlocal max_used, not_conv
+        if solver == "newton":
+            w, it = newton_logistic(x_tr, y_tr, l2, max_iter=max_iter, tol=tol)
+            max_used = max(max_used, int(it.max()))
+            not_conv += int((it >= max_iter).sum())
+            return w
+        gen = torch.Generator().manual_seed(seed * 1000 + fold)
+        return adamw_logistic(x_tr, y_tr, generator=gen, **ADAMW_RECIPE).to(x_tr.dtype)  # type: ignore[arg-type]
+
+    try:
+        for start in range(0, g_total, chunk):
+            stop = min(g_total, start + chunk)
+            x = _head_chunk(acts, start, stop, device, dtype)
+            for fold, (tr, te) in enumerate(splits):
+                tr_t = torch.as_tensor(tr, device=device)
+                te_t = torch.as_tensor(te, device=device)
+                x_tr, x_te, _, _ = _standardize(x[:, tr_t], x[:, te_t])
+                w = solve(x_tr, y_all[tr_t], fold)
+                dec = torch.einsum("gnd,gd->gn", x_te, w[:, :-1]) + w[:, -1:]
+                fold_metrics = head_metrics(dec.detach().cpu().double().numpy(), labels[te])
+                for m in METRICS:
+                    sums[m][start:stop] += fold_metrics[m]
+                bar.update()
+                del x_tr, x_te
+            if coef is not None:
+                x_s, _, mean, scale = _standardize(x, x[:, :0])
+                w = solve(x_s, y_all, folds)
+                w_orig = w[:, :-1] / scale[:, 0]
+                b_orig = w[:, -1] - (w_orig * mean[:, 0]).sum(dim=1)
+                coef[start:stop] = torch.cat([w_orig, b_orig[:, None]], 1).cpu().double().numpy()
+                bar.update()
+            del x
+    finally:
+        bar.close()
+    metrics = {m: (v / folds).reshape(n_layers, n_heads) for m, v in sums.items()}
+    return _FitResult(metrics, coef, max_used, not_conv)
+
+
+def fit_truth_scores(
+    acts: Any,
+    labels: Any = None,
+    *,
+    folds: int = 5,
+    solver: Solver = "newton",
+    l2: float = 1.0,
+    seed: int = 0,
+    model: str = "",
+    dataset: str = "",
+    device: str | torch.device | None = None,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    progress: bool = True,
+) -> TruthScores:
+    """Truth Scores of every head: k-fold cross-validated logistic-probe metrics.
+
+    Args:
+        acts: a :class:`~lineage_lens.activations.HeadActivations` (its labels are used), or an
+            array/tensor ``[N, n_layers, n_heads, d_head]``.
+        labels: ``[N]`` in {0, 1} (1 = truthful, the positive class); required for arrays.
+        folds: stratified folds (``StratifiedKFold(shuffle=True, random_state=seed)``).
+        solver: ``"newton"`` (exact L2 logistic regression, fast) or ``"adamw"`` (the paper's
+            recipe); see the module docstring.
+        l2: Newton's L2 penalty on the standardised weights (``1/C`` of scikit-learn; default
+            ``1.0`` = ``C=1``).
+        seed: seeds the folds (and AdamW's shuffling); same seed -> identical scores.
+        model, dataset: provenance stored in the result (``model`` defaults to the
+            HeadActivations' model).
+        device: torch device for the fits (default: the tensor's device, else CPU).
+        max_iter, tol: Newton stopping rule (per head: decrement ``<= tol * n_train``).
+        memory_bytes: approximate working memory per chunk of heads.
+        progress: show a tqdm bar.
+
+    Returns:
+        :class:`~lineage_lens.scores.TruthScores` with ``accuracy`` (the Truth Score),
+        ``precision``, ``recall``, ``f1`` and ``auroc``, each ``[n_layers, n_heads]`` and averaged
+        over the folds.
+    """
+    probe = HeadProbe(
+        folds=folds,
+        solver=solver,
+        l2=l2,
+        seed=seed,
+        device=device,
+        refit=False,
+        max_iter=max_iter,
+        tol=tol,
+        memory_bytes=memory_bytes,
+        progress=progress,
+    )
+    probe.fit(acts, labels, model=model, dataset=dataset)
+    return probe.scores_
+
+
+class HeadProbe:
+    """Scikit-learn-style estimator: one logistic probe per attention head.
+
+    ``fit(acts, labels)`` cross-validates every head (``scores_``, a
+    :class:`~lineage_lens.scores.TruthScores`) and, with ``refit=True``, fits a final probe per
+    head on all examples (``coef_ [L, H, d]``, ``intercept_ [L, H]``, in the original,
+    unstandardised feature space; costs one more fit). See :func:`fit_truth_scores` for the
+    parameters.
+    """
+
+    def __init__(
+        self,
+        folds: int = 5,
+        solver: Solver = "newton",
+        l2: float = 1.0,
+        seed: int = 0,
+        *,
+        device: str | torch.device | None = None,
+        refit: bool = True,
+        max_iter: int = 50,
+        tol: float = 1e-10,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        progress: bool = False,
+    ) -> None:
+        self.folds = folds
+        self.solver = solver
+        self.l2 = l2
+        self.seed = seed
+        self.device = device
+        self.refit = refit
+        self.max_iter = max_iter
+        self.tol = tol
+        self.memory_bytes = memory_bytes
+        self.progress = progress
+
+    def _validate_params(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {SOLVERS}, got {self.solver!r}.")
+        if not (isinstance(self.l2, (int, float)) and math.isfinite(self.l2) and self.l2 > 0):
+            raise ConfigError(f"l2 must be a finite number > 0, got {self.l2!r}.")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ConfigError(f"max_iter must be a positive integer, got {self.max_iter!r}.")
+        if not self.tol > 0:
+            raise ConfigError(f"tol must be > 0, got {self.tol!r}.")
+
+    def fit(self, acts: Any, labels: Any = None, *, model: str = "", dataset: str = "") -> HeadProbe:
+        """Cross-validate (and optionally refit) a probe per head; returns ``self``."""
+        self._validate_params()
+        arr, y, info = _as_arrays(acts, labels)
+        _check_folds(y, self.folds)
+        device = _resolve_device(self.device, arr)
+        t0 = time.perf_counter()
+        n, n_layers, n_heads, d = arr.shape
+        log.info(
+            "Fitting %d x %d head probes (%s, %d folds) on %d examples of dim %d",
+            n_layers,
+            n_heads,
+            self.solver,
+            self.folds,
+            n,
+            d,
+        )
+        try:
+            res = _fit(
+                arr,
+                y,
+                folds=self.folds,
+                solver=self.solver,
+                l2=float(self.l2),
+                seed=self.seed,
+                device=device,
+                refit=self.refit,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                memory_bytes=self.memory_bytes,
+                progress=self.progress,
+            )
+        except torch.OutOfMemoryError as exc:
+            raise LineageLensError(
+                f"out of memory while probing; pass a smaller memory_bytes (now {self.memory_bytes})."
+            ) from exc
+        elapsed = time.perf_counter() - t0
+        if res.not_converged:
+            log.warning(
+                "%d head fits did not converge within max_iter=%d", res.not_converged, self.max_iter
+            )
+        meta: dict[str, Any] = {
+            "positive_label": 1,
+            "standardize": "train-fold mean/std",
+            "fit_seconds": round(elapsed, 3),
+            "n_truthful": int(y.sum()),
+            "n_hallucinated": int(len(y) - y.sum()),
+        }
+        if self.solver == "newton":
+            meta |= {"l2": float(self.l2), "max_newton_iter_used": res.max_iter_used}
+        else:
+            meta |= {"recipe": dict(ADAMW_RECIPE)}
+        self.scores_ = TruthScores(
+            res.metrics,
+            model=model or info.get("model", ""),
+            dataset=dataset,
+            n=int(n),
+            folds=int(self.folds),
+            solver=self.solver,
+            seed=int(self.seed),
+            meta=meta,
+        )
+        self.n_features_in_ = d
+        self.shape_ = (n_layers, n_heads)
+        if res.coef is not None:
+            self.coef_ = res.coef[:, :-1].reshape(n_layers, n_heads, d)
+            self.intercept_ = res.coef[:, -1].reshape(n_layers, n_heads)
+        log.info("Probed %d heads in %.2fs", n_layers * n_heads, elapsed)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise ConfigError("this HeadProbe has no final probes; call fit() with refit=True.")
+
+    def decision_function(self, acts: Any) -> Float[np.ndarray, "n layer head"]:
+        """Logit of "truthful" for each example and head, ``[N, L, H]``."""
+        self._check_fitted()
+        arr = acts.acts if hasattr(acts, "acts") else acts
+        if isinstance(arr, Tensor):
+            arr = arr.detach().cpu().numpy()
+        arr = np.asarray(arr, dtype=np.float64)
+        expected = (*self.shape_, self.n_features_in_)
+        if arr.ndim != 4 or arr.shape[1:] != expected:
+            raise ShapeMismatchError(
+                "activations for HeadProbe", ("N", *expected), tuple(arr.shape)
+            )
+        return np.einsum("nlhd,lhd->nlh", arr, self.coef_) + self.intercept_
+
+    def predict_proba(self, acts: Any) -> Float[np.ndarray, "n layer head"]:
+        """Probability of "truthful" (label 1) for each example and head, ``[N, L, H]``."""
+        return 1.0 / (1.0 + np.exp(-self.decision_function(acts)))
+
+    def predict(self, acts: Any) -> Int[np.ndarray, "n layer head"]:
+        """Predicted label (1 = truthful) for each example and head, ``[N, L, H]``."""
+        return (self.decision_function(acts) > 0).astype(np.int64)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from lineage_lens.errors import LineageLensError, ShapeMismatchError
+from lineage_lens.probing import HeadProbe, fit_truth_scores
+
+SIGNAL_HEADS = [(1, 2), (2, 0)]
+
+
+def planted(n: int = 400, layers: int = 3, heads: int = 4, d: int = 8, seed: int = 0):
+    """Activations where SIGNAL_HEADS carry the label along one direction; others are noise."""
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    x = rng.standard_normal((n, layers, heads, d)).astype(np.float32)
+    for layer, head in SIGNAL_HEADS:
+        x[:, layer, head, 0] += 3.0 * (y - 0.5)
+    return x, y
+
+
+def test_planted_signal_heads_rank_top_and_null_heads_are_chance():
+    x, y = planted(n=1000)
+    scores = fit_truth_scores(x, y, folds=5, seed=0, progress=False)
+    assert set(scores.top_k(2)) == set(SIGNAL_HEADS)
+    null = np.ones(scores.shape, bool)
+    for layer, head in SIGNAL_HEADS:
+        null[layer, head] = False
+        assert scores.accuracy[layer, head] > 0.85
+    assert np.all(np.abs(scores.accuracy[null] - 0.5) < 0.05)
+    assert set(scores.metrics) == {"accuracy", "precision", "recall", "f1", "auroc"}
+
+
+def test_same_seed_identical_scores():
+    x, y = planted()
+    a = fit_truth_scores(x, y, seed=3, progress=False)
+    b = fit_truth_scores(x, y, seed=3, progress=False)
+    for metric in a.metrics:
+        np.testing.assert_array_equal(a.get(metric), b.get(metric))
+
+
+def test_metrics_match_sklearn_per_head():
+    """Newton probe = LogisticRegression(C=1/l2) on standardised features, same folds."""
+    x, y = planted(n=200)
+    scores = fit_truth_scores(x, y, folds=4, seed=1, l2=1.0, progress=False)
+    for layer, head in [(1, 2), (0, 0)]:
+        feats = x[:, layer, head].astype(np.float64)
+        per_fold = {m: [] for m in ("accuracy", "precision", "recall", "f1", "auroc")}
+        for train, test in StratifiedKFold(4, shuffle=True, random_state=1).split(feats, y):
+            scaler = StandardScaler().fit(feats[train])
+            clf = LogisticRegression(C=1.0, tol=1e-10, max_iter=1000)
+            clf.fit(scaler.transform(feats[train]), y[train])
+            pred = clf.predict(scaler.transform(feats[test]))
+            prob = clf.predict_proba(scaler.transform(feats[test]))[:, 1]
+            per_fold["accuracy"].append(accuracy_score(y[test], pred))
+            per_fold["precision"].append(precision_score(y[test], pred, zero_division=0))
+            per_fold["recall"].append(recall_score(y[test], pred))
+            per_fold["f1"].append(f1_score(y[test], pred))
+            per_fold["auroc"].append(roc_auc_score(y[test], prob))
+        for metric, values in per_fold.items():
+            assert scores.get(metric)[layer, head] == pytest.approx(np.mean(values), abs=1e-6)
+
+
+def test_adamw_recipe_agrees_with_newton_on_easy_data():
+    x, y = planted(n=300)
+    newton = fit_truth_scores(x, y, solver="newton", seed=0, progress=False)
+    adamw = fit_truth_scores(x, y, solver="adamw", seed=0, progress=False)
+    assert adamw.solver == "adamw"
+    for layer, head in SIGNAL_HEADS:
+        assert abs(newton.accuracy[layer, head] - adamw.accuracy[layer, head]) < 0.03
+    assert np.mean(np.abs(newton.accuracy - adamw.accuracy)) < 0.05
+
+
+def test_head_probe_estimator_fit_returns_self_and_refits():
+    x, y = planted(n=200)
+    probe = HeadProbe(folds=3, seed=0, refit=True, progress=False)
+    assert probe.fit(x, y) is probe
+    assert probe.coef_.shape == (3, 4, 8)
+    pred = probe.predict(x)
+    assert pred.shape == (200, 3, 4)
+    assert (pred[:, 1, 2] == y).mean() > 0.85
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, y = planted(n=40)
+    with pytest.raises(ShapeMismatchError, match=r"40"):
+        fit_truth_scores(x, y[:30], progress=False)
+    with pytest.raises(LineageLensError, match="class"):
+        fit_truth_scores(x, np.ones(40, int), progress=False)
+    with pytest.raises(LineageLensError):
+        fit_truth_scores(x, np.arange(40) % 3, progress=False)
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(LineageLensError, match="(?i)nan|finite"):
+        fit_truth_scores(bad, y, progress=False)
+    with pytest.raises(LineageLensError, match="solver"):
+        fit_truth_scores(x, y, solver="sgd", progress=False)  # type: ignore[arg-type]
+
+
+def test_fits_head_activations_end_to_end(tiny_llama):
+    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.data import ProbeExample
+
+    examples = [
+        ProbeExample("the cat is on the mat", "where is the cat", ans, label, f"r{i}")
+        for i in range(10)
+        for ans, label in (("on the mat", 1), ("in the tree", 0))
+    ]
+    acts = collect_head_activations(tiny_llama, examples, batch_size=8, dtype=torch.float32)
+    scores = fit_truth_scores(acts, folds=2, seed=0, progress=False)
+    assert scores.shape == (2, 4) and scores.n == 20 and scores.folds == 2
