@@ -1,0 +1,59 @@
+"""``lineage-lens score``: Truth Scores of every attention head of a model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from lineage_lens.cli import app
+
+
+@app.command()
+def score(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Hub name, local HF directory, .gguf file or packaged alias."
+    ),
+    data: str = typer.Option(
+        "halueval", help="'halueval' (vendored HaluEval QA) or a TruthProbe JSON-lines file."
+    ),
+    n: int = typer.Option(
+        292, help="Probing source rows (each gives a truthful and a hallucinated example)."
+    ),
+    out: Path = typer.Option(Path("scores.npz"), help="Where to write the scores (.npz)."),
+    csv: Path | None = typer.Option(
+        None, help="Also write the paper's cv5_head_metrics.csv layout."
+    ),
+    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+    folds: int = typer.Option(5, help="Cross-validation folds."),
+    solver: str = typer.Option(
+        "newton", help="'newton' (exact, fast) or 'adamw' (the paper's recipe)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the row split and the folds."),
+    device: str | None = typer.Option(
+        None, help="Torch device (default: cuda if available, else cpu)."
+    ),
+    top: int = typer.Option(10, help="How many top heads to print."),
+) -> None:
+    """Probe every head's hook_z at the answer's last token and write its Truth Scores."""
+    from lineage_lens.models import load_model
+    from lineage_lens.pipeline import probing_examples, score_model
+
+    start = time.perf_counter()
+    examples = probing_examples(data, n=n, seed=seed)
+    bridge = load_model(model, device=device)
+    scores, _ = score_model(
+        bridge,
+        examples,
+        batch_size=batch_size,
+        folds=folds,
+        solver=solver,  # type: ignore[arg-type]
+        seed=seed,
+        dataset=str(data),
+    )
+    scores.save(out)
+    if csv is not None:
+        scores.to_csv(csv)
+    typer.echo(scores.summary(k=top))
+    typer.echo(f"wrote {out} ({len(examples)} examples, {time.perf_counter() - start:.1f} s)")

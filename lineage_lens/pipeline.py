@@ -1,0 +1,70 @@
+"""The scoring pipeline in one call: model -> probing examples -> activations -> Truth Scores."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from lineage_lens.activations import HeadActivations, collect_head_activations
+from lineage_lens.data import (
+    ProbeExample,
+    check_two_classes,
+    halueval_probe_examples,
+    load_halueval_qa,
+    load_probe_examples,
+    split_probe_eval,
+)
+from lineage_lens.models import model_label
+from lineage_lens.probing import Solver, fit_truth_scores
+from lineage_lens.scores import TruthScores
+
+log = logging.getLogger(__name__)
+
+
+def probing_examples(
+    data: str | Path = "halueval", n: int = 292, seed: int = 0
+) -> list[ProbeExample]:
+    """The probing examples of ``data``: for ``"halueval"`` the ``n``-row probing part of the
+    deterministic split (two examples per row; the rest is left for evaluation), otherwise the
+    first ``n`` source rows of a TruthProbe JSON-lines file (all rows if ``n`` is 0)."""
+    if str(data).lower() == "halueval":
+        probe_rows, _ = split_probe_eval(load_halueval_qa(), n_probe=n, seed=seed)
+        return halueval_probe_examples(probe_rows)
+    examples = load_probe_examples(data)
+    if n:
+        probe, _ = split_probe_eval(examples, n_probe=n, seed=seed)
+        return probe
+    return examples
+
+
+def score_model(
+    model: TransformerBridge,
+    examples: list[ProbeExample],
+    *,
+    batch_size: int = 16,
+    folds: int = 5,
+    solver: Solver = "newton",
+    seed: int = 0,
+    dataset: str = "",
+    activations_out: str | Path | None = None,
+    **capture: Any,
+) -> tuple[TruthScores, HeadActivations]:
+    """Truth Scores of every head of ``model`` on ``examples`` (and the activations they came from).
+
+    Checks both classes are present before any model work, captures ``hook_z`` at the answer's last
+    token in float32 (``capture`` passes further options to
+    :func:`~lineage_lens.activations.collect_head_activations`), then fits the per-head probes.
+    """
+    check_two_classes(examples)
+    capture.setdefault("dtype", torch.float32)
+    acts = collect_head_activations(
+        model, examples, batch_size=batch_size, out=activations_out, **capture
+    )
+    scores = fit_truth_scores(
+        acts, folds=folds, solver=solver, seed=seed, model=model_label(model), dataset=dataset
+    )
+    return scores, acts
