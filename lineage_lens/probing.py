@@ -376,7 +376,9 @@ def _fit(
     dtype = torch.float64 if solver == "newton" else torch.float32
     if device.type == "mps" and dtype == torch.float64:
         dtype = torch.float32
-    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), labels))
+    splits = list(
+        StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), labels)
+    )
     chunk = _heads_per_chunk(n, d, g_total, memory_bytes, torch.finfo(dtype).bits // 8)
     y_all = torch.as_tensor(labels, dtype=dtype, device=device)
     sums = {m: np.zeros(g_total) for m in METRICS}
@@ -530,7 +532,9 @@ class HeadProbe:
         if not self.tol > 0:
             raise ConfigError(f"tol must be > 0, got {self.tol!r}.")
 
-    def fit(self, acts: Any, labels: Any = None, *, model: str = "", dataset: str = "") -> HeadProbe:
+    def fit(
+        self, acts: Any, labels: Any = None, *, model: str = "", dataset: str = ""
+    ) -> HeadProbe:
         """Cross-validate (and optionally refit) a probe per head; returns ``self``."""
         self._validate_params()
         arr, y, info = _as_arrays(acts, labels)
