@@ -1,0 +1,64 @@
+"""Truth Score heatmaps (layer x head) side by side for the published lineage.
+
+The paper's four published ``[32, 32]`` Truth Score arrays: LLaMA-2-7B and its descendant
+Vicuna-7B on HaluEval (292 samples), LLaVA-1.5-7B and LLaVA-NeXT-7B (descendants of Vicuna) on
+RLHF-V (2,726). Writes ``heatmaps_published.png`` and ``heatmaps_published.csv`` (one row per model,
+layer and head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from experiments._common import FIGURES, Section, cli, save_csv, save_figure
+from lineage_lens.scores import TruthScores, load_scores, published_scores_dir
+
+PUBLISHED = {
+    "LLaMA-2-7B": "llama2-7b_halueval_292.npy",
+    "Vicuna-7B": "vicuna-7b_halueval_292.npy",
+    "LLaVA-1.5-7B": "llava-1.5-7b_rlhfv_2726.npy",
+    "LLaVA-NeXT-7B": "llava-next-7b_rlhfv_2726.npy",
+}
+
+
+def published_lineage() -> dict[str, TruthScores]:
+    """The four published Truth Score maps, ancestor first."""
+    root = published_scores_dir()
+    return {name: load_scores(root / file, model=name) for name, file in PUBLISHED.items()}
+
+
+def plot_heatmaps(scores: dict[str, TruthScores]) -> plt.Figure:
+    """One heatmap per model on a shared colour scale."""
+    values = np.stack([s.accuracy for s in scores.values()])
+    vmin, vmax = float(values.min()), float(values.max())
+    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.6), squeeze=False)
+    for ax, (name, s) in zip(axes[0], scores.items(), strict=True):
+        s.heatmap(ax=ax, title=name, vmin=vmin, vmax=vmax)
+    fig.suptitle("Truth Scores (5-fold probe accuracy) along the published lineage")
+    return fig
+
+
+def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
+    """Plot the published lineage's heatmaps; write the PNG and the plotted numbers."""
+    out_dir = Path(out_dir)
+    scores = published_lineage()
+    frame = pd.concat([s.to_frame().assign(model=name) for name, s in scores.items()])
+    frame = frame[["model", "layer", "head", "accuracy"]]
+    files = [
+        save_csv(frame, out_dir / "heatmaps_published.csv"),
+        save_figure(plot_heatmaps(scores), out_dir / "heatmaps_published.png"),
+    ]
+    lines = [
+        f"- {name}: mean {s.accuracy.mean():.3f}, max {s.accuracy.max():.3f} at "
+        f"L{s.top_k(1)[0][0]}H{s.top_k(1)[0][1]}"
+        for name, s in scores.items()
+    ]
+    return Section("Truth Score heatmaps of the published lineage", "\n".join(lines), files)
+
+
+if __name__ == "__main__":
+    cli(run, __doc__ or "")

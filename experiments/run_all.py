@@ -1,0 +1,52 @@
+"""Run every experiment of a profile and write ``runs/<profile>/REPORT.md``.
+
+python -m experiments.run_all --profile test|demo|full [--figures DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from experiments import heatmaps, inheritance
+from experiments._common import FIGURES, PROFILES, Section
+from lineage_lens._io import atomic_open
+
+log = logging.getLogger(__name__)
+
+#: The experiments in report order.
+EXPERIMENTS = (inheritance, heatmaps)
+
+
+def run_all(profile: str, figures: Path = FIGURES, report_dir: Path | None = None) -> Path:
+    """Run every experiment; return the path of the markdown report."""
+    report_dir = Path(report_dir or Path("runs") / profile)
+    sections: list[Section] = []
+    timings = []
+    for module in EXPERIMENTS:
+        start = time.perf_counter()
+        sections.append(module.run(profile=profile, out_dir=figures))
+        timings.append((module.__name__.split(".")[-1], time.perf_counter() - start))
+        log.info("%s done in %.1f s", *timings[-1])
+    body = "\n".join(s.render(relative_to=report_dir) for s in sections)
+    took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)
+    path = report_dir / "REPORT.md"
+    with atomic_open(path, "w") as fh:
+        fh.write(f"# lineage-lens report (profile {profile})\n\nTimings: {took}.\n\n{body}")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", choices=PROFILES, default="demo")
+    parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument("--report-dir", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(run_all(args.profile, args.figures, args.report_dir))
+
+
+if __name__ == "__main__":
+    main()
