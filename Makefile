@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test lint format reproduce benchmarks clean
+.PHONY: setup demo test lint format figures reproduce benchmarks clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m lineage_lens.demo
+	$(PY) -m experiments.run_all --profile demo --report-dir runs/demo
+
+figures: $(STAMP)
+	$(PY) -m experiments.run_all --profile demo --report-dir runs/demo
+
+reproduce: $(STAMP)
+	$(PY) -m lineage_lens.demo
+	$(PY) -m experiments.run_all --profile full --report-dir runs/full
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
