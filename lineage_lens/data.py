@@ -108,7 +108,7 @@ class HaluEvalRow:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json_lines(path: Path, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+def read_json_lines(path: Path, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
     """``(1-based line number, object)`` for each non-blank line; DataError on bad JSON."""
     if not path.is_file():
         raise DataError("file not found; pass the path of a JSON-lines file.", path=path)
@@ -172,7 +172,7 @@ def load_halueval_qa(
         raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
     p = Path(path) if path is not None else resource_path("halueval", "qa_one-turn_data.json")
     rows = []
-    for idx, (lineno, obj) in enumerate(_read_json_lines(p, limit)):
+    for idx, (lineno, obj) in enumerate(read_json_lines(p, limit)):
         vals = [_require_str(obj, k, p, lineno, HALUEVAL_FIELDS) for k in HALUEVAL_FIELDS]
         for key, value in zip(("right_answer", "hallucinated_answer"), vals[2:], strict=True):
             if not value.strip():
@@ -199,7 +199,7 @@ def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list
         raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
     p = Path(path)
     examples = []
-    for lineno, obj in _read_json_lines(p, limit):
+    for lineno, obj in read_json_lines(p, limit):
         context, question, answer = (
             _require_str(obj, k, p, lineno, TRUTHPROBE_FIELDS) for k in TRUTHPROBE_FIELDS[:3]
         )

@@ -13,7 +13,6 @@ Metrics are reported per split, and their mean by :meth:`EvalResult.summary`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from lineage_lens._resources import resource_path
+from lineage_lens.data import read_json_lines
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals._common import (
     EvalResult,
@@ -86,30 +86,21 @@ def load_pope(split_or_path: str | Path, *, limit: int | None = None) -> list[Po
             path=p,
         )
     out: list[PopeQuestion] = []
-    with open(p, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON ({exc.msg}).", path=p, line=lineno) from exc
-            if not isinstance(obj, dict) or any(k not in obj for k in POPE_FIELDS):
-                raise DataError(
-                    f"every line needs the fields {', '.join(POPE_FIELDS)}.", path=p, line=lineno
-                )
-            label = str(obj["label"]).strip().lower()
-            if label not in ("yes", "no"):
-                raise DataError(
-                    f"label {obj['label']!r} is neither 'yes' nor 'no'.", path=p, line=lineno
-                )
-            out.append(
-                PopeQuestion(
-                    str(obj["question_id"]), str(obj["image"]), str(obj["text"]), label == "yes"
-                )
+    for lineno, obj in read_json_lines(p, limit):
+        if any(k not in obj for k in POPE_FIELDS):
+            raise DataError(
+                f"every line needs the fields {', '.join(POPE_FIELDS)}.", path=p, line=lineno
             )
-            if limit is not None and len(out) >= limit:
-                break
+        label = str(obj["label"]).strip().lower()
+        if label not in ("yes", "no"):
+            raise DataError(
+                f"label {obj['label']!r} is neither 'yes' nor 'no'.", path=p, line=lineno
+            )
+        out.append(
+            PopeQuestion(
+                str(obj["question_id"]), str(obj["image"]), str(obj["text"]), label == "yes"
+            )
+        )
     if not out:
         raise DataError("POPE question file holds no questions.", path=p)
     ids = [q.question_id for q in out]
