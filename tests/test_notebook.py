@@ -1,0 +1,27 @@
+"""The quickstart notebook is executed on every test run, so it cannot rot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_executes(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+
+    client = NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name=NATIVE_KERNEL_NAME,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "Pearson" in text or "pearson" in text
