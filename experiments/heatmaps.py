@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from experiments._common import FIGURES, Section, cli, save_csv, save_figure
@@ -28,16 +27,21 @@ PUBLISHED = {
 def published_lineage() -> dict[str, TruthScores]:
     """The four published Truth Score maps, ancestor first."""
     root = published_scores_dir()
-    return {name: load_scores(root / file, model=name) for name, file in PUBLISHED.items()}
+    return {
+        name: load_scores(root / file, model=name, dataset=file.split("_")[1])
+        for name, file in PUBLISHED.items()
+    }
 
 
 def plot_heatmaps(scores: dict[str, TruthScores]) -> plt.Figure:
-    """One heatmap per model on a shared colour scale."""
-    values = np.stack([s.accuracy for s in scores.values()])
-    vmin, vmax = float(values.min()), float(values.max())
-    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.6), squeeze=False)
+    """One heatmap per model, each on its own colour scale: the text models were probed on
+    HaluEval and the multimodal ones on RLHF-V, so absolute levels are not comparable; the
+    pattern over heads is what is inherited."""
+    fig, axes = plt.subplots(
+        1, len(scores), figsize=(4.6 * len(scores), 3.8), squeeze=False, layout="constrained"
+    )
     for ax, (name, s) in zip(axes[0], scores.items(), strict=True):
-        s.heatmap(ax=ax, title=name, vmin=vmin, vmax=vmax)
+        s.heatmap(ax=ax, title=f"{name} ({s.dataset or 'published'})")
     fig.suptitle("Truth Scores (5-fold probe accuracy) along the published lineage")
     return fig
 
