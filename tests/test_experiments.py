@@ -1,12 +1,32 @@
+"""The test profile of every experiment regenerates its figures, and each CSV holds the plotted
+numbers (recomputed here with the library functions the figures are drawn from).
+
+The zoo's tiny family is built once into the zoo cache (``$LINEAGE_LENS_CACHE/zoo``, shared with
+tests/test_zoo.py) and scored once per process (``experiments._zoo.zoo_lineage`` is cached)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import heatmaps, inheritance
-from experiments.run_all import run_all
+from experiments import cka, heatmaps, inheritance, weight_drift
+from experiments._zoo import ANCESTOR, MEMBERS, zoo_lineage
+from experiments.run_all import EXPERIMENTS, run_all
+from lineage_lens.cka import head_cka
 from lineage_lens.lineage import compare_scores, published_cross_dataset_scores
+from lineage_lens.weights import weight_drift as library_weight_drift
+
+FIGURE_NAMES = (
+    "inheritance_published",
+    "inheritance_zoo",
+    "heatmaps_published",
+    "heatmaps_zoo",
+    "weight_drift_layers",
+    "weight_drift_family",
+    "weight_drift_scatter",
+    "cka_zoo",
+)
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +37,15 @@ def report(tmp_path_factory):
 
 def test_test_profile_regenerates_figures_and_report(report):
     path, root = report
-    for name in ("inheritance_published", "heatmaps_published"):
-        assert (root / "figures" / f"{name}.png").stat().st_size > 1000
-        assert (root / "figures" / f"{name}.csv").is_file()
+    for name in FIGURE_NAMES:
+        assert (root / "figures" / f"{name}.png").stat().st_size > 1000, name
+        assert len(pd.read_csv(root / "figures" / f"{name}.csv")) > 0, name
     text = path.read_text()
-    assert "Fig. 1" in text and "inheritance_published.png" in text
+    for title in ("Fig. 1", "heatmaps", "Weight drift", "CKA"):
+        assert title in text
+    for name in FIGURE_NAMES:
+        assert f"{name}.png" in text and f"{name}.csv" in text
+    assert "nan" not in text.lower().replace("nano", "")
 
 
 def test_inheritance_csv_holds_the_plotted_correlations(report):
@@ -37,15 +61,65 @@ def test_inheritance_csv_holds_the_plotted_correlations(report):
     assert row["pearson_ci_low"] <= row["pearson"] <= row["pearson_ci_high"]
 
 
-def test_heatmap_csv_holds_the_published_arrays(report):
+def test_zoo_inheritance_csv_holds_the_plotted_correlations(report):
     _, root = report
-    frame = pd.read_csv(root / "figures" / "heatmaps_published.csv")
-    for name, scores in heatmaps.published_lineage().items():
+    frame = pd.read_csv(root / "figures" / "inheritance_zoo.csv")
+    assert len(frame) == len(MEMBERS) * (len(MEMBERS) - 1) // 2
+    scores = zoo_lineage("test").scores
+    row = frame[(frame["a"] == ANCESTOR) & (frame["b"] == "instruct")].iloc[0]
+    expected = compare_scores(
+        scores[ANCESTOR], scores["instruct"], n_resamples=200, n_permutations=200, seed=0
+    )
+    assert row["pearson"] == pytest.approx(expected.pearson.r, abs=1e-5)
+    assert row["spearman"] == pytest.approx(expected.spearman.r, abs=1e-5)
+    assert row["pearson_ci_low"] == pytest.approx(expected.pearson.ci_low, abs=1e-5)
+    assert row["pearson_p_perm"] == pytest.approx(expected.pearson.p_permutation, abs=1e-5)
+
+
+def test_heatmap_csvs_hold_the_plotted_arrays(report):
+    _, root = report
+    published = pd.read_csv(root / "figures" / "heatmaps_published.csv")
+    zoo = pd.read_csv(root / "figures" / "heatmaps_zoo.csv")
+    expected = {**heatmaps.published_lineage(), **zoo_lineage("test").scores}
+    for name, scores in expected.items():
+        frame = published if name in set(published["model"]) else zoo
         sub = frame[frame["model"] == name].sort_values(["layer", "head"])
         np.testing.assert_allclose(
-            sub["accuracy"].to_numpy().reshape(32, 32), scores.accuracy, atol=1e-6
+            sub["accuracy"].to_numpy().reshape(scores.shape), scores.accuracy, atol=1e-5
         )
 
 
-def test_modules_expose_run():
-    assert callable(inheritance.run) and callable(heatmaps.run)
+def test_weight_drift_csv_holds_the_plotted_drift(report):
+    _, root = report
+    layers = pd.read_csv(root / "figures" / "weight_drift_layers.csv")
+    lineage = zoo_lineage("test")
+    drift = library_weight_drift(lineage.path(ANCESTOR), lineage.path("vlm"))
+    sub = layers[layers["descendant"] == "vlm"].sort_values("layer")
+    for p in ("q", "k", "v", "o"):
+        np.testing.assert_allclose(sub[p], drift.heads[f"{p}_rel"].mean(axis=1), rtol=1e-5)
+    family = pd.read_csv(root / "figures" / "weight_drift_family.csv")
+    within = family[(family["group"] == "within-family") & (family["projection"] == "o")]
+    desc = layers[layers["descendant"].isin(["instruct", "vlm"])]["o"].mean()
+    assert within["rel"].iloc[0] == pytest.approx(desc, rel=1e-5)
+    scatter = pd.read_csv(root / "figures" / "weight_drift_scatter.csv")
+    vlm = scatter[scatter["descendant"] == "vlm"].sort_values(["layer", "head"])
+    np.testing.assert_allclose(vlm["qk_rel"], drift.heads["qk_rel"].ravel(), rtol=1e-5)
+    delta = np.abs(lineage.scores["vlm"].accuracy - lineage.scores[ANCESTOR].accuracy)
+    np.testing.assert_allclose(vlm["abs_delta_score"], delta.ravel(), atol=1e-5)
+
+
+def test_cka_csv_holds_the_plotted_similarities(report):
+    _, root = report
+    frame = pd.read_csv(root / "figures" / "cka_zoo.csv")
+    lineage = zoo_lineage("test")
+    expected = head_cka(lineage.acts[ANCESTOR], lineage.acts["control"], progress=False)
+    sub = frame[frame["member"] == "control"].sort_values(["layer", "head"])
+    np.testing.assert_allclose(
+        sub["cka"].to_numpy().reshape(expected.shape), expected.values, rtol=1e-4, atol=1e-6
+    )
+    assert ((frame["cka"] >= -1e-9) & (frame["cka"] <= 1 + 1e-9)).all()
+
+
+def test_every_module_is_in_run_all_and_exposes_run():
+    for module in (inheritance, heatmaps, weight_drift, cka):
+        assert module in EXPERIMENTS and callable(module.run)
