@@ -114,3 +114,63 @@ def test_fits_head_activations_end_to_end(tiny_llama):
     acts = collect_head_activations(tiny_llama, examples, batch_size=8, dtype=torch.float32)
     scores = fit_truth_scores(acts, folds=2, seed=0, progress=False)
     assert scores.shape == (2, 4) and scores.n == 20 and scores.folds == 2
+
+
+@pytest.mark.parametrize("hessian_dtype", [torch.float32, None])
+def test_newton_solution_equals_sklearn_coefficients(hessian_dtype):
+    """Lazy float32 Hessians still converge to the exact float64 optimum (the gradient is exact)."""
+    from lineage_lens.probing import newton_logistic
+
+    x, y = planted(n=120, d=10)
+    feats = StandardScaler().fit_transform(x[:, 1, 2].astype(np.float64))
+    w, n_iter = newton_logistic(
+        torch.as_tensor(feats)[None],
+        torch.as_tensor(y, dtype=torch.float64),
+        l2=2.0,
+        hessian_dtype=hessian_dtype,
+    )
+    clf = LogisticRegression(C=0.5, tol=1e-12, max_iter=5000).fit(feats, y)
+    np.testing.assert_allclose(w[0, :-1].numpy(), clf.coef_[0], atol=1e-6)
+    assert w[0, -1].item() == pytest.approx(clf.intercept_[0], abs=1e-6)
+    assert 1 <= int(n_iter[0]) < 50
+    # a warm start at the optimum stops at once
+    _, again = newton_logistic(
+        torch.as_tensor(feats)[None], torch.as_tensor(y, dtype=torch.float64), l2=2.0, init=w
+    )
+    assert int(again[0]) == 1
+
+
+def test_head_metrics_match_sklearn_with_ties():
+    from lineage_lens.probing import head_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    decision = np.round(rng.normal(size=(3, 60)), 1)  # many ties
+    decision[2] = -1.0  # predicts nothing positive: precision/F1 are 0 by convention
+    got = head_metrics(decision, y)
+    for g in range(3):
+        pred = (decision[g] > 0).astype(int)
+        assert got["accuracy"][g] == pytest.approx(accuracy_score(y, pred))
+        assert got["precision"][g] == pytest.approx(precision_score(y, pred, zero_division=0))
+        assert got["recall"][g] == pytest.approx(recall_score(y, pred, zero_division=0))
+        assert got["f1"][g] == pytest.approx(f1_score(y, pred, zero_division=0))
+        assert got["auroc"][g] == pytest.approx(roc_auc_score(y, decision[g]))
+
+
+def test_tensor_input_and_bool_labels_give_same_scores():
+    x, y = planted(n=120)
+    a = fit_truth_scores(x, y, folds=3, progress=False)
+    b = fit_truth_scores(
+        torch.as_tensor(x), torch.as_tensor(y.astype(bool)), folds=3, progress=False
+    )
+    np.testing.assert_allclose(a.accuracy, b.accuracy)
+
+
+def test_too_few_examples_per_class_for_folds():
+    x, y = planted(n=8)
+    with pytest.raises(LineageLensError, match="at least 5 examples of each class"):
+        fit_truth_scores(x, y, folds=5, progress=False)
+    with pytest.raises(LineageLensError, match="labels are required"):
+        fit_truth_scores(x, progress=False)
+    with pytest.raises(ShapeMismatchError, match=r"n_examples, n_layers"):
+        fit_truth_scores(x[:, 0], y, progress=False)
