@@ -10,14 +10,14 @@ import logging
 import time
 from pathlib import Path
 
-from experiments import cka, heatmaps, inheritance, weight_drift
+from experiments import cka, evidence, gating, heatmaps, inheritance, weight_drift
 from experiments._common import FIGURES, PROFILES, Section
 from lineage_lens._io import atomic_open
 
 log = logging.getLogger(__name__)
 
 #: The experiments in report order.
-EXPERIMENTS = (inheritance, heatmaps, weight_drift, cka)
+EXPERIMENTS = (inheritance, heatmaps, weight_drift, cka, evidence, gating)
 
 
 def run_all(profile: str, figures: Path = FIGURES, report_dir: Path | None = None) -> Path:

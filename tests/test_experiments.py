@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import cka, heatmaps, inheritance, weight_drift
+from experiments import cka, evidence, gating, heatmaps, inheritance, weight_drift
 from experiments._zoo import ANCESTOR, MEMBERS, zoo_lineage
 from experiments.run_all import EXPERIMENTS, run_all
 from lineage_lens.cka import head_cka
@@ -26,6 +26,8 @@ FIGURE_NAMES = (
     "weight_drift_family",
     "weight_drift_scatter",
     "cka_zoo",
+    "evidence_zoo",
+    "gating_zoo",
 )
 
 
@@ -41,7 +43,7 @@ def test_test_profile_regenerates_figures_and_report(report):
         assert (root / "figures" / f"{name}.png").stat().st_size > 1000, name
         assert len(pd.read_csv(root / "figures" / f"{name}.csv")) > 0, name
     text = path.read_text()
-    for title in ("Fig. 1", "heatmaps", "Weight drift", "CKA"):
+    for title in ("Fig. 1", "heatmaps", "Weight drift", "CKA", "evidence", "Gating"):
         assert title in text
     for name in FIGURE_NAMES:
         assert f"{name}.png" in text and f"{name}.csv" in text
@@ -120,6 +122,57 @@ def test_cka_csv_holds_the_plotted_similarities(report):
     assert ((frame["cka"] >= -1e-9) & (frame["cka"] <= 1 + 1e-9)).all()
 
 
+def test_evidence_csv_holds_the_plotted_attention(report):
+    _, root = report
+    frame = pd.read_csv(root / "figures" / "evidence_zoo.csv")
+    lineage = zoo_lineage("test")
+    for name in MEMBERS:
+        sub = frame[frame["member"] == name].sort_values(["layer", "head"])
+        np.testing.assert_allclose(
+            sub["truth_score"], lineage.scores[name].accuracy.ravel(), atol=1e-6
+        )
+        top = sub[sub["group"] == f"top-{evidence.K}"]
+        assert len(top) == evidence.K
+        rest = sub[sub["group"] != f"top-{evidence.K}"]
+        assert top["truth_score"].min() >= rest["truth_score"].max()
+        assert ((sub["attention"] >= 0) & (sub["attention"] <= 1 + 1e-6)).all()
+    # the plotted attention is evidence_attention's per-head mean (recomputed for one member)
+    prompts, spans, ends = evidence.evidence_inputs("test")
+    from lineage_lens.attention import evidence_attention
+    from lineage_lens.models import load_model
+
+    att = evidence_attention(
+        load_model(lineage.path("vlm")), prompts, spans, query_char_ends=ends, progress=False
+    )
+    sub = frame[frame["member"] == "vlm"].sort_values(["layer", "head"])
+    np.testing.assert_allclose(sub["attention"], att.values.ravel(), rtol=1e-4, atol=1e-6)
+
+
+def test_gating_csv_holds_the_plotted_rates(report):
+    _, root = report
+    frame = pd.read_csv(root / "figures" / "gating_zoo.csv")
+    assert set(frame["alpha"]) == set(gating.ALPHAS["test"])
+    assert frame["context_following"].between(0, 1).all()
+    at_zero = frame[frame["alpha"] == 0].groupby("member")["context_following"].nunique()
+    assert (at_zero == 1).all()  # alpha = 0 is the ungated model whatever the scores
+    from lineage_lens.gating import TruthGate
+    from lineage_lens.models import load_model
+    from lineage_lens.zoo.world import heldout_counterfactual_items
+
+    lineage = zoo_lineage("test")
+    items = heldout_counterfactual_items(lineage.zoo.world(ANCESTOR), gating.N_EVAL["test"], 1)
+    model = load_model(lineage.path("instruct"))
+    alpha = max(gating.ALPHAS["test"])
+    with TruthGate(lineage.scores[ANCESTOR], alpha=alpha).applied(model):
+        rate = gating.context_following(model, items)
+    row = frame[
+        (frame["member"] == "instruct")
+        & (frame["scores"] == "inherited")
+        & (frame["alpha"] == alpha)
+    ]
+    assert row["context_following"].iloc[0] == pytest.approx(rate)
+
+
 def test_every_module_is_in_run_all_and_exposes_run():
-    for module in (inheritance, heatmaps, weight_drift, cka):
+    for module in (inheritance, heatmaps, weight_drift, cka, evidence, gating):
         assert module in EXPERIMENTS and callable(module.run)
