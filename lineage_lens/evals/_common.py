@@ -21,6 +21,7 @@ run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -57,6 +58,9 @@ YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+#: Shortest common token prefix worth caching once in :func:`run_prompts`.
+MIN_SHARED_PREFIX = 16
 
 
 def check_mode(mode: str) -> Mode:
@@ -151,6 +155,32 @@ def left_pad(
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 
+def right_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """``(input_ids, attention_mask)`` of a right-padded batch."""
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise DataError("cannot batch an empty prompt.")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every sequence at least one token."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs) - 1
+    length = 0
+    while length < n and all(s[length] == first[length] for s in seqs):
+        length += 1
+    return length
+
+
 def _pad_id(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id
     if pad is None:
@@ -190,6 +220,7 @@ def run_prompts(
     progress: bool = True,
     desc: str = "eval",
     pixel_loader: Callable[[Sequence[str]], Tensor] | None = None,
+    share_prefix: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Score or continue every prompt; return ``{key: record}``.
 
@@ -197,6 +228,12 @@ def run_prompts(
     mode, and ``text`` plus ``answer`` (``None`` when unparsed) in ``"generate"`` mode. Items with
     an ``image`` need ``pixel_loader`` (paths -> ``[batch, 3, S, S]``). With a ``cache``, records
     already stored under ``setting`` are reused and new ones appended after each batch.
+
+    With ``share_prefix`` (logprob mode, text-only prompts), the longest token prefix common to
+    all prompts (e.g. HaluEval's instruction with its few-shot examples, ~600 tokens) is run once,
+    under the same gate, and its key/value cache is reused by every batch, which then runs only
+    each prompt's own tokens (right-padded, positions continuing after the prefix). The logits are
+    those of the full prompts (tested to float tolerance); any hooks see only the new positions.
     """
     mode = check_mode(mode)
     if batch_size < 1:
@@ -231,10 +268,28 @@ def run_prompts(
     # Sort by length so batches pad little; results are keyed, order does not matter.
     todo.sort(key=lambda it: len(it.input_ids))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    text_only = all(it.image is None for it in todo)
+    n_prefix = shared_prefix_length([it.input_ids for it in todo]) if text_only else 0
+    use_prefix = share_prefix and mode == "logprob" and n_prefix >= MIN_SHARED_PREFIX
     bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="ex")
     try:
         with gate_context(model, gate), torch.inference_mode():
+            if use_prefix:
+                prefix_ids = torch.tensor([todo[0].input_ids[:n_prefix]], device=device)
+                _, prefix_cache = model(prefix_ids, return_type="logits_and_cache")
+                log.info("%s: %d shared prefix tokens computed once", desc, n_prefix)
             for batch in batches:
+                if use_prefix:
+                    recs = _logprob_after_prefix(
+                        model, [it.input_ids[n_prefix:] for it in batch], prefix_cache, n_prefix,
+                        pad, yes_ids, no_ids, device,
+                    )  # fmt: skip
+                    for it, rec in zip(batch, recs, strict=True):
+                        results[it.key] = rec
+                        if cache is not None:
+                            cache.put(f"{prefix}:{it.key}", rec)
+                    bar.update(len(batch))
+                    continue
                 ids, mask, pos = left_pad([it.input_ids for it in batch], pad)
                 kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
                 images = [it.image for it in batch]
@@ -244,18 +299,8 @@ def run_prompts(
                     kwargs["pixel_values"] = pixel_loader(images).to(device)  # type: ignore[arg-type]
                 if mode == "logprob":
                     kwargs["position_ids"] = pos.to(device)
-                    logits = model(ids.to(device), **kwargs)[:, -1].float()
-                    logp = torch.log_softmax(logits, dim=-1)
-                    p_yes = logp[:, yes_ids].max(dim=-1).values.cpu().numpy()
-                    p_no = logp[:, no_ids].max(dim=-1).values.cpu().numpy()
-                    recs = [
-                        {
-                            "log_p_yes": float(y),
-                            "log_p_no": float(n),
-                            "answer": "yes" if y > n else "no",
-                        }
-                        for y, n in zip(p_yes, p_no, strict=True)
-                    ]
+                    logits = model(ids.to(device), **kwargs)[:, -1]
+                    recs = _yes_no_records(logits, yes_ids, no_ids)
                 else:
                     out = model.generate(
                         ids.to(device),
@@ -282,17 +327,60 @@ def run_prompts(
     return results
 
 
+def _yes_no_records(
+    logits: Float[Tensor, "batch vocab"], yes_ids: list[int], no_ids: list[int]
+) -> list[dict[str, Any]]:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p_yes = logp[:, yes_ids].max(dim=-1).values.cpu().numpy()
+    p_no = logp[:, no_ids].max(dim=-1).values.cpu().numpy()
+    return [
+        {"log_p_yes": float(y), "log_p_no": float(n), "answer": "yes" if y > n else "no"}
+        for y, n in zip(p_yes, p_no, strict=True)
+    ]
+
+
+def _logprob_after_prefix(
+    model: TransformerBridge,
+    suffixes: Sequence[Sequence[int]],
+    prefix_cache: Any,
+    n_prefix: int,
+    pad: int,
+    yes_ids: list[int],
+    no_ids: list[int],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """Yes/no records of ``prefix + suffix`` prompts from the prefix's key/value cache."""
+    ids, mask = right_pad(suffixes, pad)
+    batch, width = ids.shape
+    past = copy.deepcopy(prefix_cache)  # the forward appends to the cache it is given
+    past.batch_repeat_interleave(batch)
+    full_mask = torch.cat([torch.ones(batch, n_prefix, dtype=torch.long), mask], dim=1)
+    positions = (n_prefix + torch.arange(width)).expand(batch, width)
+    logits = model(
+        ids.to(device),
+        attention_mask=full_mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=past,
+    )
+    last = (mask.sum(dim=1) - 1).to(device)
+    return _yes_no_records(logits[torch.arange(batch, device=device), last], yes_ids, no_ids)
+
+
 # ------------------------------------------------------------------------------ metrics
 def binary_metrics(
-    truth: Sequence[bool] | np.ndarray, pred: Sequence[bool | None]
+    truth: Sequence[bool] | np.ndarray,
+    pred: Sequence[bool | None],
+    score: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Accuracy, precision, recall, F1 (``True`` = positive), yes-ratio, ``n``, ``n_unparsed``.
 
     ``pred`` entries that are ``None`` (unparsed answers) are left out of every metric except
     ``accuracy_all``, which counts them as wrong. ``yes_ratio`` is the share of positive
-    predictions among parsed ones.
+    predictions among parsed ones. With ``score`` (a continuous "yes" score per example, e.g.
+    ``log p(yes) - log p(no)``) the result also holds ``auroc``: threshold-free, so it still
+    measures a judge that answers the same word to everything (NaN when only one class occurs).
     """
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
     truth = [bool(t) for t in truth]
     if len(truth) != len(pred):
@@ -317,6 +405,13 @@ def binary_metrics(
     else:
         out |= dict.fromkeys(METRIC_NAMES, math.nan)
     out["accuracy_all"] = sum(t == p for t, p in parsed) / len(truth)
+    if score is not None:
+        score = np.asarray(score, dtype=np.float64)
+        if score.shape != (len(truth),):
+            raise ConfigError(f"{len(truth)} labels but score has shape {score.shape}.")
+        out["auroc"] = (
+            float(roc_auc_score(truth, score)) if 0 < sum(truth) < len(truth) else math.nan
+        )
     return out
 
 
@@ -410,10 +505,14 @@ class EvalResult:
         """The per-group metrics."""
         return self.metrics.copy()
 
+    def _metric_names(self) -> tuple[str, ...]:
+        extra = ("auroc",) if "auroc" in self.metrics.columns else ()
+        return (*METRIC_NAMES, "accuracy_all", *extra)
+
     def summary(self) -> dict[str, float]:
         """Mean and (sample) standard deviation of each metric over the groups."""
         out: dict[str, float] = {}
-        for name in (*METRIC_NAMES, "accuracy_all"):
+        for name in self._metric_names():
             vals = self.metrics[name].astype(float)
             out[name] = float(vals.mean())
             out[f"{name}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
@@ -423,7 +522,7 @@ class EvalResult:
 
     def summary_text(self) -> str:
         s = self.summary()
-        parts = [f"{k} {s[k]:.4f} ± {s[k + '_std']:.4f}" for k in (*METRIC_NAMES, "accuracy_all")]
+        parts = [f"{k} {s[k]:.4f} ± {s[k + '_std']:.4f}" for k in self._metric_names()]
         return (
             f"{self.task} ({len(self.metrics)} groups, n={int(s['n'])}, "
             f"unparsed={int(s['n_unparsed'])}): " + ", ".join(parts)

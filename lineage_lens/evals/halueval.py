@@ -208,7 +208,12 @@ def evaluate_halueval(
     metric_rows = []
     for seed, grp in examples.groupby("seed", sort=False):
         pred = [None if pd.isna(a) else a == "yes" for a in grp["answer"]]
-        metric_rows.append({"seed": seed, **binary_metrics(grp["hallucinated"].tolist(), pred)})
+        margin = None
+        if mode == "logprob":  # "Yes" = hallucinated, the positive class
+            margin = (grp["log_p_yes"] - grp["log_p_no"]).to_numpy(dtype=float)
+        metric_rows.append(
+            {"seed": seed, **binary_metrics(grp["hallucinated"].tolist(), pred, margin)}
+        )
     config = {
         "model": model_label(model),
         "mode": mode,

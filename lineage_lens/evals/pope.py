@@ -210,7 +210,10 @@ def evaluate_pope(
     metric_rows = []
     for split, grp in examples.groupby("split", sort=False):
         pred = [None if pd.isna(a) else a == "yes" for a in grp["answer"]]
-        metric_rows.append({"split": split, **binary_metrics(grp["label"].tolist(), pred)})
+        margin = None
+        if mode == "logprob":
+            margin = (grp["log_p_yes"] - grp["log_p_no"]).to_numpy(dtype=float)
+        metric_rows.append({"split": split, **binary_metrics(grp["label"].tolist(), pred, margin)})
     config = {
         "model": model_label(model),
         "mode": mode,
