@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python -m benchmarks.bench_evals [--scores runs/demo/scores_smollm2.npz]
 [--limit N] [--seeds 0] [--alpha 4.5]``. Needs the SmolLM2 Truth Scores made by
 ``python -m lineage_lens.demo``. Evaluates the HaluEval rows left after the 292 probing rows
-(log-prob scoring, batch 8) and writes ``benchmarks/evals.md`` with n, wall times and metrics.
+(log-prob scoring, batch 8) and writes ``benchmarks/evals.md`` with n, wall times and metrics (accuracy
+..., and the AUROC of the yes-no log-prob margin).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from lineage_lens._io import atomic_open
 from lineage_lens.evals.runner import run_sweep
 from lineage_lens.models import load_model
 from lineage_lens.scores import load_scores
@@ -51,11 +52,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     total = time.perf_counter() - t0
     cols = ["gate", "alpha", "n", "accuracy", "accuracy_std", "precision", "recall", "f1"]
-    cols += ["yes_ratio", "n_unparsed", "wall_s"]
+    cols += ["yes_ratio", "n_unparsed"]
+    cols += [c for c in ("auroc", "auroc_std") if c in frame.columns] + ["wall_s"]
     sub = frame[cols]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in sub.iterrows():
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+        cells = [
+            str(int(v))
+            if k in ("n", "n_unparsed")
+            else f"{v:.4f}"
+            if isinstance(v, float)
+            else str(v)
+            for k, v in row.items()
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     cmd = "python -m benchmarks.bench_evals " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         f"scoring; seeds {seeds}; gate alpha={args.alpha}, norm=center, placement=z, "
         "random control = the same scores permuted across heads (seed 0).\n\n" + table + "\n"
     )
-    Path(args.md).write_text(text, encoding="utf-8")
+    with atomic_open(args.md, "w", encoding="utf-8") as fh:
+        fh.write(text)
     print(text)
 
 
