@@ -6,7 +6,8 @@ token. Ours: padded batches, only the probed token kept by the hook, forward sto
 layer's ``hook_z``. Same model, same examples, same tokenization and positions; the vectors of the
 two are compared (max abs difference) so the speed-up is not bought with wrong numbers.
 
-    .venv/bin/python -m benchmarks.bench_capture --n 200 --out benchmarks/capture.md
+    .venv/bin/python -m benchmarks.bench_capture --n 200 --out benchmarks/capture.md \
+        [--save-acts runs/bench/acts_smollm2_200]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from lineage_lens._io import atomic_open
-from lineage_lens.activations import collect_head_activations, encode_examples
+from lineage_lens.activations import HeadActivations, collect_head_activations, encode_examples
 from lineage_lens.data import halueval_probe_examples, load_halueval_qa
 from lineage_lens.models import attn_hook_name, head_geometry, load_model
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ablations", action="store_true", help="also time without early stop, and at batch 1"
     )
     p.add_argument("--out", default=None, help="write the markdown report here")
+    p.add_argument("--save-acts", default=None, help="save our HeadActivations to this folder")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -70,19 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("baseline done in %.1f s", timings[next(iter(timings))])
 
-    def ours(label: str, **kw) -> np.ndarray:
+    def ours(label: str, **kw) -> HeadActivations:
         t = time.perf_counter()
         kw.setdefault("batch_size", args.batch_size)
-        acts = collect_head_activations(
+        captured = collect_head_activations(
             model, examples, dtype=torch.float32, progress=False, **kw
-        ).acts
+        )
         timings[label] = time.perf_counter() - t
         log.info("%s done in %.1f s", label, timings[label])
-        return acts
+        return captured
 
     bs = args.batch_size
     main_label = f"collect_head_activations (batch {bs}, sorted, early stop)"
-    acts = ours(main_label)
+    captured = ours(main_label)
+    acts = captured.acts
+    if args.save_acts:  # real activations for benchmarks.bench_probing --acts
+        captured.save(args.save_acts)
     if args.ablations:
         ours(f"collect_head_activations (batch {bs}, sorted, no early stop)", stop_early=False)
         ours("collect_head_activations (batch 1, early stop)", batch_size=1)
