@@ -20,15 +20,16 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# Builds (or reuses) the zoo's demo members, then every experiment at profile demo.
 demo: $(STAMP)
-	$(PY) -m lineage_lens.demo
+	$(PY) -m lineage_lens.cli zoo build --profile demo
 	$(PY) -m experiments.run_all --profile demo --report-dir runs/demo
 
 figures: $(STAMP)
 	$(PY) -m experiments.run_all --profile demo --report-dir runs/demo
 
 reproduce: $(STAMP)
-	$(PY) -m lineage_lens.demo
+	$(PY) -m lineage_lens.cli zoo build --profile full
 	$(PY) -m experiments.run_all --profile full --report-dir runs/full
 
 test: $(STAMP)

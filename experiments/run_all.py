@@ -10,14 +10,32 @@ import logging
 import time
 from pathlib import Path
 
-from experiments import cka, evidence, gating, heatmaps, inheritance, weight_drift
+from experiments import (
+    cka,
+    evidence,
+    gating,
+    heatmaps,
+    inheritance,
+    mllm_gating,
+    real_family,
+    weight_drift,
+)
 from experiments._common import FIGURES, PROFILES, Section
 from lineage_lens._io import atomic_open
 
 log = logging.getLogger(__name__)
 
 #: The experiments in report order.
-EXPERIMENTS = (inheritance, heatmaps, weight_drift, cka, evidence, gating)
+EXPERIMENTS = (
+    inheritance,
+    heatmaps,
+    weight_drift,
+    cka,
+    evidence,
+    gating,
+    mllm_gating,
+    real_family,
+)
 
 
 def run_all(profile: str, figures: Path = FIGURES, report_dir: Path | None = None) -> Path:
@@ -32,10 +50,25 @@ def run_all(profile: str, figures: Path = FIGURES, report_dir: Path | None = Non
         log.info("%s done in %.1f s", *timings[-1])
     body = "\n".join(s.render(relative_to=report_dir) for s in sections)
     took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)
+    total = sum(seconds for _, seconds in timings)
     path = report_dir / "REPORT.md"
     with atomic_open(path, "w") as fh:
-        fh.write(f"# lineage-lens report (profile {profile})\n\nTimings: {took}.\n\n{body}")
+        fh.write(
+            f"# lineage-lens report (profile {profile})\n\n"
+            f"Timings: {took} (total {total / 60:.1f} min).\n\n"
+            f"{readings(sections)}\n{body}"
+        )
     return path
+
+
+def readings(sections: list[Section]) -> str:
+    """The ``Reading:`` sentence of every section, as the report's opening summary."""
+    lines = ["## What held and what did not (one line per analysis)", ""]
+    for s in sections:
+        found = [ln for ln in s.markdown.splitlines() if ln.startswith("Reading:")]
+        if found:  # figure-only sections (e.g. the heatmaps) have none
+            lines.append(f"- **{s.title}**: {found[0].removeprefix('Reading:').strip()}")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

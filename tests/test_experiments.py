@@ -10,7 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import cka, evidence, gating, heatmaps, inheritance, weight_drift
+from experiments import (
+    cka,
+    evidence,
+    gating,
+    heatmaps,
+    inheritance,
+    mllm_gating,
+    real_family,
+    weight_drift,
+)
 from experiments._zoo import ANCESTOR, MEMBERS, zoo_lineage
 from experiments.run_all import EXPERIMENTS, run_all
 from lineage_lens.cka import head_cka
@@ -28,6 +37,7 @@ FIGURE_NAMES = (
     "cka_zoo",
     "evidence_zoo",
     "gating_zoo",
+    "mllm_gating",
 )
 
 
@@ -43,7 +53,17 @@ def test_test_profile_regenerates_figures_and_report(report):
         assert (root / "figures" / f"{name}.png").stat().st_size > 1000, name
         assert len(pd.read_csv(root / "figures" / f"{name}.csv")) > 0, name
     text = path.read_text()
-    for title in ("Fig. 1", "heatmaps", "Weight drift", "CKA", "evidence", "Gating"):
+    titles = (
+        "Fig. 1",
+        "heatmaps",
+        "Weight drift",
+        "CKA",
+        "evidence",
+        "Gating",
+        "POPE and CHAIR",
+        "real lineage",
+    )
+    for title in titles:
         assert title in text
     for name in FIGURE_NAMES:
         assert f"{name}.png" in text and f"{name}.csv" in text
@@ -174,5 +194,85 @@ def test_gating_csv_holds_the_plotted_rates(report):
 
 
 def test_every_module_is_in_run_all_and_exposes_run():
-    for module in (inheritance, heatmaps, weight_drift, cka, evidence, gating):
+    for module in (
+        inheritance,
+        heatmaps,
+        weight_drift,
+        cka,
+        evidence,
+        gating,
+        mllm_gating,
+        real_family,
+    ):
         assert module in EXPERIMENTS and callable(module.run)
+
+
+def test_real_family_csvs_hold_the_plotted_numbers(report):
+    """SmolLM2 and a 2-step smollm2-ft: scores, drift and HaluEval judgements as the library gives."""
+    path, root = report
+    fam = real_family.real_family("test")
+    frame = pd.read_csv(root / "figures" / "real_family_scores.csv")
+    for name, scores in fam.scores.items():
+        np.testing.assert_allclose(frame[name], scores.accuracy.ravel(), atol=1e-6)
+        assert scores.n == 2 * real_family.PLANS["test"].n_probe
+    assert (root / "figures" / "real_family.png").stat().st_size > 1000
+    drift = pd.read_csv(root / "figures" / "real_family_drift.csv")
+    lib = library_weight_drift(fam.paths[real_family.ANCESTOR], fam.paths["smollm2-ft"])
+    np.testing.assert_allclose(drift["o"], lib.heads["o_rel"].mean(axis=1), rtol=1e-5, atol=1e-9)
+    assert (drift[["q", "k", "v", "o"]] > 0).to_numpy().any()  # two steps moved some weights
+    gating_rows = pd.read_csv(root / "figures" / "real_family_gating.csv")
+    conditions = set(zip(gating_rows["model"], gating_rows["scores"], strict=True))
+    assert conditions == {
+        ("smollm2", "none"),
+        ("smollm2", "own"),
+        ("smollm2-ft", "none"),
+        ("smollm2-ft", "inherited"),
+        ("smollm2-ft", "own"),
+        ("smollm2-ft", "random control"),
+    }
+    assert (gating_rows["n"] == real_family.PLANS["test"].eval_rows).all()
+    # the ungated ancestor's row is evaluate_halueval's on the same rows
+    from lineage_lens.evals.halueval import evaluate_halueval
+    from lineage_lens.models import load_model
+
+    res = evaluate_halueval(
+        load_model(fam.paths["smollm2"]),
+        seeds=(0,),
+        exclude_ids=fam.probe_ids,
+        limit=real_family.PLANS["test"].eval_rows,
+        progress=False,
+    )
+    row = gating_rows[(gating_rows["model"] == "smollm2") & (gating_rows["scores"] == "none")]
+    assert row["accuracy"].iloc[0] == pytest.approx(res.metrics["accuracy"].iloc[0])
+    assert row["auroc"].iloc[0] == pytest.approx(res.metrics["auroc"].iloc[0], abs=1e-6)
+    assert "real_family.png" in path.read_text()
+
+
+def test_mllm_gating_csv_holds_the_plotted_metrics(report):
+    _, root = report
+    frame = pd.read_csv(root / "figures" / "mllm_gating.csv")
+    plan = mllm_gating.PLANS["test"]
+    assert list(frame["scores"]) == ["none"] + ["inherited", "own", "random control"] * len(
+        plan.alphas
+    )
+    for col in ("chair_s", "chair_i", "recall", "pope_adversarial_accuracy"):
+        assert frame[col].between(0, 1).all(), col
+    assert (frame["n"] == plan.chair_limit).all()
+    # the ungated row is evaluate_pope's on the same questions
+    from lineage_lens.evals.pope import evaluate_pope
+    from lineage_lens.models import load_model
+    from lineage_lens.zoo.train import VLM_PROMPT
+
+    fam = mllm_gating.family("test")
+    eval_dir = fam.path / "eval"
+    res = evaluate_pope(
+        load_model(fam.path),
+        eval_dir / "images",
+        [eval_dir / "pope_adversarial.json"],
+        prompt_template=VLM_PROMPT,
+        limit=plan.pope_limit,
+        progress=False,
+    )
+    none = frame[frame["scores"] == "none"].iloc[0]
+    assert none["pope_adversarial_accuracy"] == pytest.approx(res.metrics["accuracy"].iloc[0])
+    assert none["pope_adversarial_auroc"] == pytest.approx(res.metrics["auroc"].iloc[0], abs=1e-6)

@@ -1,0 +1,347 @@
+"""The real lineage: SmolLM2-135M-Instruct and the descendants the zoo builds from it.
+
+The paper's three questions asked of a real (small) ancestor and its project-made descendant
+``smollm2-ft`` (the ancestor fine-tuned on HaluEval knowledge text, see :mod:`lineage_lens.zoo`):
+
+1. *Inherited?* Truth Scores of every member on the same HaluEval probing examples (the paper's
+   prompt, 5-fold CV, seed 0) and their Pearson/Spearman correlation with the ancestor's
+   (bootstrap CIs, head-shuffle permutation p-values, top-k overlap).
+2. *How far did the weights move?* Layer-wise relative change of W_Q, W_K, W_V, W_O
+   (:func:`lineage_lens.weights.weight_drift`).
+3. *Do the ancestor's scores steer the descendant?* HaluEval QA judgements (evaluation rows, never
+   the probing rows) of each descendant ungated, gated with the inherited (ancestor's) scores, with
+   its own scores, and with a random control (the ancestor's scores permuted over heads); the
+   ancestor with its own scores as the reference. Reported: accuracy, yes-ratio and the AUROC of
+   the ``log p(Yes) - log p(No)`` margin (threshold-free: SmolLM2 answers "No" to nearly all).
+
+Profiles: ``test`` builds a 2-step ``smollm2-ft`` in its own zoo folder and uses 6 probing rows
+and 4 evaluation rows (it checks the plumbing, not the science); ``demo`` uses the zoo's
+``smollm2-ft`` with 100 probing rows and 40 evaluation rows, one seed (to fit ``make demo``'s time
+on a CPU); ``full`` uses the paper's 292 probing rows, all 208 evaluation rows and three seeds. Truth Scores are cached on disk per model
+directory, rows and seed, so a rerun only redoes what changed.
+
+Writes ``real_family.png`` and three CSVs of its panels: ``real_family_scores.csv`` (per head, each
+member's Truth Score), ``real_family_drift.csv`` (per descendant and layer) and
+``real_family_gating.csv`` (per model, gate and seed).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
+from lineage_lens.evals.halueval import evaluate_halueval
+from lineage_lens.gating import TruthGate, control_scores
+from lineage_lens.lineage import ScoreMatrix, compare_many
+from lineage_lens.models import cache_dir, gguf_to_hf_dir, load_model, packaged_model_path
+from lineage_lens.pipeline import probing_examples, score_model
+from lineage_lens.scores import TruthScores
+from lineage_lens.weights import weight_drift
+from lineage_lens.zoo import build_zoo, default_zoo_dir
+from lineage_lens.zoo.recipes import ANCESTOR as ANCESTOR_ALIAS
+
+log = logging.getLogger(__name__)
+
+ANCESTOR = "smollm2"
+PROJECTIONS = ("q", "k", "v", "o")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each profile does."""
+
+    descendants: tuple[str, ...]
+    n_probe: int
+    eval_rows: int | None  # None: every evaluation row
+    seeds: tuple[int, ...]
+    alpha: float
+    zoo_profile: str
+    overrides: dict | None = None
+
+
+PLANS = {
+    "test": Plan(
+        ("smollm2-ft",),
+        n_probe=6,
+        eval_rows=4,
+        seeds=(0,),
+        alpha=4.5,
+        zoo_profile="demo",
+        overrides={"smollm2-ft": {"steps": 2, "n_rows": 16, "batch_size": 2, "max_len": 64}},
+    ),
+    "demo": Plan(
+        ("smollm2-ft",), n_probe=100, eval_rows=40, seeds=(0,), alpha=4.5, zoo_profile="demo"
+    ),
+    "full": Plan(
+        ("smollm2-ft",),
+        n_probe=292,
+        eval_rows=None,
+        seeds=(0, 1, 2),
+        alpha=4.5,
+        zoo_profile="demo",
+    ),
+}
+
+
+@dataclass
+class RealFamily:
+    """Member directories (ancestor first) and their Truth Scores."""
+
+    paths: dict[str, Path]
+    scores: dict[str, TruthScores]
+    probe_ids: list[str]
+
+
+def _zoo_dir(profile: str) -> Path:
+    # the test profile's cheap smollm2-ft lives apart, so it never shadows the real one
+    return default_zoo_dir().with_name("zoo-real-test") if profile == "test" else default_zoo_dir()
+
+
+def cached_scores(name: str, path: Path, n_probe: int, seed: int = 0) -> TruthScores:
+    """Truth Scores of the model at ``path`` on the HaluEval probing rows, cached on disk.
+
+    The key is the model directory (content-addressed for zoo members and the converted GGUF),
+    the number of rows and the seed.
+    """
+    key = hashlib.sha256(f"{Path(path).resolve()}|{n_probe}|{seed}|v1".encode()).hexdigest()[:16]
+    file = cache_dir() / "scores" / f"{name}-{n_probe}-{key}.npz"
+    if file.is_file():
+        log.info("%s: Truth Scores from %s", name, file)
+        return TruthScores.load(file)
+    model = load_model(path)
+    examples = probing_examples("halueval", n=n_probe, seed=seed)
+    scores, _ = score_model(model, examples, batch_size=16, seed=seed, dataset="halueval")
+    scores.model = name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    scores.save(file)
+    return scores
+
+
+@functools.lru_cache(maxsize=3)
+def real_family(profile: str) -> RealFamily:
+    """Build (or reuse) the profile's descendants and score every member."""
+    plan = PLANS[profile]
+    zoo = build_zoo(
+        _zoo_dir(profile),
+        plan.zoo_profile,
+        members=list(plan.descendants),
+        overrides=plan.overrides,
+    )
+    paths = {ANCESTOR: gguf_to_hf_dir(packaged_model_path(ANCESTOR_ALIAS))}
+    paths |= {name: zoo.path(name) for name in plan.descendants}
+    scores = {name: cached_scores(name, path, plan.n_probe) for name, path in paths.items()}
+    probe_ids = sorted({ex.source_id for ex in probing_examples("halueval", n=plan.n_probe)})
+    return RealFamily(paths, scores, probe_ids)
+
+
+def scores_frame(fam: RealFamily) -> pd.DataFrame:
+    """Per head, every member's Truth Score (the scatter panel)."""
+    first = next(iter(fam.scores.values()))
+    n_layers, n_heads = first.accuracy.shape
+    frame = pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(n_layers), n_heads),
+            "head": np.tile(np.arange(n_heads), n_layers),
+        }
+    )
+    for name, s in fam.scores.items():
+        frame[name] = s.accuracy.ravel()
+    return frame
+
+
+def comparisons(profile: str, fam: RealFamily) -> ScoreMatrix:
+    n = RESAMPLES[profile]
+    return compare_many(fam.scores, reference=ANCESTOR, n_resamples=n, n_permutations=n, seed=0)
+
+
+def drift_frame(fam: RealFamily) -> pd.DataFrame:
+    """Per descendant and layer: mean relative change of each projection (the drift panel)."""
+    rows = []
+    for name, path in fam.paths.items():
+        if name == ANCESTOR:
+            continue
+        drift = weight_drift(fam.paths[ANCESTOR], path)
+        for layer in range(drift.shape[0]):
+            row = {"descendant": name, "layer": layer}
+            row |= {p: float(drift.heads[f"{p}_rel"][layer].mean()) for p in PROJECTIONS}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
+    """HaluEval judgements per model, gate and seed (the gating panel)."""
+    plan = PLANS[profile]
+    anc = fam.scores[ANCESTOR]
+    gates: dict[str, dict[str, TruthScores | None]] = {ANCESTOR: {"none": None, "own": anc}}
+    for name in plan.descendants:
+        gates[name] = {
+            "none": None,
+            "inherited": anc,
+            "own": fam.scores[name],
+            "random control": control_scores(anc, "random", seed=0),
+        }
+    rows = []
+    for name, plans in gates.items():
+        model = load_model(fam.paths[name])
+        for source, scores in plans.items():
+            gate = None if scores is None else TruthGate(scores, alpha=plan.alpha, norm="center")
+            res = evaluate_halueval(
+                model,
+                seeds=plan.seeds,
+                gate=gate,
+                exclude_ids=fam.probe_ids,
+                limit=plan.eval_rows,
+                progress=False,
+            )
+            for rec in res.metrics.to_dict(orient="records"):
+                rows.append(
+                    {"model": name, "scores": source, "alpha": plan.alpha if gate else 0.0}
+                    | {k: rec[k] for k in ("seed", "n", "accuracy", "yes_ratio", "auroc")}
+                )
+        del model
+    return pd.DataFrame(rows)
+
+
+def plot_family(
+    scores: pd.DataFrame, drift: pd.DataFrame, gating: pd.DataFrame, matrix: ScoreMatrix
+) -> plt.Figure:
+    descendants = [c for c in scores.columns if c not in ("layer", "head", ANCESTOR)]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
+    ax = axes[0]
+    for i, name in enumerate(descendants):
+        r = matrix.get(ANCESTOR, name).pearson.r
+        ax.scatter(
+            scores[ANCESTOR],
+            scores[name],
+            s=6,
+            alpha=0.6,
+            color=f"C{i}",
+            label=f"{name} (r={r:.2f})",
+        )
+    lo = float(scores[[ANCESTOR, *descendants]].min().min())
+    hi = float(scores[[ANCESTOR, *descendants]].max().max())
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.6)
+    ax.set_xlabel(f"{ANCESTOR} Truth Score")
+    ax.set_ylabel("descendant Truth Score")
+    ax.set_title("per-head Truth Scores")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for i, (name, sub) in enumerate(drift.groupby("descendant", sort=False)):
+        for p, style in zip(PROJECTIONS, ("-", "--", ":", "-."), strict=True):
+            ax.plot(sub["layer"], sub[p], style, color=f"C{i}", label=f"{name} W_{p.upper()}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("relative weight change")
+    ax.set_title("weight drift from the ancestor")
+    ax.legend(fontsize=7, ncol=2)
+    ax = axes[2]
+    summary = gating.groupby(["model", "scores"], sort=False)["auroc"].agg(["mean", "std"])
+    labels = [f"{m}\n{s}" for m, s in summary.index]
+    ax.bar(
+        range(len(summary)),
+        summary["mean"],
+        yerr=summary["std"].fillna(0),
+        capsize=3,
+        color=[f"C{list(gating['model'].unique()).index(m)}" for m, _ in summary.index],
+    )
+    ax.set_xticks(range(len(summary)), labels, fontsize=7, rotation=60, ha="right")
+    ax.axhline(0.5, color="grey", linewidth=0.6)
+    ax.set_ylabel("AUROC of log p(Yes) − log p(No)")
+    ax.set_title(f"HaluEval judgements (alpha {gating['alpha'].max():g})")
+    return fig
+
+
+def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
+    """The real lineage's inheritance, drift and gating; write the figure and its CSVs."""
+    out_dir = Path(out_dir)
+    plan = PLANS[profile]
+    fam = real_family(profile)
+    matrix = comparisons(profile, fam)
+    scores, drift, gating = scores_frame(fam), drift_frame(fam), gating_frame(profile, fam)
+    files = [
+        save_csv(scores, out_dir / "real_family_scores.csv"),
+        save_csv(drift, out_dir / "real_family_drift.csv"),
+        save_csv(gating, out_dir / "real_family_gating.csv"),
+        save_figure(plot_family(scores, drift, gating, matrix), out_dir / "real_family.png"),
+    ]
+    lines = [
+        f"Truth Scores on {plan.n_probe} HaluEval probing rows ({2 * plan.n_probe} examples); "
+        f"best ancestor heads: "
+        + ", ".join(f"L{r.layer}H{r.head} {r.accuracy:.3f}" for r in _top(fam.scores[ANCESTOR])),
+        "",
+        "| descendant | Pearson r [95 % CI] | p (perm.) | Spearman ρ | top-10 overlap | "
+        "mean rel. drift (Q/K/V/O) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in plan.descendants:
+        c = matrix.get(ANCESTOR, name)
+        topk = c.topk_frame().set_index("k")
+        top10 = f"{int(topk.loc[10, 'overlap'])} (chance {topk.loc[10, 'expected']:.1f})"
+        sub = drift[drift["descendant"] == name]
+        d = "/".join(f"{sub[p].mean():.3f}" for p in PROJECTIONS)
+        lines.append(
+            f"| {name} | {c.pearson.r:.3f} [{c.pearson.ci_low:.3f}, {c.pearson.ci_high:.3f}] | "
+            f"{c.pearson.p_permutation:.3g} | {c.spearman.r:.3f} | {top10} | {d} |"
+        )
+    table = gating.groupby(["model", "scores"], sort=False).agg(
+        n=("n", "sum"),
+        accuracy=("accuracy", "mean"),
+        yes_ratio=("yes_ratio", "mean"),
+        auroc=("auroc", "mean"),
+        auroc_std=("auroc", "std"),
+    )
+    lines += [
+        "",
+        f"HaluEval QA judgements on evaluation rows (disjoint from the probing rows), alpha "
+        f"{plan.alpha}, norm center, placement z, seeds {list(plan.seeds)}:",
+        "",
+        "| model | scores | n | accuracy | yes-ratio | AUROC (mean ± std over seeds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (model, source), r in table.iterrows():
+        std = "" if np.isnan(r.auroc_std) else f" ± {r.auroc_std:.3f}"
+        lines.append(
+            f"| {model} | {source} | {int(r.n)} | {r.accuracy:.3f} | {r.yes_ratio:.3f} | "
+            f"{r.auroc:.3f}{std} |"
+        )
+    lines += ["", _reading(plan, matrix, table)]
+    return Section(
+        "The real lineage: SmolLM2-135M-Instruct and descendants", "\n".join(lines), files
+    )
+
+
+def _top(scores: TruthScores, k: int = 5):
+    return list(scores.to_frame().sort_values("accuracy", ascending=False).head(k).itertuples())
+
+
+def _reading(plan: Plan, matrix: ScoreMatrix, table: pd.DataFrame) -> str:
+    parts = []
+    for name in plan.descendants:
+        c = matrix.get(ANCESTOR, name)
+        parts.append(f"{name} keeps the ancestor's map with r = {c.pearson.r:.2f}")
+        if (name, "inherited") in table.index and (name, "none") in table.index:
+            base = table.loc[(name, "none"), "auroc"]
+            inh = table.loc[(name, "inherited"), "auroc"]
+            ctrl = table.loc[(name, "random control"), "auroc"]
+            parts.append(
+                f"gating {name} with the inherited scores moves the judgement AUROC from "
+                f"{base:.3f} to {inh:.3f} (random control {ctrl:.3f})"
+            )
+    note = (
+        ""
+        if plan.eval_rows is None
+        else f" Only {plan.eval_rows} evaluation rows: differences "
+        "of a few hundredths are within noise; profile full uses all rows and three seeds."
+    )
+    return "Reading: " + "; ".join(parts) + "." + note
+
+
+if __name__ == "__main__":
+    cli(run, __doc__ or "")
