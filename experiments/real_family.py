@@ -16,9 +16,9 @@ The paper's three questions asked of a real (small) ancestor and its project-mad
 
 Profiles: ``test`` builds a 2-step ``smollm2-ft`` in its own zoo folder and uses 6 probing rows
 and 4 evaluation rows (it checks the plumbing, not the science); ``demo`` uses the zoo's
-``smollm2-ft`` with 100 probing rows and 40 evaluation rows, one seed (to fit ``make demo``'s time
-on a CPU); ``full`` uses the paper's 292 probing rows, all 208 evaluation rows and three seeds. Truth Scores are cached on disk per model
-directory, rows and seed, so a rerun only redoes what changed.
+``smollm2-ft``, the paper's 292 probing rows and 60 evaluation rows with one seed (to fit
+``make demo``'s time on a CPU); ``full`` uses all 208 evaluation rows and three seeds. Truth
+Scores are cached on disk per model directory, rows and seed, so a rerun only redoes what changed.
 
 Writes ``real_family.png`` and three CSVs of its panels: ``real_family_scores.csv`` (per head, each
 member's Truth Score), ``real_family_drift.csv`` (per descendant and layer) and
@@ -78,7 +78,7 @@ PLANS = {
         overrides={"smollm2-ft": {"steps": 2, "n_rows": 16, "batch_size": 2, "max_len": 64}},
     ),
     "demo": Plan(
-        ("smollm2-ft",), n_probe=100, eval_rows=40, seeds=(0,), alpha=4.5, zoo_profile="demo"
+        ("smollm2-ft",), n_probe=292, eval_rows=60, seeds=(0,), alpha=4.5, zoo_profile="demo"
     ),
     "full": Plan(
         ("smollm2-ft",),
