@@ -18,6 +18,8 @@ import json
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from lineage_lens.evals._common import paired_auroc_delta
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -44,13 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| setting | pooled AUROC | Δ vs " + base + " | 95 % CI (paired bootstrap) |")
     print("|---|---|---|---|")
     print(f"| {base} | {roc_auc_score(y, m[base]):.4f} | | |")
-    rng = np.random.default_rng(0)
-    draws = [rng.integers(0, len(y), len(y)) for _ in range(args.resamples)]
-    draws = [i for i in draws if 0 < y[i].sum() < len(i)]
     for name in names[1:]:
-        delta = roc_auc_score(y, m[name]) - roc_auc_score(y, m[base])
-        boot = [roc_auc_score(y[i], m[name][i]) - roc_auc_score(y[i], m[base][i]) for i in draws]
-        lo, hi = np.percentile(boot, [2.5, 97.5])
+        delta, lo, hi = paired_auroc_delta(y, m[base], m[name], n_resamples=args.resamples)
         print(
             f"| {name} | {roc_auc_score(y, m[name]):.4f} | {delta:+.4f} | [{lo:+.4f}, {hi:+.4f}] |"
         )

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
+from lineage_lens.evals._common import paired_auroc_delta
 from lineage_lens.evals.halueval import evaluate_halueval
 from lineage_lens.gating import TruthGate, control_scores
 from lineage_lens.lineage import ScoreMatrix, compare_many
@@ -191,6 +192,7 @@ def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
     rows = []
     for name, plans in gates.items():
         model = load_model(fam.paths[name])
+        margins: dict[str, pd.Series] = {}
         for source, scores in plans.items():
             gate = None if scores is None else TruthGate(scores, alpha=plan.alpha, norm="center")
             res = evaluate_halueval(
@@ -201,13 +203,37 @@ def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
                 limit=plan.eval_rows,
                 progress=False,
             )
+            margins[source] = distinct_margins(res.examples)
+            delta = (np.nan, np.nan, np.nan)
+            if source != "none":
+                base = margins["none"]
+                delta = paired_auroc_delta(
+                    base.index.get_level_values("hallucinated"),
+                    base.to_numpy(),
+                    margins[source].reindex(base.index).to_numpy(),
+                    n_resamples=RESAMPLES[profile],
+                )
             for rec in res.metrics.to_dict(orient="records"):
                 rows.append(
                     {"model": name, "scores": source, "alpha": plan.alpha if gate else 0.0}
                     | {k: rec[k] for k in ("seed", "n", "accuracy", "yes_ratio", "auroc")}
+                    | dict(zip(DELTA_COLUMNS, delta, strict=True))
                 )
         del model
     return pd.DataFrame(rows)
+
+
+#: Paired-bootstrap AUROC change vs the same model ungated, over the distinct prompts.
+DELTA_COLUMNS = ("auroc_delta", "auroc_delta_ci_low", "auroc_delta_ci_high")
+
+
+def distinct_margins(examples: pd.DataFrame) -> pd.Series:
+    """``log p(Yes) - log p(No)`` per distinct prompt ``(row_id, hallucinated)`` (seeds that
+    show a row the same answer repeat the same prompt)."""
+    first = examples.drop_duplicates(["row_id", "hallucinated"]).set_index(
+        ["row_id", "hallucinated"]
+    )
+    return (first["log_p_yes"] - first["log_p_no"]).sort_index()
 
 
 def plot_family(
@@ -296,20 +322,27 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         yes_ratio=("yes_ratio", "mean"),
         auroc=("auroc", "mean"),
         auroc_std=("auroc", "std"),
+        delta=("auroc_delta", "first"),
+        delta_low=("auroc_delta_ci_low", "first"),
+        delta_high=("auroc_delta_ci_high", "first"),
     )
     lines += [
         "",
         f"HaluEval QA judgements on evaluation rows (disjoint from the probing rows), alpha "
         f"{plan.alpha}, norm center, placement z, seeds {list(plan.seeds)}:",
         "",
-        "| model | scores | n | accuracy | yes-ratio | AUROC (mean ± std over seeds) |",
-        "|---|---|---|---|---|---|",
+        "| model | scores | n | accuracy | yes-ratio | AUROC (mean ± std over seeds) | "
+        "Δ AUROC vs ungated [95 % CI, paired bootstrap] |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (model, source), r in table.iterrows():
         std = "" if np.isnan(r.auroc_std) else f" ± {r.auroc_std:.3f}"
+        delta = (
+            "" if np.isnan(r.delta) else f"{r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}]"
+        )
         lines.append(
             f"| {model} | {source} | {int(r.n)} | {r.accuracy:.3f} | {r.yes_ratio:.3f} | "
-            f"{r.auroc:.3f}{std} |"
+            f"{r.auroc:.3f}{std} | {delta} |"
         )
     lines += ["", _reading(plan, matrix, table)]
     return Section(
@@ -326,19 +359,23 @@ def _reading(plan: Plan, matrix: ScoreMatrix, table: pd.DataFrame) -> str:
     for name in plan.descendants:
         c = matrix.get(ANCESTOR, name)
         parts.append(f"{name} keeps the ancestor's map with r = {c.pearson.r:.2f}")
-        if (name, "inherited") in table.index and (name, "none") in table.index:
-            base = table.loc[(name, "none"), "auroc"]
-            inh = table.loc[(name, "inherited"), "auroc"]
-            ctrl = table.loc[(name, "random control"), "auroc"]
+        if (name, "inherited") in table.index and (name, "random control") in table.index:
+            inh, ctrl = table.loc[(name, "inherited")], table.loc[(name, "random control")]
+            verdict = (
+                "its CI excludes 0"
+                if inh.delta_low > 0 or inh.delta_high < 0
+                else "its CI includes 0"
+            )
             parts.append(
-                f"gating {name} with the inherited scores moves the judgement AUROC from "
-                f"{base:.3f} to {inh:.3f} (random control {ctrl:.3f})"
+                f"gating {name} with the inherited scores changes the judgement AUROC by "
+                f"{inh.delta:+.3f} [{inh.delta_low:+.3f}, {inh.delta_high:+.3f}] ({verdict}), "
+                f"the random control by {ctrl.delta:+.3f}"
             )
     note = (
-        ""
-        if plan.eval_rows is None
-        else f" Only {plan.eval_rows} evaluation rows: differences "
-        "of a few hundredths are within noise; profile full uses all rows and three seeds."
+        f" {plan.eval_rows} evaluation rows and seeds {list(plan.seeds)}; profile full uses all "
+        "rows and three seeds (BENCHMARKS.md has the full run for the ancestor)."
+        if plan.eval_rows is not None
+        else ""
     )
     return "Reading: " + "; ".join(parts) + "." + note
 

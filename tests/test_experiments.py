@@ -231,6 +231,16 @@ def test_real_family_csvs_hold_the_plotted_numbers(report):
         ("smollm2-ft", "random control"),
     }
     assert (gating_rows["n"] == real_family.PLANS["test"].eval_rows).all()
+    ungated = gating_rows["scores"] == "none"
+    assert gating_rows.loc[ungated, "auroc_delta"].isna().all()
+    gated = gating_rows[~ungated]
+    assert (gated["auroc_delta_ci_low"] <= gated["auroc_delta"] + 1e-9).all()
+    assert (gated["auroc_delta"] <= gated["auroc_delta_ci_high"] + 1e-9).all()
+    for (model, source), sub in gated.groupby(["model", "scores"]):
+        base = gating_rows[(gating_rows["model"] == model) & ungated]
+        assert sub["auroc_delta"].iloc[0] == pytest.approx(
+            sub["auroc"].iloc[0] - base["auroc"].iloc[0], abs=1e-6
+        ), (model, source)  # one seed: the pooled distinct prompts are that seed's
     # the ungated ancestor's row is evaluate_halueval's on the same rows
     from lineage_lens.evals.halueval import evaluate_halueval
     from lineage_lens.models import load_model

@@ -201,3 +201,23 @@ def test_shared_prefix_cache_matches_full_prompts(tiny_gqa, caplog) -> None:
             assert shared[key]["answer"] == rec["answer"]
     res = evaluate_halueval(tiny_gqa, ROWS, seeds=(0,), instruction=SHORT, progress=False)
     assert "auroc" in res.summary()
+
+
+def test_paired_auroc_delta() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from lineage_lens.evals._common import paired_auroc_delta
+
+    rng = np.random.default_rng(0)
+    y = rng.random(200) > 0.5
+    base = rng.normal(size=200) + 0.3 * y
+    better = base + 1.5 * y  # separates the classes much better
+    delta, lo, hi = paired_auroc_delta(y, base, better, n_resamples=300)
+    assert delta == pytest.approx(roc_auc_score(y, better) - roc_auc_score(y, base))
+    assert 0 < lo < delta < hi
+    same = paired_auroc_delta(y, base, base, n_resamples=50)
+    assert same == (0.0, 0.0, 0.0)
+    with pytest.raises(DataError, match="both classes"):
+        paired_auroc_delta(np.ones(5, bool), base[:5], base[:5])
+    with pytest.raises(Exception, match="one length"):
+        paired_auroc_delta(y, base, base[:10])

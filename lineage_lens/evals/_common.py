@@ -415,6 +415,44 @@ def binary_metrics(
     return out
 
 
+def paired_auroc_delta(
+    truth: Sequence[bool] | np.ndarray,
+    base: Sequence[float] | np.ndarray,
+    other: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``AUROC(other) - AUROC(base)`` on the same examples, with a paired bootstrap CI.
+
+    Each resample draws examples with replacement and scores both settings on the same draw (the
+    percentile interval of the differences); draws holding a single class are skipped. Returns
+    ``(delta, ci_low, ci_high)``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(truth, dtype=bool)
+    a = np.asarray(base, dtype=np.float64)
+    b = np.asarray(other, dtype=np.float64)
+    if not (y.shape == a.shape == b.shape and y.ndim == 1):
+        raise ConfigError(
+            f"truth {y.shape}, base {a.shape} and other {b.shape} must be 1-D of one length."
+        )
+    if y.all() or not y.any():
+        raise DataError("AUROC needs examples of both classes.")
+    delta = float(roc_auc_score(y, b) - roc_auc_score(y, a))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_resamples):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            diffs.append(roc_auc_score(y[i], b[i]) - roc_auc_score(y[i], a[i]))
+    tail = 50 * (1 - confidence_level)
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return delta, float(low), float(high)
+
+
 # ------------------------------------------------------------------------------ cache
 def setting_digest(setting: Mapping[str, Any]) -> str:
     """A short stable hash of a JSON-able setting (the cache key prefix)."""
