@@ -30,7 +30,7 @@ figures: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m lineage_lens.cli zoo build --profile full
-	$(PY) -m experiments.run_all --profile full --report-dir runs/full
+	$(PY) -m experiments.run_all --profile full --figures runs/full/figures --report-dir runs/full
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -273,7 +273,7 @@ def plot_family(
     ax.bar(
         range(len(summary)),
         summary["mean"],
-        yerr=summary["std"].fillna(0),
+        yerr=summary["std"] if summary["std"].notna().any() else None,
         capsize=3,
         color=[f"C{list(gating['model'].unique()).index(m)}" for m, _ in summary.index],
     )
