@@ -10,6 +10,7 @@ bridges the vision tower lives under ``vision_encoder.*`` and is never probed, g
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -17,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +218,37 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     return name  # a hub name: boot_transformers resolves it (needs network or the HF cache)
 
 
+@contextlib.contextmanager
+def _no_package_installs() -> Iterator[None]:
+    """Keep TransformerLens from pip-installing torchvision while it boots a multimodal model.
+
+    When a LLaVA-type model is booted, TransformerLens tries to attach HF's image processor and,
+    if torchvision is missing, runs ``pip install torchvision`` into the running environment. That
+    changes the user's environment mid-run, and the newest torchvision may not match the installed
+    torch (which then breaks ``import transformers`` in every later process). lineage-lens
+    preprocesses images itself (:mod:`lineage_lens.images`), so during :func:`load_model` the
+    helper only reports whether torchvision is already importable.
+    """
+    try:
+        from transformer_lens.model_bridge.sources.transformers import helpers
+    except ImportError:  # another TransformerLens layout: nothing to guard
+        yield
+        return
+    original = getattr(helpers, "_ensure_torchvision", None)
+    if original is None:
+        yield
+        return
+
+    def importable_only() -> bool:
+        return importlib.util.find_spec("torchvision") is not None
+
+    helpers._ensure_torchvision = importable_only
+    try:
+        yield
+    finally:
+        helpers._ensure_torchvision = original
+
+
 def _declared_generic_tokenizer(source: str) -> Any | None:
     """The generic fast tokenizer of a local directory that declares it, else None."""
     config_path = Path(source) / "tokenizer_config.json"
@@ -265,7 +298,8 @@ def load_model(
     else:
         kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = TransformerBridge.boot_transformers(source, **kwargs)
+        with _no_package_installs():
+            model = TransformerBridge.boot_transformers(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(
             f"Could not load {name_or_path!r} ({exc}). Without network access, pass a local "

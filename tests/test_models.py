@@ -85,3 +85,27 @@ def test_tiny_tokenizers_stay_word_level_through_the_bridge(tiny_dirs, arch):
         ":",
         "the",
     ]
+
+
+def test_booting_a_llava_installs_nothing(tiny_dirs, monkeypatch):
+    """TransformerLens pip-installs torchvision when a multimodal processor needs it; load_model
+    must not let a model load change the environment (it broke transformers' imports here)."""
+    import importlib.util
+    import subprocess
+
+    from transformer_lens.model_bridge.sources.transformers import helpers
+
+    calls = []
+
+    def no_install(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError(f"load_model ran a subprocess: {args}")
+
+    monkeypatch.setattr(subprocess, "check_call", no_install)
+    original = helpers._ensure_torchvision
+    model = load_model(tiny_dirs["llava"])
+    assert is_multimodal(model) and not calls
+    assert helpers._ensure_torchvision is original  # restored after the boot
+    if importlib.util.find_spec("torchvision") is None:
+        assert helpers._ensure_torchvision() is False  # TransformerLens alone runs pip ...
+        assert calls and "torchvision" in calls[0][0]  # ... (stopped here by the monkeypatch)
