@@ -36,6 +36,7 @@ FIGURE_NAMES = (
     "weight_drift_scatter",
     "cka_zoo",
     "evidence_zoo",
+    "evidence_image_zoo",
     "gating_zoo",
     "mllm_gating",
 )
@@ -286,3 +287,33 @@ def test_mllm_gating_csv_holds_the_plotted_metrics(report):
     none = frame[frame["scores"] == "none"].iloc[0]
     assert none["pope_adversarial_accuracy"] == pytest.approx(res.metrics["accuracy"].iloc[0])
     assert none["pope_adversarial_auroc"] == pytest.approx(res.metrics["auroc"].iloc[0], abs=1e-6)
+
+
+def test_evidence_image_csv_and_cell_share(report):
+    from lineage_lens.attention import EvidenceAttention
+
+    _, root = report
+    frame = pd.read_csv(root / "figures" / "evidence_image_zoo.csv")
+    lineage = zoo_lineage("test")
+    np.testing.assert_allclose(
+        frame["truth_score_own"], lineage.scores["vlm"].accuracy.ravel(), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        frame["truth_score_inherited"], lineage.scores[ANCESTOR].accuracy.ravel(), atol=1e-6
+    )
+    assert frame["object_cell_share"].between(0, 1).all()
+    # all of one head's image attention on cell 3 (bottom right: patches rows 2-3, cols 2-3)
+    grid = np.zeros((2, 1, 2, 4, 4))
+    grid[:, 0, 0, 2:, 2:] = 0.1
+    grid[:, 0, 1, 0, 0] = 0.2  # the other head looks at cell 0 only
+    att = EvidenceAttention(
+        values=np.zeros((1, 2)),
+        per_example=np.zeros((2, 1, 2)),
+        n_evidence_tokens=np.full(2, 16),
+        query_positions=np.zeros(2, dtype=int),
+        image_attention=grid.reshape(2, 1, 2, 16),
+        image_grid=(4, 4),
+    )
+    share = evidence.cell_share(att, np.array([3, 0]))
+    np.testing.assert_allclose(share[0, 0], [1.0, 0.0])
+    np.testing.assert_allclose(share[1, 0], [0.0, 1.0])
