@@ -11,7 +11,7 @@ The paper's three questions asked of a real (small) ancestor and its project-mad
 3. *Do the ancestor's scores steer the descendant?* HaluEval QA judgements (evaluation rows, never
    the probing rows) of each descendant ungated, gated with the inherited (ancestor's) scores, with
    its own scores, and with a random control (the ancestor's scores permuted over heads); the
-   ancestor with its own scores as the reference. Reported: accuracy, yes-ratio and the AUROC of
+   ancestor ungated and gated with its own scores over an alpha sweep as the reference (Tab. 1). Reported: accuracy, yes-ratio and the AUROC of
    the ``log p(Yes) - log p(No)`` margin (threshold-free: SmolLM2 answers "No" to nearly all).
 
 Profiles: ``test`` builds a 2-step ``smollm2-ft`` in its own zoo folder and uses 6 probing rows
@@ -66,6 +66,8 @@ class Plan:
     alpha: float
     zoo_profile: str
     overrides: dict | None = None
+    #: The ancestor's own-score sweep (the descendants use ``alpha``).
+    ancestor_alphas: tuple[float, ...] = (4.5,)
 
 
 PLANS = {
@@ -79,7 +81,13 @@ PLANS = {
         overrides={"smollm2-ft": {"steps": 2, "n_rows": 16, "batch_size": 2, "max_len": 64}},
     ),
     "demo": Plan(
-        ("smollm2-ft",), n_probe=292, eval_rows=60, seeds=(0,), alpha=4.5, zoo_profile="demo"
+        ("smollm2-ft",),
+        n_probe=292,
+        eval_rows=60,
+        seeds=(0,),
+        alpha=4.5,
+        zoo_profile="demo",
+        ancestor_alphas=(2.0, 4.5, 8.0),
     ),
     "full": Plan(
         ("smollm2-ft",),
@@ -88,6 +96,7 @@ PLANS = {
         seeds=(0, 1, 2),
         alpha=4.5,
         zoo_profile="demo",
+        ancestor_alphas=(1.0, 2.0, 4.5, 8.0),
     ),
 }
 
@@ -181,20 +190,22 @@ def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
     """HaluEval judgements per model, gate and seed (the gating panel)."""
     plan = PLANS[profile]
     anc = fam.scores[ANCESTOR]
-    gates: dict[str, dict[str, TruthScores | None]] = {ANCESTOR: {"none": None, "own": anc}}
+    gates: dict[str, list[tuple[str, TruthScores | None, float]]] = {
+        ANCESTOR: [("none", None, 0.0)] + [("own", anc, a) for a in plan.ancestor_alphas]
+    }
     for name in plan.descendants:
-        gates[name] = {
-            "none": None,
-            "inherited": anc,
-            "own": fam.scores[name],
-            "random control": control_scores(anc, "random", seed=0),
-        }
+        gates[name] = [
+            ("none", None, 0.0),
+            ("inherited", anc, plan.alpha),
+            ("own", fam.scores[name], plan.alpha),
+            ("random control", control_scores(anc, "random", seed=0), plan.alpha),
+        ]
     rows = []
-    for name, plans in gates.items():
+    for name, settings in gates.items():
         model = load_model(fam.paths[name])
         margins: dict[str, pd.Series] = {}
-        for source, scores in plans.items():
-            gate = None if scores is None else TruthGate(scores, alpha=plan.alpha, norm="center")
+        for source, scores, alpha in settings:
+            gate = None if scores is None else TruthGate(scores, alpha=alpha, norm="center")
             res = evaluate_halueval(
                 model,
                 seeds=plan.seeds,
@@ -203,19 +214,19 @@ def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
                 limit=plan.eval_rows,
                 progress=False,
             )
-            margins[source] = distinct_margins(res.examples)
+            margins[f"{source}@{alpha}"] = distinct_margins(res.examples)
             delta = (np.nan, np.nan, np.nan)
             if source != "none":
-                base = margins["none"]
+                base = margins["none@0.0"]
                 delta = paired_auroc_delta(
                     base.index.get_level_values("hallucinated"),
                     base.to_numpy(),
-                    margins[source].reindex(base.index).to_numpy(),
+                    margins[f"{source}@{alpha}"].reindex(base.index).to_numpy(),
                     n_resamples=RESAMPLES[profile],
                 )
             for rec in res.metrics.to_dict(orient="records"):
                 rows.append(
-                    {"model": name, "scores": source, "alpha": plan.alpha if gate else 0.0}
+                    {"model": name, "scores": source, "alpha": alpha}
                     | {k: rec[k] for k in ("seed", "n", "accuracy", "yes_ratio", "auroc")}
                     | dict(zip(DELTA_COLUMNS, delta, strict=True))
                 )
@@ -268,19 +279,19 @@ def plot_family(
     ax.set_title("weight drift from the ancestor")
     ax.legend(fontsize=7, ncol=2)
     ax = axes[2]
-    summary = gating.groupby(["model", "scores"], sort=False)["auroc"].agg(["mean", "std"])
-    labels = [f"{m}\n{s}" for m, s in summary.index]
+    summary = gating.groupby(["model", "scores", "alpha"], sort=False)["auroc"].agg(["mean", "std"])
+    labels = [f"{m}\n{s}" + (f" α{a:g}" if a else "") for m, s, a in summary.index]
     ax.bar(
         range(len(summary)),
         summary["mean"],
         yerr=summary["std"] if summary["std"].notna().any() else None,
         capsize=3,
-        color=[f"C{list(gating['model'].unique()).index(m)}" for m, _ in summary.index],
+        color=[f"C{list(gating['model'].unique()).index(m)}" for m, _, _ in summary.index],
     )
     ax.set_xticks(range(len(summary)), labels, fontsize=7, rotation=60, ha="right")
     ax.axhline(0.5, color="grey", linewidth=0.6)
     ax.set_ylabel("AUROC of log p(Yes) − log p(No)")
-    ax.set_title(f"HaluEval judgements (alpha {gating['alpha'].max():g})")
+    ax.set_title("HaluEval judgements under gates")
     return fig
 
 
@@ -316,7 +327,7 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
             f"| {name} | {c.pearson.r:.3f} [{c.pearson.ci_low:.3f}, {c.pearson.ci_high:.3f}] | "
             f"{c.pearson.p_permutation:.3g} | {c.spearman.r:.3f} | {top10} | {d} |"
         )
-    table = gating.groupby(["model", "scores"], sort=False).agg(
+    table = gating.groupby(["model", "scores", "alpha"], sort=False).agg(
         n=("n", "sum"),
         accuracy=("accuracy", "mean"),
         yes_ratio=("yes_ratio", "mean"),
@@ -328,20 +339,21 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     )
     lines += [
         "",
-        f"HaluEval QA judgements on evaluation rows (disjoint from the probing rows), alpha "
-        f"{plan.alpha}, norm center, placement z, seeds {list(plan.seeds)}:",
+        "HaluEval QA judgements on evaluation rows (disjoint from the probing rows), norm "
+        f"center, placement z, seeds {list(plan.seeds)}; the ancestor with its own scores over "
+        f"alpha {list(plan.ancestor_alphas)}, the descendants at alpha {plan.alpha}:",
         "",
-        "| model | scores | n | accuracy | yes-ratio | AUROC (mean ± std over seeds) | "
+        "| model | scores | alpha | n | accuracy | yes-ratio | AUROC (mean ± std over seeds) | "
         "Δ AUROC vs ungated [95 % CI, paired bootstrap] |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (model, source), r in table.iterrows():
+    for (model, source, alpha), r in table.iterrows():
         std = "" if np.isnan(r.auroc_std) else f" ± {r.auroc_std:.3f}"
         delta = (
             "" if np.isnan(r.delta) else f"{r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}]"
         )
         lines.append(
-            f"| {model} | {source} | {int(r.n)} | {r.accuracy:.3f} | {r.yes_ratio:.3f} | "
+            f"| {model} | {source} | {alpha:g} | {int(r.n)} | {r.accuracy:.3f} | {r.yes_ratio:.3f} | "
             f"{r.auroc:.3f}{std} | {delta} |"
         )
     lines += ["", _reading(plan, matrix, table)]
@@ -359,8 +371,9 @@ def _reading(plan: Plan, matrix: ScoreMatrix, table: pd.DataFrame) -> str:
     for name in plan.descendants:
         c = matrix.get(ANCESTOR, name)
         parts.append(f"{name} keeps the ancestor's map with r = {c.pearson.r:.2f}")
-        if (name, "inherited") in table.index and (name, "random control") in table.index:
-            inh, ctrl = table.loc[(name, "inherited")], table.loc[(name, "random control")]
+        inh_key, ctrl_key = (name, "inherited", plan.alpha), (name, "random control", plan.alpha)
+        if inh_key in table.index and ctrl_key in table.index:
+            inh, ctrl = table.loc[inh_key], table.loc[ctrl_key]
             verdict = (
                 "its CI excludes 0"
                 if inh.delta_low > 0 or inh.delta_high < 0
