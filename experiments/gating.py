@@ -1,4 +1,4 @@
-"""Alpha sweeps of TruthProbe gating on the zoo family.
+"""Alpha sweeps of TruthProbe gating on the zoo family, with confidence intervals.
 
 The zoo's hallucination test: held-out counterfactual items (a context contradicting the memorised
 fact, triples never trained on); a member *follows the context* when the next-token logit of the
@@ -8,9 +8,16 @@ share of items followed is measured with :class:`lineage_lens.gating.TruthGate` 
 
 * the ancestor ``base``'s own scores on ``base``;
 * on each descendant (``instruct``, ``vlm``): the inherited scores (``base``'s), its own, and a
-  random control (:func:`lineage_lens.gating.control_scores`, ``base``'s scores permuted).
+  random control (:func:`lineage_lens.gating.control_scores`, ``base``'s scores permuted over
+  heads; one curve per control seed of the profile).
 
-Writes ``gating_zoo.png`` and ``gating_zoo.csv`` (one row per member, score source and alpha).
+Every rate carries a 95 % Wilson interval; every change carries a paired bootstrap interval over
+the same items (:func:`lineage_lens.evals.paired_bootstrap_delta`): against the ungated member
+(``alpha = 0``) and, for the inherited scores, against the random control at the same alpha (the
+control averaged over its seeds item by item) -- the transfer test.
+
+Writes ``gating_zoo.png`` and ``gating_zoo.csv`` (one row per member, score source, control seed
+and alpha).
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool
 
-from experiments._common import FIGURES, Section, cli, save_csv, save_figure
+from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
 from experiments._zoo import ANCESTOR, DESCENDANTS, zoo_lineage
 from lineage_lens.data import PAPER_TEMPLATE
+from lineage_lens.evals import paired_bootstrap_delta, proportion_ci
 from lineage_lens.gating import TruthGate, control_scores
 from lineage_lens.models import load_model
 from lineage_lens.scores import TruthScores
@@ -31,12 +41,17 @@ from lineage_lens.zoo.world import heldout_counterfactual_items
 
 ALPHAS = {"test": (0.0, 2.0, 8.0), "demo": (0.0, 1.0, 2.0, 4.0, 8.0), "full": (0, 1, 2, 4, 8, 16)}
 N_EVAL = {"test": 100, "demo": 300, "full": 1000}
+#: Seeds of the random-control permutation per profile.
+CONTROL_SEEDS = {"test": (0, 1), "demo": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
+#: Seed of the held-out item sample.
+ITEM_SEED = 1
+CONTROL = "random control"
 
 
 @torch.no_grad()
-def context_following(model, items: list[tuple[str, str, str, str]]) -> float:
-    """Share of ``(context, question, context answer, prior)`` items whose context answer gets a
-    higher next-token logit than the prior after the paper's prompt (bridge forward)."""
+def followed(model, items: list[tuple[str, str, str, str]]) -> Bool[np.ndarray, " item"]:
+    """Per ``(context, question, context answer, prior)`` item: does the context answer get a
+    higher next-token logit than the prior after the paper's prompt (bridge forward)?"""
     tok = model.tokenizer
     prompts = [
         PAPER_TEMPLATE.split("{answer}")[0].format(context=c, question=q) for c, q, _, _ in items
@@ -51,31 +66,83 @@ def context_following(model, items: list[tuple[str, str, str, str]]) -> float:
     out = logits[rows, last]
     ctx = torch.tensor([tok.convert_tokens_to_ids(a) for _, _, a, _ in items])
     prior = torch.tensor([tok.convert_tokens_to_ids(p) for _, _, _, p in items])
-    return float((out[rows, ctx] > out[rows, prior]).float().mean())
+    return (out[rows, ctx] > out[rows, prior]).numpy()
+
+
+def context_following(model, items: list[tuple[str, str, str, str]]) -> float:
+    """Share of items whose context answer wins (see :func:`followed`)."""
+    return float(followed(model, items).mean())
 
 
 def sweep(profile: str) -> pd.DataFrame:
-    """The plotted numbers: context-following rate per member, score source and alpha."""
+    """The plotted numbers: context-following rate per member, score source, seed and alpha,
+    with Wilson intervals and paired-bootstrap changes (see the module docstring)."""
     lineage = zoo_lineage(profile)
-    items = heldout_counterfactual_items(lineage.zoo.world(ANCESTOR), N_EVAL[profile], seed=1)
+    items = heldout_counterfactual_items(
+        lineage.zoo.world(ANCESTOR), N_EVAL[profile], seed=ITEM_SEED
+    )
     base = lineage.scores[ANCESTOR]
-    plans: dict[str, dict[str, TruthScores]] = {ANCESTOR: {"own": base}}
+    plans: dict[str, list[tuple[str, int | None, TruthScores]]] = {ANCESTOR: [("own", None, base)]}
     for name in DESCENDANTS:
-        plans[name] = {
-            "inherited": base,
-            "own": lineage.scores[name],
-            "random control": control_scores(base, "random", seed=0),
-        }
-    rows = []
+        plans[name] = [("inherited", None, base), ("own", None, lineage.scores[name])]
+        plans[name] += [
+            (CONTROL, s, control_scores(base, "random", seed=s)) for s in CONTROL_SEEDS[profile]
+        ]
+    outcomes: dict[tuple[str, str, int | None, float], np.ndarray] = {}
     for member, sources in plans.items():
         model = load_model(lineage.path(member))
-        for source, scores in sources.items():
+        ungated = followed(model, items)
+        for source, seed, scores in sources:
             for alpha in ALPHAS[profile]:
-                with TruthGate(scores, alpha=float(alpha), norm="center").applied(model):
-                    rate = context_following(model, items)
-                rows.append(
-                    {"member": member, "scores": source, "alpha": alpha, "context_following": rate}
-                )
+                if alpha == 0:
+                    hits = ungated  # a gate with alpha 0 is the identity
+                else:
+                    with TruthGate(scores, alpha=float(alpha), norm="center").applied(model):
+                        hits = followed(model, items)
+                outcomes[member, source, seed, float(alpha)] = hits
+    return summarise(outcomes, n_resamples=RESAMPLES[profile])
+
+
+def summarise(
+    outcomes: dict[tuple[str, str, int | None, float], np.ndarray], *, n_resamples: int = 2000
+) -> pd.DataFrame:
+    """One row per ``(member, scores, control_seed, alpha)`` of per-item outcomes: the rate with
+    its Wilson CI, the paired change against ``alpha = 0`` and, for inherited scores, against the
+    random control (mean over its seeds per item) at the same alpha."""
+    rows = []
+    for (member, source, seed, alpha), hits in outcomes.items():
+        rate, low, high = proportion_ci(int(hits.sum()), len(hits))
+        ungated = outcomes[member, source, seed, 0.0]
+        d, d_low, d_high = paired_bootstrap_delta(
+            np.mean, ungated, hits, n_resamples=n_resamples, seed=0
+        )
+        row = {
+            "member": member,
+            "scores": source,
+            "control_seed": seed,
+            "alpha": alpha,
+            "n": len(hits),
+            "context_following": rate,
+            "ci_low": low,
+            "ci_high": high,
+            "delta_vs_ungated": d,
+            "delta_ci_low": d_low,
+            "delta_ci_high": d_high,
+        }
+        controls = [
+            v for (m, s, _, a), v in outcomes.items() if m == member and s == CONTROL and a == alpha
+        ]
+        if source == "inherited" and controls:
+            control = np.mean(controls, axis=0)
+            d, d_low, d_high = paired_bootstrap_delta(
+                np.mean, control, hits, n_resamples=n_resamples, seed=0
+            )
+            row |= {
+                "delta_vs_control": d,
+                "delta_vs_control_ci_low": d_low,
+                "delta_vs_control_ci_high": d_high,
+            }
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -84,14 +151,45 @@ def plot_sweep(frame: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(
         1, len(members), figsize=(3.8 * len(members), 3.3), sharey=True, layout="constrained"
     )
+    colors = {"own": "C1", "inherited": "C0", CONTROL: "C3"}
     for ax, member in zip(axes, members, strict=True):
-        for source, sub in frame[frame["member"] == member].groupby("scores", sort=False):
-            ax.plot(sub["alpha"], sub["context_following"], marker="o", ms=3, label=source)
-        ax.set_title(member)
+        sub = frame[frame["member"] == member]
+        for source, grp in sub.groupby("scores", sort=False):
+            if source == CONTROL:
+                spread = grp.groupby("alpha")["context_following"].agg(["mean", "min", "max"])
+                n_seeds = grp["control_seed"].nunique()
+                ax.plot(spread.index, spread["mean"], color=colors[source], marker="o", ms=3)
+                ax.fill_between(
+                    spread.index,
+                    spread["min"],
+                    spread["max"],
+                    color=colors[source],
+                    alpha=0.2,
+                    label=f"{source} (mean, range of {n_seeds} seeds)",
+                )
+                continue
+            ax.errorbar(
+                grp["alpha"],
+                grp["context_following"],
+                yerr=[
+                    grp["context_following"] - grp["ci_low"],
+                    grp["ci_high"] - grp["context_following"],
+                ],
+                marker="o",
+                ms=3,
+                capsize=2,
+                color=colors[source],
+                label=f"{source} (95 % CI)",
+            )
+        ax.set_title(f"{member} (n={int(sub['n'].iloc[0])})")
         ax.set_xlabel("alpha")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes[0].set_ylabel("context-following rate")
     return fig
+
+
+def _ci(v: float, low: float, high: float) -> str:
+    return f"{v:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
@@ -102,20 +200,52 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         save_csv(frame, out_dir / "gating_zoo.csv"),
         save_figure(plot_sweep(frame), out_dir / "gating_zoo.png"),
     ]
-    lines = ["| member | scores | " + " | ".join(f"α={a:g}" for a in ALPHAS[profile]) + " |"]
-    lines.append("|---|---|" + "---|" * len(ALPHAS[profile]))
-    best = []
-    for (member, source), sub in frame.groupby(["member", "scores"], sort=False):
-        vals = sub["context_following"].to_numpy()
-        lines.append(f"| {member} | {source} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-        best.append((vals.max() - vals[0], member, source))
-    gain, member, source = max(best)
+    alphas = ALPHAS[profile]
+    lines = ["| member | scores | " + " | ".join(f"α={a:g}" for a in alphas) + " |"]
+    lines.append("|---|---|" + "---|" * len(alphas))
+    table = frame.groupby(["member", "scores", "alpha"], sort=False)["context_following"].mean()
+    for (member, source), sub in table.groupby(level=[0, 1], sort=False):
+        label = (
+            f"{source} (mean of {len(CONTROL_SEEDS[profile])} seeds)"
+            if source == CONTROL
+            else source
+        )
+        lines.append(f"| {member} | {label} | " + " | ".join(f"{v:.3f}" for v in sub) + " |")
+    inherited = frame[frame["scores"] == "inherited"].dropna(subset=["delta_vs_control"])
+    top = inherited.loc[inherited["delta_vs_ungated"].idxmax()] if len(inherited) else None
     lines += [
         "",
-        f"Reading: {N_EVAL[profile]} held-out counterfactual items. The largest gain over "
-        f"alpha=0 is {gain:+.3f} ({member}, {source} scores); compare each inherited curve with "
-        "the random control of the same member before reading a gain as transfer.",
+        "| member | alpha | inherited vs ungated [95 % CI] | inherited vs random control [95 % CI] |",
+        "|---|---|---|---|",
     ]
+    for r in inherited[inherited["alpha"] > 0].itertuples():
+        lines.append(
+            f"| {r.member} | {r.alpha:g} | {_ci(r.delta_vs_ungated, r.delta_ci_low, r.delta_ci_high)}"
+            f" | {_ci(r.delta_vs_control, r.delta_vs_control_ci_low, r.delta_vs_control_ci_high)} |"
+        )
+    wins = inherited[(inherited["alpha"] > 0) & (inherited["delta_vs_control_ci_low"] > 0)]
+    reading = (
+        f"Reading: {N_EVAL[profile]} held-out counterfactual items (seed {ITEM_SEED}); rates with "
+        f"95 % Wilson intervals in the CSV, changes with paired bootstrap intervals "
+        f"({RESAMPLES[profile]} resamples), random control over seeds "
+        f"{list(CONTROL_SEEDS[profile])}. "
+    )
+    if top is not None:
+        reading += (
+            f"The inherited scores' largest change over ungated is "
+            f"{_ci(top.delta_vs_ungated, top.delta_ci_low, top.delta_ci_high)} ({top.member}, "
+            f"alpha {top.alpha:g}). "
+        )
+    reading += (
+        f"Inherited beats the random control with a CI above 0 in {len(wins)} of "
+        f"{int((inherited['alpha'] > 0).sum())} member x alpha cells"
+        + (
+            ": " + ", ".join(f"{r.member} alpha {r.alpha:g}" for r in wins.itertuples()) + "."
+            if len(wins)
+            else "; no evidence of transfer beyond a random gate on the zoo."
+        )
+    )
+    lines += ["", reading]
     return Section("Gating alpha sweeps on the zoo", "\n".join(lines), files)
 
 

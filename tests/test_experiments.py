@@ -20,7 +20,7 @@ from experiments import (
     real_family,
     weight_drift,
 )
-from experiments._zoo import ANCESTOR, MEMBERS, zoo_lineage
+from experiments._zoo import ANCESTOR, DESCENDANTS, MEMBERS, zoo_lineage
 from experiments.run_all import EXPERIMENTS, run_all
 from lineage_lens.cka import head_cka
 from lineage_lens.lineage import compare_scores, published_cross_dataset_scores
@@ -192,6 +192,34 @@ def test_gating_csv_holds_the_plotted_rates(report):
         & (frame["alpha"] == alpha)
     ]
     assert row["context_following"].iloc[0] == pytest.approx(rate)
+    # intervals: Wilson around every rate; paired changes equal the differences of the rates
+    from lineage_lens.evals import proportion_ci
+
+    assert (frame["ci_low"] <= frame["context_following"]).all()
+    assert (frame["context_following"] <= frame["ci_high"]).all()
+    r = frame.iloc[-1]
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(
+        proportion_ci(round(r["context_following"] * r["n"]), int(r["n"]))[1:]
+    )
+    key = ["member", "scores", "control_seed"]
+    ungated = frame[frame["alpha"] == 0].set_index(key)["context_following"]
+    expected = (
+        frame["context_following"]
+        - ungated.reindex(pd.MultiIndex.from_frame(frame[key])).to_numpy()
+    )
+    np.testing.assert_allclose(frame["delta_vs_ungated"], expected, atol=1e-6)
+    assert (frame["delta_ci_low"] <= frame["delta_vs_ungated"] + 1e-9).all()
+    assert (frame["delta_vs_ungated"] <= frame["delta_ci_high"] + 1e-9).all()
+    controls = frame[frame["scores"] == "random control"]
+    assert set(controls["control_seed"]) == set(gating.CONTROL_SEEDS["test"])
+    inherited = frame[frame["scores"] == "inherited"]
+    assert set(inherited["member"]) == set(DESCENDANTS)
+    for r in inherited.itertuples():
+        same = controls[(controls["member"] == r.member) & (controls["alpha"] == r.alpha)]
+        assert r.delta_vs_control == pytest.approx(
+            r.context_following - same["context_following"].mean(), abs=1e-6
+        )
+        assert r.delta_vs_control_ci_low <= r.delta_vs_control + 1e-9
 
 
 def test_every_module_is_in_run_all_and_exposes_run():
@@ -263,9 +291,26 @@ def test_mllm_gating_csv_holds_the_plotted_metrics(report):
     _, root = report
     frame = pd.read_csv(root / "figures" / "mllm_gating.csv")
     plan = mllm_gating.PLANS["test"]
-    assert list(frame["scores"]) == ["none"] + ["inherited", "own", "random control"] * len(
-        plan.alphas
+    controls = ["random control"] * len(plan.control_seeds)
+    assert list(frame["scores"]) == ["none"] + ["inherited", "own", *controls] * len(plan.alphas)
+    # intervals hold their numbers; paired changes are the differences of the plotted numbers
+    for col in ("pope_accuracy", "pope_adversarial_accuracy", "chair_i"):
+        assert (frame[f"{col}_ci_low"] <= frame[col] + 1e-9).all(), col
+        assert (frame[col] <= frame[f"{col}_ci_high"] + 1e-9).all(), col
+    none, gated = frame.iloc[0], frame.iloc[1:]
+    # (the CSV keeps 6 significant digits)
+    delta = gated["pope_accuracy"] - none["pope_accuracy"]
+    np.testing.assert_allclose(gated["pope_delta"], delta, atol=1e-5)
+    np.testing.assert_allclose(
+        gated["chair_i_delta"], gated["chair_i"] - none["chair_i"], atol=1e-5
     )
+    assert (gated["pope_delta_ci_low"] <= gated["pope_delta"] + 1e-9).all()
+    assert (gated["chair_i_delta"] <= gated["chair_i_delta_ci_high"] + 1e-9).all()
+    for r in gated[gated["scores"] == "inherited"].itertuples():
+        same = gated[(gated["scores"] == "random control") & (gated["alpha"] == r.alpha)]
+        assert r.pope_vs_control == pytest.approx(
+            r.pope_accuracy - same["pope_accuracy"].mean(), abs=1e-5
+        )
     for col in ("chair_s", "chair_i", "recall", "pope_adversarial_accuracy"):
         assert frame[col].between(0, 1).all(), col
     assert (frame["n"] == plan.chair_limit).all()

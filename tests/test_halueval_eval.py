@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lineage_lens.data import HaluEvalRow, load_halueval_qa, split_probe_eval
-from lineage_lens.errors import DataError
+from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals._common import (
     EvalResult,
     ResultCache,
@@ -221,3 +221,41 @@ def test_paired_auroc_delta() -> None:
         paired_auroc_delta(np.ones(5, bool), base[:5], base[:5])
     with pytest.raises(Exception, match="one length"):
         paired_auroc_delta(y, base, base[:10])
+
+
+def test_paired_bootstrap_delta_of_a_mean_and_a_ratio() -> None:
+    from lineage_lens.evals import paired_bootstrap_delta
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(300) < 0.5).astype(float)
+    better = np.where(rng.random(300) < 0.3, 1.0, base)  # flips about 15 % of items to correct
+    delta, lo, hi = paired_bootstrap_delta(np.mean, base, better, n_resamples=500)
+    assert delta == pytest.approx(better.mean() - base.mean())
+    assert 0 < lo < delta < hi
+    # the pairing matters: the paired interval is narrower than one of independent samples
+    assert hi - lo < 2 * 1.96 * np.sqrt(0.25 / 300 * 2)
+    # a ratio of sums over columns (CHAIR_i: hallucinated / mentioned objects per caption)
+    h, m = rng.integers(0, 3, 50), rng.integers(3, 6, 50)
+    ratio = lambda hh, mm: hh.sum() / mm.sum()  # noqa: E731
+    d, lo, hi = paired_bootstrap_delta(ratio, (h, m), (np.zeros(50), m), n_resamples=300)
+    assert d == pytest.approx(-h.sum() / m.sum()) and lo <= d <= hi < 0
+    assert paired_bootstrap_delta(np.mean, base, base) == (0.0, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="one length"):
+        paired_bootstrap_delta(np.mean, base, better[:10])
+    with pytest.raises(ConfigError, match="as many"):
+        paired_bootstrap_delta(ratio, (h, m), h)
+
+
+def test_proportion_ci_is_wilsons() -> None:
+    from lineage_lens.evals import proportion_ci
+
+    p, lo, hi = proportion_ci(30, 100)
+    # Wilson's interval at 95 %: centre (k + z^2/2) / (n + z^2)
+    z = 1.959964
+    centre = (30 + z**2 / 2) / (100 + z**2)
+    half = z / (100 + z**2) * np.sqrt(30 * 70 / 100 + z**2 / 4)
+    assert p == 0.3 and lo == pytest.approx(centre - half, abs=1e-5)
+    assert hi == pytest.approx(centre + half, abs=1e-5)
+    assert proportion_ci(0, 10)[1] == 0.0
+    with pytest.raises(DataError, match="successes"):
+        proportion_ci(11, 10)

@@ -4,9 +4,19 @@
 * :func:`evaluate_pope` -- "Is there a <object> in the image?" on POPE-schema files
 * :func:`compute_chair` / :func:`evaluate_chair` -- object hallucination in captions
 * :func:`run_sweep` -- baseline vs gated vs control settings; results JSON/CSV/plot + cache
+* :func:`paired_bootstrap_delta`, :func:`paired_auroc_delta`, :func:`proportion_ci` -- how sure a
+  change or a rate is (paired bootstrap over the same examples; Wilson interval)
 """
 
-from lineage_lens.evals._common import EvalResult, ResultCache, binary_metrics, parse_yes_no
+from lineage_lens.evals._common import (
+    EvalResult,
+    ResultCache,
+    binary_metrics,
+    paired_auroc_delta,
+    paired_bootstrap_delta,
+    parse_yes_no,
+    proportion_ci,
+)
 from lineage_lens.evals.chair import (
     Caption,
     ChairResult,
@@ -37,8 +47,11 @@ __all__ = [
     "load_captions",
     "load_ground_truth",
     "load_pope",
+    "paired_auroc_delta",
+    "paired_bootstrap_delta",
     "parse_yes_no",
     "plot_sweep",
+    "proportion_ci",
     "run_sweep",
     "singularize",
 ]

@@ -140,34 +140,21 @@ def model_device(model: Any) -> torch.device:
         return torch.device(getattr(model.cfg, "device", None) or "cpu")
 
 
-def left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "left"
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """``(input_ids, attention_mask, position_ids)`` of a left-padded batch."""
+    """``(input_ids, attention_mask, position_ids)`` of a batch padded on ``side``; positions
+    restart at each row's first real token (0 on padding)."""
     if not seqs or any(len(s) == 0 for s in seqs):
         raise DataError("cannot batch an empty prompt.")
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s) :] = 1
+        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, cols] = 1
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
-
-
-def right_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """``(input_ids, attention_mask)`` of a right-padded batch."""
-    if not seqs or any(len(s) == 0 for s in seqs):
-        raise DataError("cannot batch an empty prompt.")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
@@ -290,7 +277,7 @@ def run_prompts(
                             cache.put(f"{prefix}:{it.key}", rec)
                     bar.update(len(batch))
                     continue
-                ids, mask, pos = left_pad([it.input_ids for it in batch], pad)
+                ids, mask, pos = pad_batch([it.input_ids for it in batch], pad)
                 kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
                 images = [it.image for it in batch]
                 if any(im is not None for im in images):
@@ -350,7 +337,7 @@ def _logprob_after_prefix(
     device: torch.device,
 ) -> list[dict[str, Any]]:
     """Yes/no records of ``prefix + suffix`` prompts from the prefix's key/value cache."""
-    ids, mask = right_pad(suffixes, pad)
+    ids, mask, _ = pad_batch(suffixes, pad, side="right")
     batch, width = ids.shape
     past = copy.deepcopy(prefix_cache)  # the forward appends to the cache it is given
     past.batch_repeat_interleave(batch)
@@ -451,6 +438,74 @@ def paired_auroc_delta(
     tail = 50 * (1 - confidence_level)
     low, high = np.percentile(diffs, [tail, 100 - tail])
     return delta, float(low), float(high)
+
+
+def paired_bootstrap_delta(
+    statistic: Callable[..., float],
+    base: np.ndarray | Sequence[np.ndarray],
+    other: np.ndarray | Sequence[np.ndarray],
+    *,
+    n_resamples: int = 2000,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``statistic(*other) - statistic(*base)`` on the same examples, with a paired bootstrap CI.
+
+    ``base`` and ``other`` hold per-example values of two settings: one 1-D array each, or a
+    sequence of 1-D arrays (columns, e.g. hallucinated and mentioned objects per caption) all of
+    one length, row ``i`` being the same example in both. ``statistic`` maps the columns of one
+    setting to a number (``np.mean`` for an accuracy; ``lambda h, m: h.sum() / m.sum()`` for
+    CHAIR_i). Each resample draws examples with replacement and evaluates both settings on the
+    same draw (``scipy.stats.bootstrap(paired=True)``, percentile interval). Returns
+    ``(delta, ci_low, ci_high)``.
+    """
+    from scipy import stats
+
+    def columns(x: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+        if isinstance(x, np.ndarray) and x.ndim == 1:
+            return [x.astype(np.float64)]
+        return [np.asarray(c, dtype=np.float64) for c in x]
+
+    a, b = columns(base), columns(other)
+    shapes = [c.shape for c in a + b]
+    if len(a) != len(b) or any(len(s) != 1 or s != shapes[0] for s in shapes):
+        raise ConfigError(
+            f"base columns {[c.shape for c in a]} and other columns {[c.shape for c in b]} must "
+            "be 1-D arrays of one length, as many for each setting."
+        )
+    if shapes[0][0] < 2:
+        raise DataError(f"a paired bootstrap needs at least 2 examples, got {shapes[0][0]}.")
+    k = len(a)
+
+    def delta(*cols: np.ndarray) -> float:
+        return float(statistic(*cols[k:]) - statistic(*cols[:k]))
+
+    point = delta(*a, *b)
+    if all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)):
+        return point, point, point  # identical settings: every resample gives the same delta
+    res = stats.bootstrap(
+        (*a, *b),
+        delta,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=confidence_level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def proportion_ci(
+    successes: int, n: int, *, confidence_level: float = 0.95
+) -> tuple[float, float, float]:
+    """A share with its Wilson score interval (``scipy.stats.binomtest``): ``(p, low, high)``."""
+    from scipy import stats
+
+    if n <= 0 or not 0 <= successes <= n:
+        raise DataError(f"a proportion needs 0 <= successes <= n and n > 0, got {successes}/{n}.")
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level, method="wilson")
+    return successes / n, float(ci.low), float(ci.high)
 
 
 # ------------------------------------------------------------------------------ cache
