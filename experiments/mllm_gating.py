@@ -35,6 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
+from lineage_lens.errors import DataError
 from lineage_lens.evals import paired_bootstrap_delta, proportion_ci
 from lineage_lens.evals.chair import ChairResult, ObjectVocabulary, evaluate_chair
 from lineage_lens.evals.pope import evaluate_pope
@@ -202,7 +203,11 @@ def chair_i(hallucinated: np.ndarray, mentioned: np.ndarray) -> float:
 
 def _changes(base: Outcomes, other: Outcomes, n_resamples: int) -> dict[str, float]:
     if base.caption_ids != other.caption_ids or len(base.pope_correct) != len(other.pope_correct):
-        raise AssertionError("settings must be scored on the same questions and captions")
+        raise DataError(
+            f"paired changes need the same examples: {len(base.pope_correct)} vs "
+            f"{len(other.pope_correct)} POPE questions, {len(base.caption_ids)} vs "
+            f"{len(other.caption_ids)} captions; run both settings with the same limits."
+        )
     out: dict[str, float] = {}
     d = paired_bootstrap_delta(
         np.mean, base.pope_correct, other.pope_correct, n_resamples=n_resamples

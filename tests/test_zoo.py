@@ -195,10 +195,16 @@ def test_cache_reuses_and_changed_recipe_rebuilds(tmp_path):
     small = {
         "base": {"steps": 3, "n_docs": 40, "arch": {**profile_specs("test")[0].recipe["arch"]}}
     }
-    first = build_zoo(tmp_path, "test", members=["base"], overrides=small, threads=1)
+    first = build_zoo(tmp_path, "test", members=["base"], overrides=small, threads=2)
     again = build_zoo(tmp_path, "test", members=["base"], overrides=small, threads=1)
     assert not first.members["base"].reused and again.members["base"].reused
     assert again.path("base") == first.path("base")
+    # the build records what bit-for-bit reproduction needs besides the recipe; the tiny
+    # recipes' own thread count wins over the caller's
+    env = json.loads((tmp_path / MANIFEST).read_text())["members"]["base"]["environment"]
+    assert env["torch"] == torch.__version__
+    assert env["threads"] == first.members["base"].recipe["threads"] == 1
+    assert again.members["base"].environment == env  # read back from the member's record
     changed = {"base": {**small["base"], "steps": 4}}
     third = build_zoo(tmp_path, "test", members=["base"], overrides=changed, threads=1)
     assert not third.members["base"].reused and third.path("base") != first.path("base")

@@ -75,6 +75,9 @@ class ZooMember:
     wall_time_s: float = 0.0
     built_at: str = ""
     code_version: str = ZOO_CODE_VERSION
+    #: torch / transformers versions, CPU threads and machine of the build: the content address
+    #: covers the recipe, not these, and training is only bit-reproducible when they match.
+    environment: dict[str, Any] = field(default_factory=dict)
     reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +166,21 @@ def _ancestor_path_and_hash(alias: str) -> tuple[Path, str]:
     return path, f"{alias}:{path.name}"
 
 
+def build_environment() -> dict[str, Any]:
+    """What a bit-for-bit rebuild needs besides the recipe: library versions, threads, machine."""
+    import platform
+
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+
+
 @contextmanager
 def _threads(n: int | None):
     import torch
@@ -197,7 +215,8 @@ def build_zoo(
         overrides: recipe changes by member name, e.g. ``{"base": {"steps": 50}}``; a changed
             recipe gets a new content address, so it is built beside the old one.
         force: rebuild even when a member with the same address exists.
-        threads: torch CPU threads during the build (``None`` keeps torch's setting).
+        threads: torch CPU threads during the build (``None`` keeps torch's setting); a recipe
+            with its own ``threads`` (the tiny members: 1, for bit-reproducible builds) keeps it.
 
     Each member is trained in a temporary directory and renamed into place only when complete,
     then ``manifest.json`` is rewritten (atomically) with every member built so far.
@@ -261,7 +280,9 @@ def _build_member(
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     try:
         t0 = time.perf_counter()
-        info = builder(spec.recipe, parent_path, tmp)
+        with _threads(spec.recipe.get("threads")):  # a recipe's thread count wins
+            info = builder(spec.recipe, parent_path, tmp)
+            environment = build_environment()
         wall = time.perf_counter() - t0
         member = ZooMember(
             name=spec.name,
@@ -277,6 +298,7 @@ def _build_member(
             checks=info.get("checks", {}),
             wall_time_s=round(wall, 2),
             built_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            environment=environment,
         )
         with atomic_open(tmp / MEMBER_RECORD, "w", encoding="utf-8") as fh:
             json.dump(member.to_dict(), fh, indent=1, sort_keys=True)

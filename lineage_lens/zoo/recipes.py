@@ -39,6 +39,11 @@ class MemberSpec:
 
 TINY_ARCH = {"n_layers": 4, "n_heads": 8, "n_kv_heads": 4, "d_head": 8}
 
+#: CPU threads the tiny members train with, whatever the caller's setting: a matrix product's
+#: rounding depends on how it is split over threads, so a fixed count makes their builds
+#: bit-reproducible across machines (and one thread is the fastest for models this small).
+TINY_THREADS = 1
+
 _TINY_BASE = {
     "world_seed": 0,
     "n_people": 24,
@@ -48,6 +53,7 @@ _TINY_BASE = {
     "batch_size": 32,
     "lr": 3e-3,
     "seed": 0,
+    "threads": TINY_THREADS,
 }
 
 TINY_MEMBERS: list[MemberSpec] = [
@@ -62,7 +68,14 @@ TINY_MEMBERS: list[MemberSpec] = [
         "instruct",
         "tiny_instruct",
         "base",
-        {"n_docs": 3000, "steps": 120, "batch_size": 32, "lr": 1e-3, "seed": 1},
+        {
+            "n_docs": 3000,
+            "steps": 120,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "seed": 1,
+            "threads": TINY_THREADS,
+        },
         "base fine-tuned on the instruction format 'User : context question Assistant : answer'",
     ),
     MemberSpec(
@@ -87,6 +100,7 @@ TINY_MEMBERS: list[MemberSpec] = [
             "batch_size": 32,
             "seed": 2,
             "n_eval_scenes": 100,
+            "threads": TINY_THREADS,
         },
         "tiny LLaVA: base as language model, a tiny CLIP ViT (32x32 images, 16 image tokens) "
         "trained on rendered scenes with yes/no existence questions and captions",
