@@ -174,3 +174,43 @@ def test_too_few_examples_per_class_for_folds():
         fit_truth_scores(x, progress=False)
     with pytest.raises(ShapeMismatchError, match=r"n_examples, n_layers"):
         fit_truth_scores(x[:, 0], y, progress=False)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(60, 512), (70, 16)])
+def test_adamw_logistic_follows_each_heads_own_trajectory(n: int, batch_size: int) -> None:
+    """The batched recipe equals nn.Linear + torch.optim.AdamW run head by head (the paper's way),
+    with a full batch and with shuffled mini-batches, across blocks of heads."""
+    import torch
+
+    from lineage_lens.probing import adamw_logistic
+
+    torch.manual_seed(0)
+    heads, d, epochs = 5, 7, 30
+    x = torch.randn(heads, n, d)
+    y = (torch.rand(n) < 0.5).float()
+    got = adamw_logistic(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(3),
+        block_bytes=2 * n * d * 4,  # blocks of two heads
+    )
+    for h in range(heads):
+        probe = torch.nn.Linear(d, 1)
+        torch.nn.init.zeros_(probe.weight)
+        torch.nn.init.zeros_(probe.bias)
+        opt = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=1e-3)
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen)
+            for b0 in range(0, n, batch_size):
+                idx = perm[b0 : b0 + batch_size]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    probe(x[h, idx]).squeeze(1), y[idx]
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        torch.testing.assert_close(got[h, :d], probe.weight.detach()[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got[h, d], probe.bias.detach()[0], atol=1e-5, rtol=1e-4)
