@@ -212,7 +212,8 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         )
         lines.append(f"| {member} | {label} | " + " | ".join(f"{v:.3f}" for v in sub) + " |")
     inherited = frame[frame["scores"] == "inherited"].dropna(subset=["delta_vs_control"])
-    top = inherited.loc[inherited["delta_vs_ungated"].idxmax()] if len(inherited) else None
+    gated = inherited[inherited["alpha"] > 0]
+    top = gated.loc[gated["delta_vs_ungated"].idxmax()] if len(gated) else None
     lines += [
         "",
         "| member | alpha | inherited vs ungated [95 % CI] | inherited vs random control [95 % CI] |",
@@ -223,7 +224,6 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
             f"| {r.member} | {r.alpha:g} | {_ci(r.delta_vs_ungated, r.delta_ci_low, r.delta_ci_high)}"
             f" | {_ci(r.delta_vs_control, r.delta_vs_control_ci_low, r.delta_vs_control_ci_high)} |"
         )
-    gated = inherited[inherited["alpha"] > 0]
     wins = gated[gated["delta_vs_control_ci_low"] > 0]
     losses = gated[gated["delta_vs_control_ci_high"] < 0]
     reading = (
