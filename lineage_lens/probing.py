@@ -320,9 +320,10 @@ def adamw_logistic(
     order, one permutation per epoch drawn from ``generator``). Speed comes from three things that
     do not change that trajectory: the gradient of the mean BCE is written out
     (``X^T (sigmoid(Xw + b) - y) / batch``, no autograd) as two batched row-vector x matrix
-    products (``X`` is kept in both layouts, ``[n, d]`` and ``[d, n]``, the fast shape of a
-    batched GEMV), a full batch is used in place (no gather), and heads are processed in blocks of
-    about ``block_bytes`` of activations so that a block stays in cache for all its epochs. Returns
+    products (with a full batch ``X`` is kept in both layouts, ``[n, d]`` and ``[d, n]``, the fast
+    shape of a batched GEMV, and used in place, no gather), and with a full batch heads are
+    processed in blocks of about ``block_bytes`` of activations so that a block stays in cache for
+    all its epochs. Returns
     ``[heads, d+1]`` (intercept last) in float32.
     """
     g_all, n, d = x.shape
@@ -330,29 +331,33 @@ def adamw_logistic(
     y = y.float()
     perms = [torch.randperm(n, generator=generator) for _ in range(epochs)]
     full_batch = batch_size >= n
-    per_block = max(1, min(g_all, block_bytes // max(n * d * 4, 1)))
+    # Full batch: cache-sized blocks (each step is small and reads the whole block). Mini-batches:
+    # all heads at once, so that each epoch's shuffle is one gather and a step's work outweighs
+    # its Python overhead.
+    per_block = g_all if not full_batch else max(1, min(g_all, block_bytes // max(n * d * 4, 1)))
     out = torch.empty(g_all, d + 1, dtype=torch.float32, device=x.device)
     for start in range(0, g_all, per_block):
-        # both layouts, so that both products are row-vector x matrix (the fast batched GEMV)
+        # with a full batch both layouts, so that both products are row-vector x matrix (the fast
+        # shape of a batched GEMV); mini-batches gather [n, d] rows once per epoch instead
         xs = x[start : start + per_block].contiguous()  # [g, n, d]
-        xts = xs.transpose(1, 2).contiguous()  # [g, d, n]
+        xts = xs.transpose(1, 2).contiguous() if full_batch else None  # [g, d, n]
         g = xs.shape[0]
         weight = torch.zeros(g, d, device=x.device)
         bias = torch.zeros(g, device=x.device)
         opt = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
         for perm in perms:
             if full_batch:
-                xp, xtp, yp = xs, xts, y  # the mean over a full batch ignores its order
+                xp, yp = xs, y  # the mean over a full batch ignores its order
             else:
                 perm = perm.to(x.device)
-                xp, xtp, yp = xs[:, perm], xts[:, :, perm], y[perm]
+                xp, yp = xs[:, perm], y[perm]  # one gather per epoch
             for b0 in range(0, n, batch_size):
-                xb, xtb, yb = (
-                    xp[:, b0 : b0 + batch_size],
-                    xtp[..., b0 : b0 + batch_size],
-                    yp[b0 : b0 + batch_size],
-                )
-                logits = torch.bmm(weight.unsqueeze(1), xtb).squeeze(1) + bias.unsqueeze(1)
+                xb, yb = xp[:, b0 : b0 + batch_size], yp[b0 : b0 + batch_size]
+                if xts is not None:
+                    logits = torch.bmm(weight.unsqueeze(1), xts).squeeze(1)
+                else:
+                    logits = torch.bmm(xb, weight.unsqueeze(2)).squeeze(2)
+                logits = logits + bias.unsqueeze(1)
                 resid = (torch.sigmoid(logits) - yb) / yb.shape[0]  # d(mean BCE)/d(logits)
                 weight.grad = torch.bmm(resid.unsqueeze(1), xb).squeeze(1)
                 bias.grad = resid.sum(dim=1)
