@@ -5,6 +5,9 @@ Hugging Face tokenizer, run through the model in padded batches, and ``blocks.{l
 (each head's output before ``W_O``) is kept **only at the probed token** — by default the answer's
 last token. Nothing of shape ``[batch, pos, ...]`` is cached, and the forward pass stops right
 after the last layer's ``hook_z`` (the last MLP, the final norm and the unembedding never run).
+Examples whose tokens before the answer are identical (HaluEval's truthful and hallucinated answer
+to one context and question) share one pass over that prefix: its key/value cache is reused for
+each answer (``share_prefix=True``, the default).
 
 Tokenization policy (BOS): prompts are encoded with ``tokenizer(text, add_special_tokens=True)``,
 i.e. exactly as the Hugging Face model would see them: Llama/Vicuna tokenizers add ``<s>``, the
@@ -407,6 +410,47 @@ def _fingerprint(parts: dict[str, Any], encoded: Sequence[EncodedPrompt], labels
     return h.hexdigest()[:32]
 
 
+#: Shortest token prefix worth running once for several examples (see ``share_prefix``).
+MIN_SHARED_PREFIX = 16
+
+
+def _prefix_keys(encoded: Sequence[EncodedPrompt]) -> list[tuple[int, ...]]:
+    """Per example, the tokens before its answer (empty when it has no answer span, a prefix
+    shorter than :data:`MIN_SHARED_PREFIX`, or the probed token inside that prefix)."""
+    keys = []
+    for e in encoded:
+        start = e.answer_tokens[0]
+        ok = MIN_SHARED_PREFIX <= start <= e.position and start < len(e.input_ids)
+        keys.append(tuple(e.input_ids[:start]) if ok else ())
+    return keys
+
+
+def _grouped_batches(
+    keys: Sequence[tuple[int, ...]], lengths: np.ndarray, batch_size: int, sort: bool
+) -> list[np.ndarray]:
+    """Batches of whole groups of examples that share a prefix, longest first when ``sort``; a
+    group larger than ``batch_size`` is split; examples without a prefix are batched apart."""
+    groups: dict[tuple[int, ...] | int, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key if key else i, []).append(i)
+    batches: list[list[int]] = []
+    for shared in (True, False):  # never mix examples with and without a prefix in one batch
+        parts = [
+            g[j : j + batch_size]
+            for key, g in groups.items()
+            if isinstance(key, tuple) == shared
+            for j in range(0, len(g), batch_size)
+        ]
+        if sort:
+            parts.sort(key=lambda g: -int(lengths[g].max()))
+        batches.append([])
+        for g in parts:
+            if len(batches[-1]) + len(g) > batch_size:
+                batches.append([])
+            batches[-1].extend(g)
+    return [np.array(b) for b in batches if b]
+
+
 def collect_head_activations(
     model: Any,
     examples: Sequence[ProbeExample],
@@ -420,6 +464,7 @@ def collect_head_activations(
     prepend_bos: bool | None = None,
     sort_by_length: bool = True,
     stop_early: bool = True,
+    share_prefix: bool = True,
     progress: bool = True,
 ) -> HeadActivations:
     """Capture every head's ``hook_z`` vector at one token of each example.
@@ -444,6 +489,12 @@ def collect_head_activations(
         sort_by_length: batch prompts of similar length together (less padding); results are
             returned in the input order either way.
         stop_early: stop the forward pass right after the last layer's ``hook_z``.
+        share_prefix: examples whose tokens before the answer are identical (a HaluEval row's
+            truthful and hallucinated answers share context and question) run that prefix once:
+            its key/value cache is reused for each answer, which then runs alone (right-padded,
+            positions continuing after the prefix). The vectors equal those of the full prompts
+            up to float rounding; only prefixes of at least :data:`MIN_SHARED_PREFIX` tokens are
+            shared.
         progress: show a tqdm bar.
 
     Returns:
@@ -480,11 +531,15 @@ def collect_head_activations(
     if n_ctx and longest > n_ctx:
         raise DataError(f"a prompt has {longest} tokens, more than the model's n_ctx={n_ctx}.")
 
-    order = np.arange(n)
-    if sort_by_length:
-        lengths = np.array([len(e.input_ids) for e in encoded])
-        order = np.argsort(-lengths, kind="stable")  # longest first: memory errors show early
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    lengths = np.array([len(e.input_ids) for e in encoded])
+    keys = _prefix_keys(encoded) if share_prefix else [()] * n
+    if any(keys):
+        batches = _grouped_batches(keys, lengths, batch_size, sort_by_length)
+    else:
+        order = np.arange(n)
+        if sort_by_length:
+            order = np.argsort(-lengths, kind="stable")  # longest first: memory errors show early
+        batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
     def make_result(acts: np.ndarray) -> HeadActivations:
         return HeadActivations(
@@ -516,6 +571,7 @@ def collect_head_activations(
             "dtype": str(dtype),
             "batch_size": batch_size,
             "sort": sort_by_length,
+            "share_prefix": bool(any(keys)),
         },
         encoded,
         labels,
@@ -552,10 +608,11 @@ def collect_head_activations(
                 raise ShapeMismatchError(
                     f"{hook.name}", "[batch, pos, n_heads, d_head]", tuple(z.shape)
                 )
-            pos = state["pos"].to(z.device)
-            buf[:b, layer] = z[torch.arange(b, device=z.device), pos].float()
-            if stop_early and layer == L - 1:
-                raise _StopForwardError
+            if state["capture"]:
+                pos = state["pos"].to(z.device)
+                buf[:b, layer] = z[torch.arange(b, device=z.device), pos].float()
+            if layer == L - 1 and (stop_early or not state["capture"]):
+                raise _StopForwardError  # a prefix pass only needs the caches, filled by now
 
         return hook_fn
 
@@ -571,13 +628,16 @@ def collect_head_activations(
         with torch.inference_mode():
             for bi in range(done, len(batches)):
                 idx = batches[bi]
-                ids, mask, pos = _pad_batch([encoded[i] for i in idx], pad_id, padding_side)
-                state["pos"] = pos.to(device)
-                kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
-                if padding_side == "left":
-                    kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(device)
-                with contextlib.suppress(_StopForwardError):
-                    model.run_with_hooks(ids.to(device), fwd_hooks=hooks, **kwargs)
+                if keys[idx[0]] and len({keys[i] for i in idx}) < len(idx):
+                    idx = _forward_shared(model, hooks, state, encoded, keys, idx, pad_id, device)
+                else:
+                    ids, mask, pos = _pad_batch([encoded[i] for i in idx], pad_id, padding_side)
+                    state["pos"], state["capture"] = pos.to(device), True
+                    kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
+                    if padding_side == "left":
+                        kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+                    with contextlib.suppress(_StopForwardError):
+                        model.run_with_hooks(ids.to(device), fwd_hooks=hooks, **kwargs)
                 acts[idx] = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)
                 if out is not None:
                     acts.flush()
@@ -597,6 +657,64 @@ def collect_head_activations(
         del acts
         return HeadActivations.load(out)
     return make_result(acts)
+
+
+def _forward_shared(
+    model: Any,
+    hooks: list[tuple[str, Any]],
+    state: dict[str, Any],
+    encoded: Sequence[EncodedPrompt],
+    keys: Sequence[tuple[int, ...]],
+    idx: np.ndarray,
+    pad_id: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Run a batch whose examples share prefixes: each distinct prefix once (left-padded, to the
+    last layer's attention, which fills the key/value cache), then every example's own tokens on
+    its prefix's cache. Returns the example order of the captured rows."""
+    from transformers import DynamicCache
+
+    groups: dict[tuple[int, ...] | int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(keys[i] or int(i), []).append(int(i))
+    order = [i for members in groups.values() for i in members]
+    row = torch.tensor([g for g, members in enumerate(groups.values()) for _ in members])
+    prefixes = [encoded[m[0]].input_ids[: len(keys[m[0]])] for m in groups.values()]
+    if any(not keys[i] for i in order):
+        raise ConfigError("every example of a shared-prefix batch needs a prefix.")
+    p_ids, p_mask, _ = _pad_batch(
+        [EncodedPrompt(list(p), len(p) - 1, (0, 0), (0, 0)) for p in prefixes], pad_id, "left"
+    )
+    cache = DynamicCache()
+    state["capture"] = False
+    with contextlib.suppress(_StopForwardError):
+        model.run_with_hooks(
+            p_ids.to(device),
+            fwd_hooks=hooks,
+            attention_mask=p_mask.to(device),
+            position_ids=(p_mask.cumsum(1) - 1).clamp(min=0).to(device),
+            past_key_values=cache,
+        )
+    cache.batch_select_indices(row.to(device))
+    suffixes = [
+        EncodedPrompt(
+            encoded[i].input_ids[len(keys[i]) :], encoded[i].position - len(keys[i]), (0, 0), (0, 0)
+        )
+        for i in order
+    ]
+    s_ids, s_mask, s_pos = _pad_batch(suffixes, pad_id, "right")
+    n_prefix = p_mask.sum(dim=1)[row]
+    positions = n_prefix[:, None] + torch.arange(s_ids.shape[1])[None, :]
+    state["pos"], state["capture"] = s_pos.to(device), True
+    with contextlib.suppress(_StopForwardError):
+        model.run_with_hooks(
+            s_ids.to(device),
+            fwd_hooks=hooks,
+            attention_mask=torch.cat([p_mask[row], s_mask], dim=1).to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+        )
+    return np.array(order)
 
 
 def _open_out(

@@ -226,3 +226,44 @@ def test_smollm2_answer_token_and_batching():
     batched = collect_head_activations(model, examples, dtype=torch.float32, progress=False)
     assert batched.acts.shape == (2, 30, 9, 64)
     np.testing.assert_allclose(batched.acts, single_runs(model, examples), atol=1e-4)
+
+
+def paired_examples(n_rows: int = 5) -> list[ProbeExample]:
+    """HaluEval-shaped pairs: each row's two answers share a context and question long enough
+    (>= MIN_SHARED_PREFIX tokens) to be run once, with contexts of different lengths."""
+    out = []
+    for r in range(n_rows):
+        ctx = " ".join((WORDS * 3)[r : r + 12 + 3 * r])
+        for label, ans in ((1, WORDS[r % 5]), (0, " ".join(WORDS[r % 3 : r % 3 + 2 + r % 2]))):
+            out.append(ProbeExample(ctx, "what is the cat ?", ans, label, str(r)))
+    out.append(ProbeExample("a cat", "what is it ?", "red", 1, "short"))  # no prefix to share
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gqa"])
+def test_shared_prefix_equals_full_prompts(request, fixture, monkeypatch):
+    from lineage_lens import activations
+    from lineage_lens.activations import MIN_SHARED_PREFIX, _prefix_keys, encode_examples
+
+    calls = []
+    real = activations._forward_shared
+    monkeypatch.setattr(
+        activations, "_forward_shared", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+
+    model = request.getfixturevalue(fixture)
+    examples = paired_examples()
+    keys = _prefix_keys(encode_examples(model.tokenizer, examples))
+    assert sum(len(k) >= MIN_SHARED_PREFIX for k in keys) == 10 and keys[-1] == ()
+    assert keys[0] == keys[1] != keys[2]
+    full = collect_head_activations(
+        model, examples, batch_size=4, share_prefix=False, dtype=torch.float32, progress=False
+    )
+    for batch_size in (3, 4, 16):  # groups split across batches, packed, all in one batch
+        shared = collect_head_activations(
+            model, examples, batch_size=batch_size, dtype=torch.float32, progress=False
+        )
+        np.testing.assert_allclose(shared.acts, full.acts, atol=1e-4)
+        assert shared.labels.tolist() == [ex.label for ex in examples]
+    assert len(calls) >= 3  # the shared path ran for every batch size
+    np.testing.assert_allclose(full.acts, single_runs(model, examples), atol=1e-4)
