@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return captured
 
     bs = args.batch_size
-    main_label = f"collect_head_activations (batch {bs}, sorted, early stop)"
+    main_label = f"collect_head_activations (batch {bs}, sorted, early stop, shared prefixes)"
     captured = ours(main_label)
     acts = captured.acts
     if args.save_acts:  # real activations for benchmarks.bench_probing --acts
