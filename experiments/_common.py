@@ -42,6 +42,12 @@ class Section:
         return f"## {self.title}\n\n{self.markdown}\n\n" + "\n".join(links) + "\n"
 
 
+def fmt_change(value: float, low: float, high: float) -> str:
+    """A signed change with its confidence interval, as the reports print it: ``+0.052 [+0.010,
+    +0.093]``."""
+    return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Write ``fig`` atomically as PNG and close it."""
     with atomic_path(path) as tmp:

@@ -30,7 +30,15 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 
-from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
+from experiments._common import (
+    FIGURES,
+    RESAMPLES,
+    Section,
+    cli,
+    fmt_change,
+    save_csv,
+    save_figure,
+)
 from experiments._zoo import ANCESTOR, DESCENDANTS, zoo_lineage
 from lineage_lens.data import PAPER_TEMPLATE
 from lineage_lens.evals import paired_bootstrap_delta, proportion_ci
@@ -188,10 +196,6 @@ def plot_sweep(frame: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _ci(v: float, low: float, high: float) -> str:
-    return f"{v:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-
 def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     """Gating sweeps on the zoo family; write the figure and its CSV."""
     out_dir = Path(out_dir)
@@ -221,8 +225,8 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     ]
     for r in inherited[inherited["alpha"] > 0].itertuples():
         lines.append(
-            f"| {r.member} | {r.alpha:g} | {_ci(r.delta_vs_ungated, r.delta_ci_low, r.delta_ci_high)}"
-            f" | {_ci(r.delta_vs_control, r.delta_vs_control_ci_low, r.delta_vs_control_ci_high)} |"
+            f"| {r.member} | {r.alpha:g} | {fmt_change(r.delta_vs_ungated, r.delta_ci_low, r.delta_ci_high)}"
+            f" | {fmt_change(r.delta_vs_control, r.delta_vs_control_ci_low, r.delta_vs_control_ci_high)} |"
         )
     wins = gated[gated["delta_vs_control_ci_low"] > 0]
     losses = gated[gated["delta_vs_control_ci_high"] < 0]
@@ -235,7 +239,7 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     if top is not None:
         reading += (
             f"The inherited scores' largest change over ungated is "
-            f"{_ci(top.delta_vs_ungated, top.delta_ci_low, top.delta_ci_high)} ({top.member}, "
+            f"{fmt_change(top.delta_vs_ungated, top.delta_ci_low, top.delta_ci_high)} ({top.member}, "
             f"alpha {top.alpha:g}). "
         )
 

@@ -34,7 +34,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
+from experiments._common import (
+    FIGURES,
+    RESAMPLES,
+    Section,
+    cli,
+    fmt_change,
+    save_csv,
+    save_figure,
+)
 from lineage_lens.errors import DataError
 from lineage_lens.evals import paired_bootstrap_delta, proportion_ci
 from lineage_lens.evals.chair import ChairResult, ObjectVocabulary, evaluate_chair
@@ -297,10 +305,6 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _ci(v: float, low: float, high: float) -> str:
-    return f"{v:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-
 def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     """POPE and CHAIR of the zoo MLLM under each gate; write the figure and its CSV."""
     out_dir = Path(out_dir)
@@ -322,10 +326,10 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
             f"| {r.scores} | {r.alpha:g} | {seed} | {r.pope_random_accuracy:.3f} | "
             f"{r.pope_popular_accuracy:.3f} | {r.pope_adversarial_accuracy:.3f} | "
             f"{r.pope_adversarial_auroc:.3f} | "
-            + (_ci(r.pope_delta, r.pope_delta_ci_low, r.pope_delta_ci_high) if gated else "")
+            + (fmt_change(r.pope_delta, r.pope_delta_ci_low, r.pope_delta_ci_high) if gated else "")
             + f" | {r.chair_s:.3f} | {r.chair_i:.3f} | "
             + (
-                _ci(r.chair_i_delta, r.chair_i_delta_ci_low, r.chair_i_delta_ci_high)
+                fmt_change(r.chair_i_delta, r.chair_i_delta_ci_low, r.chair_i_delta_ci_high)
                 if gated
                 else ""
             )
@@ -335,13 +339,13 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     inherited = frame[frame["scores"] == "inherited"]
     transfer = [
         f"alpha {r.alpha:g}: POPE "
-        f"{_ci(r.pope_vs_control, r.pope_vs_control_ci_low, r.pope_vs_control_ci_high)}, CHAIR_i "
-        f"{_ci(r.chair_i_vs_control, r.chair_i_vs_control_ci_low, r.chair_i_vs_control_ci_high)}"
+        f"{fmt_change(r.pope_vs_control, r.pope_vs_control_ci_low, r.pope_vs_control_ci_high)}, CHAIR_i "
+        f"{fmt_change(r.chair_i_vs_control, r.chair_i_vs_control_ci_low, r.chair_i_vs_control_ci_high)}"
         for r in inherited.itertuples()
     ]
     absolute = [
-        f"alpha {r.alpha:g}: POPE {_ci(r.pope_delta, r.pope_delta_ci_low, r.pope_delta_ci_high)}, "
-        f"CHAIR_i {_ci(r.chair_i_delta, r.chair_i_delta_ci_low, r.chair_i_delta_ci_high)}"
+        f"alpha {r.alpha:g}: POPE {fmt_change(r.pope_delta, r.pope_delta_ci_low, r.pope_delta_ci_high)}, "
+        f"CHAIR_i {fmt_change(r.chair_i_delta, r.chair_i_delta_ci_low, r.chair_i_delta_ci_high)}"
         for r in inherited.itertuples()
     ]
     lines += [

@@ -37,7 +37,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
+from experiments._common import (
+    FIGURES,
+    RESAMPLES,
+    Section,
+    cli,
+    fmt_change,
+    save_csv,
+    save_figure,
+)
 from lineage_lens.evals._common import paired_auroc_delta
 from lineage_lens.evals.halueval import evaluate_halueval
 from lineage_lens.gating import TruthGate, control_scores
@@ -349,9 +357,7 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     ]
     for (model, source, alpha), r in table.iterrows():
         std = "" if np.isnan(r.auroc_std) else f" ± {r.auroc_std:.3f}"
-        delta = (
-            "" if np.isnan(r.delta) else f"{r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}]"
-        )
+        delta = "" if np.isnan(r.delta) else fmt_change(r.delta, r.delta_low, r.delta_high)
         lines.append(
             f"| {model} | {source} | {alpha:g} | {int(r.n)} | {r.accuracy:.3f} | {r.yes_ratio:.3f} | "
             f"{r.auroc:.3f}{std} | {delta} |"
@@ -381,7 +387,7 @@ def _reading(plan: Plan, matrix: ScoreMatrix, table: pd.DataFrame) -> str:
             )
             parts.append(
                 f"gating {name} with the inherited scores changes the judgement AUROC by "
-                f"{inh.delta:+.3f} [{inh.delta_low:+.3f}, {inh.delta_high:+.3f}] ({verdict}), "
+                f"{fmt_change(inh.delta, inh.delta_low, inh.delta_high)} ({verdict}), "
                 f"the random control by {ctrl.delta:+.3f}"
             )
     note = (

@@ -297,8 +297,8 @@ def newton_logistic(
     return w, n_iter
 
 
-#: Bytes of activations one block of heads of :func:`adamw_logistic` works on: small enough to stay
-#: in the CPU's cache through all epochs (the steps are matrix-vector products, bound by memory).
+#: Bytes of activations in one block of heads of :func:`adamw_logistic` (full-batch case): small
+#: enough to stay in the CPU's cache through all epochs of that block.
 ADAMW_BLOCK_BYTES = 4 << 20
 
 
@@ -316,29 +316,28 @@ def adamw_logistic(
     """The paper's probe recipe, batched over heads: zero init, BCE, AdamW, shuffled mini-batches.
 
     Every head follows exactly the trajectory it would follow alone with ``torch.nn.Linear`` and
-    ``torch.optim.AdamW`` (AdamW is element-wise and the heads share nothing but the mini-batch
-    order, one permutation per epoch drawn from ``generator``). Speed comes from three things that
-    do not change that trajectory: the gradient of the mean BCE is written out
-    (``X^T (sigmoid(Xw + b) - y) / batch``, no autograd) as two batched row-vector x matrix
-    products (with a full batch ``X`` is kept in both layouts, ``[n, d]`` and ``[d, n]``, the fast
-    shape of a batched GEMV, and used in place, no gather), and with a full batch heads are
-    processed in blocks of about ``block_bytes`` of activations so that a block stays in cache for
-    all its epochs. Returns
-    ``[heads, d+1]`` (intercept last) in float32.
+    ``torch.optim.AdamW``: AdamW is element-wise, and the heads share only the mini-batch order
+    (one permutation per epoch from ``generator``). Three things make it fast without changing
+    that trajectory:
+
+    * the gradient of the mean BCE, ``X^T (sigmoid(Xw + b) - y) / batch``, is written out (no
+      autograd), as batched matrix-vector products;
+    * a full batch (``batch_size >= n``) is used in place, with ``X`` kept in both layouts
+      (``[n, d]`` and ``[d, n]``) so both products have that fast shape;
+    * with a full batch, heads run in blocks of about ``block_bytes`` of activations that stay in
+      cache for all epochs (mini-batches run all heads at once: one gather per epoch).
+
+    Returns ``[heads, d+1]`` (intercept last) in float32.
     """
     g_all, n, d = x.shape
     x = x.float()
     y = y.float()
     perms = [torch.randperm(n, generator=generator) for _ in range(epochs)]
     full_batch = batch_size >= n
-    # Full batch: cache-sized blocks (each step is small and reads the whole block). Mini-batches:
-    # all heads at once, so that each epoch's shuffle is one gather and a step's work outweighs
-    # its Python overhead.
+    # mini-batches: all heads at once, so that a step's work outweighs its Python overhead
     per_block = g_all if not full_batch else max(1, min(g_all, block_bytes // max(n * d * 4, 1)))
     out = torch.empty(g_all, d + 1, dtype=torch.float32, device=x.device)
     for start in range(0, g_all, per_block):
-        # with a full batch both layouts, so that both products are row-vector x matrix (the fast
-        # shape of a batched GEMV); mini-batches gather [n, d] rows once per epoch instead
         xs = x[start : start + per_block].contiguous()  # [g, n, d]
         xts = xs.transpose(1, 2).contiguous() if full_batch else None  # [g, d, n]
         g = xs.shape[0]
