@@ -194,7 +194,7 @@ def test_adamw_logistic_follows_each_heads_own_trajectory(n: int, batch_size: in
         epochs=epochs,
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(3),
-        block_bytes=2 * n * d * 4,  # blocks of two heads
+        block_bytes=2 * n * (d + 1) * 4,  # blocks of two heads
     )
     for h in range(heads):
         probe = torch.nn.Linear(d, 1)
