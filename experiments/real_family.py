@@ -127,9 +127,10 @@ def cached_scores(name: str, path: Path, n_probe: int, seed: int = 0) -> TruthSc
     """Truth Scores of the model at ``path`` on the HaluEval probing rows, cached on disk.
 
     The key is the model directory (content-addressed for zoo members and the converted GGUF),
-    the number of rows and the seed.
+    the number of rows and the seed, plus a version that changes whenever capture or probing
+    changes its numbers (v2: shared-prefix capture).
     """
-    key = hashlib.sha256(f"{Path(path).resolve()}|{n_probe}|{seed}|v1".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{Path(path).resolve()}|{n_probe}|{seed}|v2".encode()).hexdigest()[:16]
     file = cache_dir() / "scores" / f"{name}-{n_probe}-{key}.npz"
     if file.is_file():
         log.info("%s: Truth Scores from %s", name, file)
