@@ -182,10 +182,12 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> 
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             bar.update()
-        if out_dir.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, out_dir)
+        except OSError:  # another process finished first: keep its complete directory
+            if not (out_dir / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -213,6 +213,35 @@ def test_cache_reuses_and_changed_recipe_rebuilds(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary directory left behind
 
 
+def test_a_member_finished_meanwhile_by_another_process_is_kept(tmp_path):
+    """Parallel builders of one address (pytest-xdist workers sharing a cache): the one that
+    finishes second must not delete the directory the first one may already be loading."""
+    from lineage_lens.zoo import MEMBER_RECORD, _build_member
+    from lineage_lens.zoo.recipes import MemberSpec
+
+    spec = MemberSpec("toy", "toy", None, {"steps": 1})
+    final = tmp_path / f"toy-{recipe_hash('toy', spec.recipe, None)[:12]}"
+
+    def theirs_appears_meanwhile(recipe, parent, out):
+        (out / "weights.txt").write_text("ours")
+        if not final.exists():  # the other process renames its complete build into place
+            final.mkdir()
+            (final / "weights.txt").write_text("theirs")
+            record = {"name": "toy", "kind": "toy", "parent": None, "parent_path": None}
+            (final / MEMBER_RECORD).write_text(json.dumps({**record, "recipe": {}, "hash": "x"}))
+        return {}
+
+    member = _build_member(spec, tmp_path, {}, theirs_appears_meanwhile, force=False)
+    assert member.reused and Path(member.path) == final
+    assert (final / "weights.txt").read_text() == "theirs"
+    assert not list(tmp_path.glob(".*"))  # our copy is gone, nothing half-written is left
+    # force replaces it, by renaming the old one aside first
+    member = _build_member(spec, tmp_path, {}, theirs_appears_meanwhile, force=True)
+    assert not member.reused and (final / "weights.txt").read_text() == "ours"
+    assert json.loads((final / MEMBER_RECORD).read_text())["hash"] == member.hash
+    assert not list(tmp_path.glob(".*"))
+
+
 def test_recipe_hash_depends_on_recipe_and_parent():
     h = recipe_hash("tiny_base", {"a": 1, "b": 2}, None)
     assert h == recipe_hash("tiny_base", {"b": 2, "a": 1}, None)

@@ -302,14 +302,36 @@ def _build_member(
         )
         with atomic_open(tmp / MEMBER_RECORD, "w", encoding="utf-8") as fh:
             json.dump(member.to_dict(), fh, indent=1, sort_keys=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.exists() and force:
+            _swap_into_place(tmp, final)
+        else:
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not record_path.is_file():
+                    raise
+        if record_path.is_file() and tmp.exists():
+            # Another process (e.g. a parallel test worker) finished the same address first. Its
+            # directory is complete (the record is written before the rename) and may be in use,
+            # so keep it and drop ours.
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("zoo: %s was built meanwhile by another process; reusing it", final.name)
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            return _member_from_record(record, final, reused=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("zoo: built %s in %.1f s -> %s", spec.name, wall, final)
     return member
+
+
+def _swap_into_place(new: Path, final: Path) -> None:
+    """Replace the directory ``final`` by ``new`` (``force``): the old one is renamed aside
+    first, so ``final`` is never a half-deleted directory."""
+    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
+    os.replace(final, old / final.name)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_zoo(out_dir: str | Path | None = None) -> Zoo:
