@@ -10,14 +10,17 @@ The paper's three questions asked of a real (small) ancestor and its project-mad
    (:func:`lineage_lens.weights.weight_drift`).
 3. *Do the ancestor's scores steer the descendant?* HaluEval QA judgements (evaluation rows, never
    the probing rows) of each descendant ungated, gated with the inherited (ancestor's) scores, with
-   its own scores, and with a random control (the ancestor's scores permuted over heads); the
+   its own scores, and with a random control (the ancestor's scores permuted over heads, over
+   several permutation seeds); the
    ancestor ungated and gated with its own scores over an alpha sweep as the reference (Tab. 1). Reported: accuracy, yes-ratio and the AUROC of
    the ``log p(Yes) - log p(No)`` margin (threshold-free: SmolLM2 answers "No" to nearly all).
 
 Profiles: ``test`` builds a 2-step ``smollm2-ft`` in its own zoo folder and uses 6 probing rows
 and 4 evaluation rows (it checks the plumbing, not the science); ``demo`` uses the zoo's
 ``smollm2-ft``, the paper's 292 probing rows and 60 evaluation rows with one seed (to fit
-``make demo``'s time on a CPU); ``full`` uses all 208 evaluation rows and three seeds. Truth
+``make demo``'s time on a CPU); ``full`` uses all 208 evaluation rows and three seeds. The
+random control runs over three permutation seeds (two in ``test``); the inherited gate is compared
+with it by a paired bootstrap of ``AUROC(inherited) - mean AUROC(control)`` -- the transfer test. Truth
 Scores are cached on disk per model directory, rows and seed, so a rerun only redoes what changed.
 
 Writes ``real_family.png`` and three CSVs of its panels: ``real_family_scores.csv`` (per head, each
@@ -76,6 +79,8 @@ class Plan:
     overrides: dict | None = None
     #: The ancestor's own-score sweep (the descendants use ``alpha``).
     ancestor_alphas: tuple[float, ...] = (4.5,)
+    #: Seeds of the random control's permutation of the ancestor's scores.
+    control_seeds: tuple[int, ...] = (0, 1, 2)
 
 
 PLANS = {
@@ -87,6 +92,7 @@ PLANS = {
         alpha=4.5,
         zoo_profile="demo",
         overrides={"smollm2-ft": {"steps": 2, "n_rows": 16, "batch_size": 2, "max_len": 64}},
+        control_seeds=(0, 1),
     ),
     "demo": Plan(
         ("smollm2-ft",),
@@ -196,24 +202,34 @@ def drift_frame(fam: RealFamily) -> pd.DataFrame:
 
 
 def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
-    """HaluEval judgements per model, gate and seed (the gating panel)."""
+    """HaluEval judgements per model, gate, control seed and seed (the gating panel).
+
+    ``auroc_delta*``: the paired-bootstrap AUROC change vs the same model ungated (for the random
+    control: of its mean AUROC over the control seeds, repeated on each of its rows).
+    ``auroc_vs_control*`` (inherited rows): ``AUROC(inherited) - mean AUROC(control)``.
+    """
     plan = PLANS[profile]
     anc = fam.scores[ANCESTOR]
-    gates: dict[str, list[tuple[str, TruthScores | None, float]]] = {
-        ANCESTOR: [("none", None, 0.0)] + [("own", anc, a) for a in plan.ancestor_alphas]
+    Setting = tuple[str, TruthScores | None, float, int | None]
+    gates: dict[str, list[Setting]] = {
+        ANCESTOR: [("none", None, 0.0, None)]
+        + [("own", anc, a, None) for a in plan.ancestor_alphas]
     }
     for name in plan.descendants:
         gates[name] = [
-            ("none", None, 0.0),
-            ("inherited", anc, plan.alpha),
-            ("own", fam.scores[name], plan.alpha),
-            ("random control", control_scores(anc, "random", seed=0), plan.alpha),
+            ("none", None, 0.0, None),
+            ("inherited", anc, plan.alpha, None),
+            ("own", fam.scores[name], plan.alpha, None),
+        ] + [
+            ("random control", control_scores(anc, "random", seed=cs), plan.alpha, cs)
+            for cs in plan.control_seeds
         ]
-    rows = []
+    n_resamples = RESAMPLES[profile]
+    frames = []
     for name, settings in gates.items():
         model = load_model(fam.paths[name])
-        margins: dict[str, pd.Series] = {}
-        for source, scores, alpha in settings:
+        rows, margins = [], {}
+        for source, scores, alpha, control_seed in settings:
             gate = None if scores is None else TruthGate(scores, alpha=alpha, norm="center")
             res = evaluate_halueval(
                 model,
@@ -223,28 +239,54 @@ def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
                 limit=plan.eval_rows,
                 progress=False,
             )
-            margins[f"{source}@{alpha}"] = distinct_margins(res.examples)
-            delta = (np.nan, np.nan, np.nan)
-            if source != "none":
-                base = margins["none@0.0"]
-                delta = paired_auroc_delta(
-                    base.index.get_level_values("hallucinated"),
-                    base.to_numpy(),
-                    margins[f"{source}@{alpha}"].reindex(base.index).to_numpy(),
-                    n_resamples=RESAMPLES[profile],
-                )
+            margins[(source, alpha, control_seed)] = distinct_margins(res.examples)
             for rec in res.metrics.to_dict(orient="records"):
                 rows.append(
-                    {"model": name, "scores": source, "alpha": alpha}
+                    {"model": name, "scores": source, "alpha": alpha, "control_seed": control_seed}
                     | {k: rec[k] for k in ("seed", "n", "accuracy", "yes_ratio", "auroc")}
-                    | dict(zip(DELTA_COLUMNS, delta, strict=True))
                 )
         del model
-    return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        base = margins[("none", 0.0, None)]
+        truth = base.index.get_level_values("hallucinated")
+        gated = dict.fromkeys((k[0], k[1]) for k in margins if k[0] != "none")  # in order
+        for source, alpha in gated:
+            delta = paired_auroc_delta(
+                truth,
+                base.to_numpy(),
+                _stack(margins, base.index, source, alpha),
+                n_resamples=n_resamples,
+            )
+            at = (frame["scores"] == source) & (frame["alpha"] == alpha)
+            frame.loc[at, list(DELTA_COLUMNS)] = delta
+        if ("random control", plan.alpha) in gated:
+            vs = paired_auroc_delta(
+                truth,
+                _stack(margins, base.index, "random control", plan.alpha),
+                _stack(margins, base.index, "inherited", plan.alpha),
+                n_resamples=n_resamples,
+            )
+            at = (frame["scores"] == "inherited") & (frame["alpha"] == plan.alpha)
+            frame.loc[at, list(VS_CONTROL_COLUMNS)] = vs
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    for col in (*DELTA_COLUMNS, *VS_CONTROL_COLUMNS):
+        if col not in out:
+            out[col] = np.nan
+    return out
+
+
+def _stack(margins: dict, index: pd.Index, source: str, alpha: float) -> np.ndarray:
+    """``[settings, prompts]`` margins of every control seed of ``(source, alpha)``."""
+    return np.stack(
+        [m.reindex(index).to_numpy() for key, m in margins.items() if key[:2] == (source, alpha)]
+    )
 
 
 #: Paired-bootstrap AUROC change vs the same model ungated, over the distinct prompts.
 DELTA_COLUMNS = ("auroc_delta", "auroc_delta_ci_low", "auroc_delta_ci_high")
+#: Paired-bootstrap ``AUROC(inherited) - mean AUROC(random control)`` (inherited rows).
+VS_CONTROL_COLUMNS = ("auroc_vs_control", "auroc_vs_control_ci_low", "auroc_vs_control_ci_high")
 
 
 def distinct_margins(examples: pd.DataFrame) -> pd.Series:
@@ -338,6 +380,7 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         )
     table = gating.groupby(["model", "scores", "alpha"], sort=False).agg(
         n=("n", "sum"),
+        settings=("control_seed", lambda c: max(c.nunique(), 1)),
         accuracy=("accuracy", "mean"),
         yes_ratio=("yes_ratio", "mean"),
         auroc=("auroc", "mean"),
@@ -345,12 +388,18 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         delta=("auroc_delta", "first"),
         delta_low=("auroc_delta_ci_low", "first"),
         delta_high=("auroc_delta_ci_high", "first"),
+        vs=("auroc_vs_control", "first"),
+        vs_low=("auroc_vs_control_ci_low", "first"),
+        vs_high=("auroc_vs_control_ci_high", "first"),
     )
+    table["n"] //= table["settings"]  # examples per setting, not summed over control seeds
     lines += [
         "",
         "HaluEval QA judgements on evaluation rows (disjoint from the probing rows), norm "
         f"center, placement z, seeds {list(plan.seeds)}; the ancestor with its own scores over "
-        f"alpha {list(plan.ancestor_alphas)}, the descendants at alpha {plan.alpha}:",
+        f"alpha {list(plan.ancestor_alphas)}, the descendants at alpha {plan.alpha}; the random "
+        f"control over permutation seeds {list(plan.control_seeds)} (its AUROC and change: means "
+        "over them):",
         "",
         "| model | scores | alpha | n | accuracy | yes-ratio | AUROC (mean ± std over seeds) | "
         "Δ AUROC vs ungated [95 % CI, paired bootstrap] |",
@@ -386,10 +435,19 @@ def _reading(plan: Plan, matrix: ScoreMatrix, table: pd.DataFrame) -> str:
                 if inh.delta_low > 0 or inh.delta_high < 0
                 else "its CI includes 0"
             )
+            transfer = (
+                "beats the control"
+                if inh.vs_low > 0
+                else "loses to the control"
+                if inh.vs_high < 0
+                else "is not distinguishable from the control"
+            )
             parts.append(
                 f"gating {name} with the inherited scores changes the judgement AUROC by "
                 f"{fmt_change(inh.delta, inh.delta_low, inh.delta_high)} ({verdict}), "
-                f"the random control by {ctrl.delta:+.3f}"
+                f"the random control ({len(plan.control_seeds)} permutations) by "
+                f"{ctrl.delta:+.3f}; inherited minus control "
+                f"{fmt_change(inh.vs, inh.vs_low, inh.vs_high)}: the inherited gate {transfer}"
             )
     note = (
         f" {plan.eval_rows} evaluation rows and seeds {list(plan.seeds)}; profile full uses all "

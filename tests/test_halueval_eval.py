@@ -221,6 +221,14 @@ def test_paired_auroc_delta() -> None:
         paired_auroc_delta(np.ones(5, bool), base[:5], base[:5])
     with pytest.raises(Exception, match="one length"):
         paired_auroc_delta(y, base, base[:10])
+    # several base settings (a control over seeds): their AUROCs are averaged
+    controls = np.stack([rng.normal(size=200) for _ in range(3)])
+    delta, lo, hi = paired_auroc_delta(y, controls, better, n_resamples=300)
+    mean_control = np.mean([roc_auc_score(y, c) for c in controls])
+    assert delta == pytest.approx(roc_auc_score(y, better) - mean_control)
+    assert lo < delta < hi
+    with pytest.raises(Exception, match="one length"):
+        paired_auroc_delta(y, controls[:, :10], better)
 
 
 def test_paired_bootstrap_delta_of_a_mean_and_a_ratio() -> None:

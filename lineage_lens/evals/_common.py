@@ -413,28 +413,35 @@ def paired_auroc_delta(
 ) -> tuple[float, float, float]:
     """``AUROC(other) - AUROC(base)`` on the same examples, with a paired bootstrap CI.
 
-    Each resample draws examples with replacement and scores both settings on the same draw (the
-    percentile interval of the differences); draws holding a single class are skipped. Returns
+    ``base`` and ``other`` are per-example scores ``[n]``, or ``[k, n]`` for ``k`` settings whose
+    AUROCs are averaged (e.g. a random control over ``k`` permutation seeds). Each resample draws
+    examples with replacement and scores both sides on the same draw (the percentile interval of
+    the differences); draws holding a single class are skipped. Returns
     ``(delta, ci_low, ci_high)``.
     """
     from sklearn.metrics import roc_auc_score
 
     y = np.asarray(truth, dtype=bool)
-    a = np.asarray(base, dtype=np.float64)
-    b = np.asarray(other, dtype=np.float64)
-    if not (y.shape == a.shape == b.shape and y.ndim == 1):
+    a = np.atleast_2d(np.asarray(base, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(other, dtype=np.float64))
+    if not (y.ndim == 1 and a.ndim == b.ndim == 2 and a.shape[1] == b.shape[1] == len(y)):
         raise ConfigError(
-            f"truth {y.shape}, base {a.shape} and other {b.shape} must be 1-D of one length."
+            f"truth {y.shape}, base {np.shape(base)} and other {np.shape(other)} must be [n] or "
+            "[settings, n], all of one length n."
         )
     if y.all() or not y.any():
         raise DataError("AUROC needs examples of both classes.")
-    delta = float(roc_auc_score(y, b) - roc_auc_score(y, a))
+
+    def auroc(yy: np.ndarray, scores: np.ndarray) -> float:
+        return float(np.mean([roc_auc_score(yy, row) for row in scores]))
+
+    delta = auroc(y, b) - auroc(y, a)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n_resamples):
         i = rng.integers(0, len(y), len(y))
         if 0 < y[i].sum() < len(i):
-            diffs.append(roc_auc_score(y[i], b[i]) - roc_auc_score(y[i], a[i]))
+            diffs.append(auroc(y[i], b[:, i]) - auroc(y[i], a[:, i]))
     tail = 50 * (1 - confidence_level)
     low, high = np.percentile(diffs, [tail, 100 - tail])
     return delta, float(low), float(high)
