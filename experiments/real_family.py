@@ -25,7 +25,7 @@ Scores are cached on disk per model directory, rows and seed, so a rerun only re
 
 Writes ``real_family.png`` and three CSVs of its panels: ``real_family_scores.csv`` (per head, each
 member's Truth Score), ``real_family_drift.csv`` (per descendant and layer) and
-``real_family_gating.csv`` (per model, gate and seed).
+``real_family_gating.csv`` (per model, gate, control seed and seed).
 """
 
 from __future__ import annotations
