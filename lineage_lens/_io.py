@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,31 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def publish_dir(tmp: Path, final: Path, *, marker: str, replace: bool = False) -> bool:
+    """Move the complete directory ``tmp`` onto ``final`` in one rename; return whether it did.
+
+    Caches shared by several processes (parallel test workers) may build the same directory at
+    once. If another process already put a complete one at ``final`` (its ``marker`` file exists),
+    that one is kept -- it may be in use -- and ``tmp`` is deleted (returns False). With
+    ``replace`` an existing ``final`` is renamed aside first, so it is never a half-deleted
+    directory.
+    """
+    if replace and final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+    try:
+        os.replace(tmp, final)
+        return True
+    except OSError:  # a non-empty directory is already there
+        if not (final / marker).is_file():
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return False
 
 
 @contextlib.contextmanager

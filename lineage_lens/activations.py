@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -425,14 +425,23 @@ def _prefix_keys(encoded: Sequence[EncodedPrompt]) -> list[tuple[int, ...]]:
     return keys
 
 
+def _group_by_prefix(
+    keys: Sequence[tuple[int, ...]], indices: Iterable[int]
+) -> dict[tuple[int, ...] | int, list[int]]:
+    """``indices`` grouped by their prefix key, in first-seen order; an example without a
+    prefix is a group of its own (keyed by its index)."""
+    groups: dict[tuple[int, ...] | int, list[int]] = {}
+    for i in indices:
+        groups.setdefault(keys[i] or int(i), []).append(int(i))
+    return groups
+
+
 def _grouped_batches(
     keys: Sequence[tuple[int, ...]], lengths: np.ndarray, batch_size: int, sort: bool
 ) -> list[np.ndarray]:
     """Batches of whole groups of examples that share a prefix, longest first when ``sort``; a
     group larger than ``batch_size`` is split; examples without a prefix are batched apart."""
-    groups: dict[tuple[int, ...] | int, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key if key else i, []).append(i)
+    groups = _group_by_prefix(keys, range(len(keys)))
     batches: list[list[int]] = []
     for shared in (True, False):  # never mix examples with and without a prefix in one batch
         parts = [
@@ -674,14 +683,12 @@ def _forward_shared(
     its prefix's cache. Returns the example order of the captured rows."""
     from transformers import DynamicCache
 
-    groups: dict[tuple[int, ...] | int, list[int]] = {}
-    for i in idx:
-        groups.setdefault(keys[i] or int(i), []).append(int(i))
+    if any(not keys[i] for i in idx):
+        raise ConfigError("every example of a shared-prefix batch needs a prefix.")
+    groups = _group_by_prefix(keys, idx)
     order = [i for members in groups.values() for i in members]
     row = torch.tensor([g for g, members in enumerate(groups.values()) for _ in members])
     prefixes = [encoded[m[0]].input_ids[: len(keys[m[0]])] for m in groups.values()]
-    if any(not keys[i] for i in order):
-        raise ConfigError("every example of a shared-prefix batch needs a prefix.")
     p_ids, p_mask, _ = _pad_batch(
         [EncodedPrompt(list(p), len(p) - 1, (0, 0), (0, 0)) for p in prefixes], pad_id, "left"
     )

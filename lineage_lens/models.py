@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from lineage_lens._io import publish_dir
 from lineage_lens.errors import ModelLoadError, ShapeMismatchError
 
 log = logging.getLogger(__name__)
@@ -182,12 +183,7 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> 
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             bar.update()
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process finished first: keep its complete directory
-            if not (out_dir / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp)
+        publish_dir(tmp, out_dir, marker="config.json")  # another process may have won
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

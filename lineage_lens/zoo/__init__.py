@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lineage_lens._io import atomic_open
+from lineage_lens._io import atomic_open, publish_dir
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.zoo.recipes import (
     ANCESTOR,
@@ -302,19 +301,8 @@ def _build_member(
         )
         with atomic_open(tmp / MEMBER_RECORD, "w", encoding="utf-8") as fh:
             json.dump(member.to_dict(), fh, indent=1, sort_keys=True)
-        if final.exists() and force:
-            _swap_into_place(tmp, final)
-        else:
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                if not record_path.is_file():
-                    raise
-        if record_path.is_file() and tmp.exists():
-            # Another process (e.g. a parallel test worker) finished the same address first. Its
-            # directory is complete (the record is written before the rename) and may be in use,
-            # so keep it and drop ours.
-            shutil.rmtree(tmp, ignore_errors=True)
+        # the record is written last, so a directory holding it is complete
+        if not publish_dir(tmp, final, marker=MEMBER_RECORD, replace=force):
             log.info("zoo: %s was built meanwhile by another process; reusing it", final.name)
             record = json.loads(record_path.read_text(encoding="utf-8"))
             return _member_from_record(record, final, reused=True)
@@ -323,15 +311,6 @@ def _build_member(
         raise
     log.info("zoo: built %s in %.1f s -> %s", spec.name, wall, final)
     return member
-
-
-def _swap_into_place(new: Path, final: Path) -> None:
-    """Replace the directory ``final`` by ``new`` (``force``): the old one is renamed aside
-    first, so ``final`` is never a half-deleted directory."""
-    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
-    os.replace(final, old / final.name)
-    os.replace(new, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_zoo(out_dir: str | Path | None = None) -> Zoo:
