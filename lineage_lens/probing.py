@@ -23,17 +23,19 @@ Two solvers:
 ``"adamw"``
     The TruthProbe paper's recipe, for parity: a linear probe (zero init, BCE loss) trained with
     AdamW (lr 1e-2, weight decay 1e-3 on weight and bias), 200 epochs of shuffled mini-batches of
-    512, in float32 -- batched over heads through a ``[heads, d+1]`` parameter tensor, with the
-    gradient written out (no autograd). Each head follows the trajectory the paper's per-head
-    ``nn.Linear`` loop gives it (same folds, shuffles and standardisation: the same Truth Scores),
-    so this is the solver for exact parity with published scores; ``l2`` is ignored.
+    512, in float32. Each head follows the trajectory the paper's per-head ``nn.Linear`` loop
+    gives it (same folds, shuffles and standardisation: the same Truth Scores), so this is the
+    solver for parity with published scores; ``l2`` is ignored. On the CPU a compiled kernel
+    (:mod:`lineage_lens._recipe_kernel`, numba) trains each head in cache, heads spread over
+    threads; on other devices batched tensor operations do (:func:`adamw_logistic`).
 
-Which to use (BENCHMARKS.md, 2 CPU cores, 32x32 heads of 128 dims): while a training fold fits in
-one batch of 512 (N below about 640), ``"adamw"`` is both exact and the faster one (N=292: 7 s vs
-Newton's 20 s, 59x the per-head loop). With more examples the recipe walks mini-batches and costs
-2.6x Newton (N=2726: 173 s, 13x the loop; Newton 66 s, 34x), while Newton's scores come within
-0.0045 of the recipe's (fold-seed noise 0.007). At a few hundred examples Newton, the exact optimum
-of a different (L2) objective, differs from the recipe by 0.011-0.012 accuracy per head.
+Which to use (BENCHMARKS.md 7a, 2 CPU cores, 32x32 heads of 128 dims): on a CPU ``"adamw"`` is
+the faster solver at every size measured -- N=292: 4.3 s against Newton's 21 s; N=2726: 40 s
+against 74 s; 109x and 55x the paper's per-head loop -- and it gives the recipe's scores. Newton
+is the default because its result is the unique optimum of a stated objective (it does not
+depend on shuffles, epochs or a learning rate); its scores come within
+0.0045 of the recipe's at N=2726 (fold-seed noise 0.007) but differ by 0.011-0.012 accuracy per
+head at a few hundred examples.
 
 Typical use::
 
@@ -47,6 +49,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 
 Solver = Literal["newton", "adamw"]
 SOLVERS: tuple[str, ...] = ("newton", "adamw")
+Backend = Literal["auto", "numba", "torch"]
+BACKENDS: tuple[str, ...] = ("auto", "numba", "torch")
 
 #: The paper's AdamW recipe (used by ``solver="adamw"``).
 ADAMW_RECIPE: dict[str, float | int] = {
@@ -302,8 +307,8 @@ def newton_logistic(
     return w, n_iter
 
 
-#: Bytes of activations in one block of heads of :func:`adamw_logistic`: small enough that a
-#: block (and its shuffled copy) stays in the CPU's cache through all epochs.
+#: Bytes of activations in one block of heads of :func:`adamw_logistic`'s tensor backend: small
+#: enough that a block (and its shuffled copy) stays in the CPU's cache through all epochs.
 ADAMW_BLOCK_BYTES = 8 << 20
 
 
@@ -329,6 +334,40 @@ def _adamw_step(
     param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
 
 
+def _adamw_numba(
+    x: Float[Tensor, "head n d"],
+    y: Float[Tensor, " n"],
+    perms: Int[Tensor, "epoch n"],
+    *,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+) -> Float[Tensor, "head d1"]:
+    """:func:`adamw_logistic` through the compiled kernel, heads split evenly over threads."""
+    from lineage_lens._recipe_kernel import adamw_probe_kernel
+
+    xs = x.detach().to(torch.float32).contiguous().numpy()
+    ys = y.detach().to(torch.float32).contiguous().numpy()
+    order = perms.to(torch.int64).contiguous().numpy()
+    out = np.empty((xs.shape[0], xs.shape[2] + 1), dtype=np.float32)
+
+    def run(part: slice) -> None:
+        adamw_probe_kernel(
+            xs[part], ys, order, batch_size, lr, weight_decay, 0.9, 0.999, 1e-8, out[part]
+        )
+
+    workers = min(torch.get_num_threads(), len(xs))
+    if workers == 0:
+        return torch.from_numpy(out)
+    parts = [slice(int(b[0]), int(b[-1]) + 1) for b in np.array_split(np.arange(len(xs)), workers)]
+    if workers == 1:
+        run(parts[0])
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(run, parts))  # the kernel releases the GIL
+    return torch.from_numpy(out)
+
+
 def adamw_logistic(
     x: Float[Tensor, "head n d"],
     y: Float[Tensor, " n"],
@@ -338,14 +377,27 @@ def adamw_logistic(
     epochs: int = 200,
     batch_size: int = 512,
     generator: torch.Generator | None = None,
+    backend: Backend = "auto",
     block_bytes: int = ADAMW_BLOCK_BYTES,
 ) -> Float[Tensor, "head d1"]:
     """The paper's probe recipe, batched over heads: zero init, BCE, AdamW, shuffled mini-batches.
 
-    Every head follows exactly the trajectory it would follow alone with ``torch.nn.Linear`` and
-    ``torch.optim.AdamW`` (weight decay on weight and bias alike): AdamW is element-wise, and the
-    heads share only the mini-batch order (one permutation per epoch from ``generator``). What
-    makes it fast without changing that trajectory:
+    Every head follows the trajectory it would follow alone with ``torch.nn.Linear`` and
+    ``torch.optim.AdamW`` (weight decay on weight and bias alike), to float32 rounding: AdamW is
+    element-wise, and the heads share only the mini-batch order (one permutation per epoch from
+    ``generator``). Two backends compute it:
+
+    ``"numba"`` (CPU tensors, the default there)
+        :mod:`lineage_lens._recipe_kernel`: one compiled loop trains each head start to finish
+        while its activations stay in cache, reading each example row once per step for both
+        products; heads are spread over ``torch.get_num_threads()`` threads. About 5x the tensor
+        backend on a CPU (BENCHMARKS.md 7a).
+    ``"torch"`` (any device, the default off the CPU)
+        batched tensor operations, described below.
+    ``"auto"``
+        ``"numba"`` for CPU tensors, else ``"torch"``.
+
+    What makes the tensor backend fast without changing the trajectory:
 
     * the intercept is a column of ones, so one parameter tensor ``[heads, d+1]`` holds every
       probe and one AdamW update (:func:`_adamw_step`) moves all of them;
@@ -358,9 +410,22 @@ def adamw_logistic(
 
     Returns ``[heads, d+1]`` (intercept last) in float32.
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "numba" if x.device.type == "cpu" else "torch"
     g_all, n, d = x.shape
     y = y.float()
     perms = [torch.randperm(n, generator=generator).to(x.device) for _ in range(epochs)]
+    if backend == "numba":
+        if x.device.type != "cpu":
+            raise ConfigError(
+                f"backend='numba' runs on the CPU, but the activations are on {x.device}; "
+                "use backend='torch' (or 'auto') there"
+            )
+        return _adamw_numba(
+            x, y, torch.stack(perms), lr=lr, weight_decay=weight_decay, batch_size=batch_size
+        )
     full_batch = batch_size >= n
     per_block = max(1, min(g_all, block_bytes // max(n * (d + 1) * 4, 1)))
     out = torch.empty(g_all, d + 1, dtype=torch.float32, device=x.device)

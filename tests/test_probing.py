@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from lineage_lens.errors import LineageLensError, ShapeMismatchError
+from lineage_lens.errors import ConfigError, LineageLensError, ShapeMismatchError
 from lineage_lens.probing import HeadProbe, fit_truth_scores
 
 SIGNAL_HEADS = [(1, 2), (2, 0)]
@@ -176,10 +176,15 @@ def test_too_few_examples_per_class_for_folds():
         fit_truth_scores(x[:, 0], y, progress=False)
 
 
-@pytest.mark.parametrize(("n", "batch_size"), [(60, 512), (70, 16)])
-def test_adamw_logistic_follows_each_heads_own_trajectory(n: int, batch_size: int) -> None:
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize(("n", "batch_size"), [(60, 512), (70, 16), (71, 32)])
+def test_adamw_logistic_follows_each_heads_own_trajectory(
+    n: int, batch_size: int, backend: str
+) -> None:
     """The batched recipe equals nn.Linear + torch.optim.AdamW run head by head (the paper's way),
-    with a full batch and with shuffled mini-batches, across blocks of heads."""
+    with a full batch and with shuffled mini-batches (the last one short, and with rows left over
+    from the compiled kernel's groups of four), across blocks of heads (torch) or threads
+    (numba)."""
     import torch
 
     from lineage_lens.probing import adamw_logistic
@@ -194,7 +199,8 @@ def test_adamw_logistic_follows_each_heads_own_trajectory(n: int, batch_size: in
         epochs=epochs,
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(3),
-        block_bytes=2 * n * (d + 1) * 4,  # blocks of two heads
+        backend=backend,  # type: ignore[arg-type]
+        block_bytes=2 * n * (d + 1) * 4,  # torch: blocks of two heads
     )
     for h in range(heads):
         probe = torch.nn.Linear(d, 1)
@@ -214,3 +220,22 @@ def test_adamw_logistic_follows_each_heads_own_trajectory(n: int, batch_size: in
                 opt.step()
         torch.testing.assert_close(got[h, :d], probe.weight.detach()[0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got[h, d], probe.bias.detach()[0], atol=1e-5, rtol=1e-4)
+
+
+def test_adamw_logistic_backends_agree_and_reject_bad_choices() -> None:
+    """Both backends give the same probes on data shaped like a real fold (d=64, several
+    mini-batches), and a wrong backend is a ConfigError naming the choices."""
+    import torch
+
+    from lineage_lens.probing import adamw_logistic
+
+    x, y = planted(n=600, d=64)
+    xs = torch.as_tensor(x.reshape(600, -1, x.shape[-1]).transpose(1, 0, 2).copy())
+    ys = torch.as_tensor(y, dtype=torch.float32)
+    runs = {
+        b: adamw_logistic(xs, ys, epochs=20, generator=torch.Generator().manual_seed(0), backend=b)
+        for b in ("numba", "torch")
+    }
+    torch.testing.assert_close(runs["numba"], runs["torch"], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"backend must be one of"):
+        adamw_logistic(xs, ys, backend="cuda")  # type: ignore[arg-type]
