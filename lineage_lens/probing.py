@@ -30,8 +30,8 @@ Two solvers:
     threads; on other devices batched tensor operations do (:func:`adamw_logistic`).
 
 Which to use (BENCHMARKS.md 7a, 2 CPU cores, 32x32 heads of 128 dims): on a CPU ``"adamw"`` is
-the faster solver at every size measured -- N=292: 4.3 s against Newton's 21 s; N=2726: 40 s
-against 74 s; 109x and 55x the paper's per-head loop -- and it gives the recipe's scores. Newton
+the faster solver at every size measured -- N=292: 4.1 s against Newton's 21 s; N=2726: 42 s
+against 69 s; 109x and 49x the paper's per-head loop -- and it gives the recipe's scores. Newton
 is the default because its result is the unique optimum of a stated objective (it does not
 depend on shuffles, epochs or a learning rate); its scores come within
 0.0045 of the recipe's at N=2726 (fold-seed noise 0.007) but differ by 0.011-0.012 accuracy per
@@ -390,8 +390,8 @@ def adamw_logistic(
     ``"numba"`` (CPU tensors, the default there)
         :mod:`lineage_lens._recipe_kernel`: one compiled loop trains each head start to finish
         while its activations stay in cache, reading each example row once per step for both
-        products; heads are spread over ``torch.get_num_threads()`` threads. About 5x the tensor
-        backend on a CPU (BENCHMARKS.md 7a).
+        products; heads are spread over ``torch.get_num_threads()`` threads. 2.6x the tensor
+        backend on a CPU with one full batch, 6.3x with mini-batches (BENCHMARKS.md 7a).
     ``"torch"`` (any device, the default off the CPU)
         batched tensor operations, described below.
     ``"auto"``
