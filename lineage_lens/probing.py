@@ -33,9 +33,9 @@ Which to use (BENCHMARKS.md 7a, 2 CPU cores, 32x32 heads of 128 dims): on a CPU 
 the faster solver at every size measured -- N=292: 4.1 s against Newton's 21 s; N=2726: 42 s
 against 69 s; 109x and 49x the paper's per-head loop -- and it gives the recipe's scores. Newton
 is the default because its result is the unique optimum of a stated objective (it does not
-depend on shuffles, epochs or a learning rate); its scores come within
-0.0045 of the recipe's at N=2726 (fold-seed noise 0.007) but differ by 0.011-0.012 accuracy per
-head at a few hundred examples.
+depend on shuffles, epochs or a learning rate); its scores come within 0.0045 of the recipe's at
+N=2726 (fold-seed noise 0.007) but differ by 0.011-0.012 accuracy per head at a few hundred
+examples.
 
 Typical use::
 
@@ -414,15 +414,15 @@ def adamw_logistic(
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = "numba" if x.device.type == "cpu" else "torch"
+    if backend == "numba" and x.device.type != "cpu":
+        raise ConfigError(
+            f"backend='numba' runs on the CPU, but the activations are on {x.device}; "
+            "use backend='torch' (or 'auto') there"
+        )
     g_all, n, d = x.shape
     y = y.float()
     perms = [torch.randperm(n, generator=generator).to(x.device) for _ in range(epochs)]
     if backend == "numba":
-        if x.device.type != "cpu":
-            raise ConfigError(
-                f"backend='numba' runs on the CPU, but the activations are on {x.device}; "
-                "use backend='torch' (or 'auto') there"
-            )
         return _adamw_numba(
             x, y, torch.stack(perms), lr=lr, weight_decay=weight_decay, batch_size=batch_size
         )

@@ -239,3 +239,5 @@ def test_adamw_logistic_backends_agree_and_reject_bad_choices() -> None:
     torch.testing.assert_close(runs["numba"], runs["torch"], atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match=r"backend must be one of"):
         adamw_logistic(xs, ys, backend="cuda")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"runs on the CPU, but the activations are on meta"):
+        adamw_logistic(xs.to("meta"), ys.to("meta"), backend="numba")
