@@ -28,7 +28,9 @@ def score(
     batch_size: int = typer.Option(16, help="Prompts per forward pass."),
     folds: int = typer.Option(5, help="Cross-validation folds."),
     solver: str = typer.Option(
-        "newton", help="'newton' (exact, fast) or 'adamw' (the paper's recipe)."
+        "newton",
+        help="'newton' (exact L2 logistic regression) or 'adamw' (the paper's recipe, the "
+        "faster of the two on a CPU).",
     ),
     seed: int = typer.Option(0, help="Seed of the row split and the folds."),
     device: str | None = typer.Option(
