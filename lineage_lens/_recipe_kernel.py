@@ -3,9 +3,10 @@
 The batched tensor version of the recipe is bound by memory traffic on a CPU: every mini-batch
 step streams the block's activations through two batched matrix-vector products and, with
 shuffled mini-batches, a gather. Here each head is trained start to finish by one compiled loop
-while its ``[n, d]`` activations stay in the core's cache, and each example row is read once per
-step for both products: four rows at a time, their four logits (``w . x + b``), their residuals
-``(sigmoid(logit) - y) / batch`` and their share of the gradient. AdamW is the same element-wise
+while its ``[n, d]`` activations stay in the core's cache, and each step takes its rows four at a
+time: their four logits (``w . x + b``), their residuals ``(sigmoid(logit) - y) / batch`` and
+their share of the gradient, so a row is fetched once per step and used for both products while
+it is still in the innermost cache. AdamW is the same element-wise
 update as ``torch.optim.AdamW`` (decoupled weight decay on weight and bias, bias-corrected
 moments). Only the order of float32 additions differs from BLAS, so every head follows the
 trajectory of its own ``nn.Linear`` + ``torch.optim.AdamW`` to float32 rounding
@@ -86,7 +87,7 @@ def adamw_probe_kernel(
                 grad[:] = 0.0
                 grad_bias = f32(0.0)
                 i = b0
-                while i + 4 <= b1:  # four rows at a time: each row is read once for both products
+                while i + 4 <= b1:  # four rows at a time, both products per fetch
                     k0, k1, k2, k3 = order[i], order[i + 1], order[i + 2], order[i + 3]
                     a0 = a1 = a2 = a3 = f32(0.0)
                     for j in range(d):

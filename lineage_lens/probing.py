@@ -389,7 +389,7 @@ def adamw_logistic(
 
     ``"numba"`` (CPU tensors, the default there)
         :mod:`lineage_lens._recipe_kernel`: one compiled loop trains each head start to finish
-        while its activations stay in cache, reading each example row once per step for both
+        while its activations stay in cache, fetching each example row once per step for both
         products; heads are spread over ``torch.get_num_threads()`` threads. 2.6x the tensor
         backend on a CPU with one full batch, 6.3x with mini-batches (BENCHMARKS.md 7a).
     ``"torch"`` (any device, the default off the CPU)
