@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -47,7 +54,7 @@ def publish_dir(tmp: Path, final: Path, *, marker: str, replace: bool = False) -
     directory.
     """
     if replace and final.exists():
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(f"{final.name}.old")))
         os.replace(final, old / final.name)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -67,3 +74,113 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """``open`` for writing that renames a temporary file onto ``path`` only on success."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
+
+
+# --------------------------------------------------------------------------------------------
+# Temporary build directories: nothing left behind by an interrupted build
+# --------------------------------------------------------------------------------------------
+
+_TMP_DIR_RE = re.compile(r"\.tmp\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+$")
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _tmp_prefix(name: str) -> str:
+    """``.{name}.tmp.{host}.{pid}.``: the owner of a temporary directory is in its name."""
+    return f".{name}.tmp.{_host_tag()}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return True  # cannot tell: keep the directory
+    return True
+
+
+def sweep_stale_tmp_dirs(parent: str | Path) -> list[Path]:
+    """Remove the temporary build directories in ``parent`` whose building process is gone.
+
+    Only directories named by :func:`tmp_build_dir` on this host are considered, and only those
+    whose process id is no longer alive (a build killed by SIGKILL or a power cut) are removed;
+    the builds of running processes, of other hosts sharing the directory and anything else are
+    left alone. Returns the removed paths.
+    """
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    host = _host_tag()
+    removed = []
+    for entry in parent.iterdir():
+        match = _TMP_DIR_RE.search(entry.name)
+        if not entry.name.startswith(".") or match is None or match["host"] != host:
+            continue
+        if _pid_alive(int(match["pid"])) or not entry.is_dir() or entry.is_symlink():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            log.info("removed %s, left by the interrupted build of process %s", entry, match["pid"])
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``SystemExit(143)`` so that ``finally`` blocks run.
+
+    By default SIGTERM ends a Python process at once, skipping every cleanup. The handler is only
+    installed from the main thread and only where SIGTERM still has its default action (a
+    program's own handler is left in charge); the previous handler is restored afterwards. A
+    second SIGTERM while the first one unwinds is ignored, so the cleanup can finish.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            return
+        received.append(signum)
+        log.warning("terminated (signal %d): removing temporary files before exiting", signum)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def tmp_build_dir(parent: str | Path, name: str) -> Iterator[Path]:
+    """A new temporary directory in ``parent`` for building ``name``; gone when the block exits.
+
+    Use it to build a directory that :func:`publish_dir` then renames into place (whatever is
+    still there when the block exits -- after an exception, Ctrl-C or SIGTERM, or a lost
+    publishing race -- is deleted), or as scratch space. The name carries the host and the
+    process id, and stale directories of dead processes in ``parent`` are swept first
+    (:func:`sweep_stale_tmp_dirs`), so even a SIGKILLed build is cleaned up by the next one.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp: Path | None = None
+    with sigterm_as_exit():
+        sweep_stale_tmp_dirs(parent)
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=_tmp_prefix(name)))
+            yield tmp
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
