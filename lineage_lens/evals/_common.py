@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from lineage_lens._io import atomic_open
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import model_label
 
 if TYPE_CHECKING:
@@ -229,7 +230,14 @@ def run_prompts(
     if len(set(keys)) != len(keys):
         raise DataError("prompt keys must be unique.")
     setting = dict(setting or {})
-    setting.update({"mode": mode, "model": model_label(model), "gate": gate_description(gate)})
+    setting.update(
+        {
+            "mode": mode,
+            "model": model_label(model),
+            "model_sha": model_fingerprint(model),
+            "gate": gate_description(gate),
+        }
+    )
     if mode == "generate":
         setting["max_new_tokens"] = max_new_tokens
     prefix = setting_digest(setting)
@@ -258,6 +266,8 @@ def run_prompts(
     text_only = all(it.image is None for it in todo)
     n_prefix = shared_prefix_length([it.input_ids for it in todo]) if text_only else 0
     use_prefix = share_prefix and mode == "logprob" and n_prefix >= MIN_SHARED_PREFIX
+    use_prefix = use_prefix and kv_cache_ok(model)
+    use_cache = mode == "generate" and kv_cache_ok(model)  # else each step runs the whole prompt
     bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="ex")
     try:
         with gate_context(model, gate), torch.inference_mode():
@@ -295,7 +305,7 @@ def run_prompts(
                         do_sample=False,
                         verbose=False,
                         return_type="tokens",
-                        use_past_kv_cache=True,
+                        use_past_kv_cache=use_cache,
                         **kwargs,
                     )
                     recs = []
@@ -516,6 +526,63 @@ def proportion_ci(
 
 
 # ------------------------------------------------------------------------------ cache
+_FINGERPRINT_ATTR = "_lineage_lens_fingerprint"
+
+
+def _tensor_bytes(t: Tensor) -> memoryview:
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _tokenizer_digest(tok: Any) -> str:
+    if tok is None:
+        return "none"
+    h = hashlib.sha256(type(tok).__name__.encode())
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    h.update(json.dumps(sorted(vocab.items()), default=str).encode())
+    extra = {
+        "chat_template": getattr(tok, "chat_template", None),
+        "special": getattr(tok, "special_tokens_map", None),
+        "padding_side": getattr(tok, "padding_side", None),
+        "bos": getattr(tok, "add_bos_token", None),
+    }
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: Any) -> str:
+    """A sha256 of what a model computes: its parameters and buffers, config and tokenizer.
+
+    Result caches are keyed by it, so two models whose directories share a base name (``A/model``
+    and ``B/model``) never share cached results, and a model changed in place (fine-tuned, weights
+    copied in) is not mistaken for its former self. The digest is memoised on the model and
+    recomputed whenever a parameter or buffer is replaced or modified in place (its storage or
+    version counter changes); hashing SmolLM2-135M takes about half a second.
+    """
+    named = sorted([*model.named_parameters(), *model.named_buffers()], key=lambda item: item[0])
+    tok = getattr(model, "tokenizer", None)
+    state = (
+        id(tok),
+        tuple((n, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for n, t in named),
+    )
+    memo = getattr(model, _FINGERPRINT_ATTR, None)
+    if memo is not None and memo[0] == state:
+        return memo[1]
+    h = hashlib.sha256(type(model).__name__.encode())
+    cfg = getattr(model, "cfg", None)
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else vars(cfg) if cfg is not None else {}
+    cfg_dict = {k: v for k, v in cfg_dict.items() if k not in ("device", "model_name")}
+    h.update(json.dumps(cfg_dict, sort_keys=True, default=str).encode())
+    for name, t in named:
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    h.update(_tokenizer_digest(tok).encode())
+    digest = h.hexdigest()
+    with contextlib.suppress(AttributeError, TypeError):
+        object.__setattr__(model, _FINGERPRINT_ATTR, (state, digest))
+    return digest
+
+
 def setting_digest(setting: Mapping[str, Any]) -> str:
     """A short stable hash of a JSON-able setting (the cache key prefix)."""
     return hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[
