@@ -16,8 +16,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lineage_lens._io import publish_dir
+from lineage_lens._io import publish_dir, tmp_build_dir
 from lineage_lens.errors import ModelLoadError, ShapeMismatchError
 
 log = logging.getLogger(__name__)
@@ -152,7 +150,9 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> 
     """Dequantise a ``.gguf`` file once into a Hugging Face directory (weights + tokenizer).
 
     The directory is cached under :func:`cache_dir` by content and reused on later calls. It is
-    written to a temporary directory and renamed, so an interrupted conversion leaves nothing.
+    written to a temporary directory and renamed, so an interrupted conversion (an exception,
+    Ctrl-C, SIGTERM) leaves nothing; the leftovers of one killed outright (SIGKILL) are removed by
+    the next conversion into the same folder.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -164,9 +164,9 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    # An exception, Ctrl-C or SIGTERM removes the temporary directory; one left by a killed
+    # process is swept by the next conversion into the same cache folder.
+    with tmp_build_dir(out_dir.parent, out_dir.name) as tmp:
         with tqdm(total=3, desc=f"Dequantising {gguf_path.name}", unit="step") as bar:
             kw: dict[str, Any] = {"gguf_file": gguf_path.name}
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
@@ -184,9 +184,6 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> 
             tokenizer.save_pretrained(tmp)
             bar.update()
         publish_dir(tmp, out_dir, marker="config.json")  # another process may have won
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("Dequantised %s into %s", gguf_path, out_dir)
     return out_dir
 

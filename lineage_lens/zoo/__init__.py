@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -37,7 +35,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lineage_lens._io import atomic_open, publish_dir
+from lineage_lens._io import atomic_open, publish_dir, sigterm_as_exit, tmp_build_dir
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.zoo.recipes import (
     ANCESTOR,
@@ -218,7 +216,9 @@ def build_zoo(
             with its own ``threads`` (the tiny members: 1, for bit-reproducible builds) keeps it.
 
     Each member is trained in a temporary directory and renamed into place only when complete,
-    then ``manifest.json`` is rewritten (atomically) with every member built so far.
+    then ``manifest.json`` is rewritten (atomically) with every member built so far. An
+    interrupted build (an exception, Ctrl-C, SIGTERM) leaves no temporary directory; those of a
+    build killed outright (SIGKILL) are removed by the next build in the same zoo directory.
     """
     root = Path(out_dir) if out_dir is not None else default_zoo_dir()
     specs = profile_specs(profile, overrides)
@@ -240,16 +240,18 @@ def build_zoo(
     root.mkdir(parents=True, exist_ok=True)
     builders = _builders()
     built: dict[str, ZooMember] = {}
-    with _threads(threads), tqdm(specs, desc=f"zoo ({profile})", unit="member") as bar:
-        for spec in bar:
-            bar.set_postfix(member=spec.name)
-            built[spec.name] = _build_member(spec, root, built, builders[spec.kind], force)
-    manifest = _read_manifest(root)
-    manifest["code_version"] = ZOO_CODE_VERSION
-    for name, member in built.items():
-        manifest["members"][name] = {**member.to_dict(), "path": Path(member.path).name}
-    with atomic_open(root / MANIFEST, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
+    # SIGTERM ends the build through SystemExit, so no temporary file or directory is left
+    with sigterm_as_exit(), _threads(threads):
+        with tqdm(specs, desc=f"zoo ({profile})", unit="member") as bar:
+            for spec in bar:
+                bar.set_postfix(member=spec.name)
+                built[spec.name] = _build_member(spec, root, built, builders[spec.kind], force)
+        manifest = _read_manifest(root)
+        manifest["code_version"] = ZOO_CODE_VERSION
+        for name, member in built.items():
+            manifest["members"][name] = {**member.to_dict(), "path": Path(member.path).name}
+        with atomic_open(root / MANIFEST, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=1, sort_keys=True)
     return Zoo(root, built)
 
 
@@ -276,8 +278,9 @@ def _build_member(
         record = json.loads(record_path.read_text(encoding="utf-8"))
         log.info("zoo: reusing %s (%s)", spec.name, final.name)
         return _member_from_record(record, final, reused=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
-    try:
+    # whatever is left of tmp when the block exits (an exception, Ctrl-C, SIGTERM, a lost race)
+    # is removed; the leftovers of a SIGKILLed build are swept by the next one
+    with tmp_build_dir(root, final.name) as tmp:
         t0 = time.perf_counter()
         with _threads(spec.recipe.get("threads")):  # a recipe's thread count wins
             info = builder(spec.recipe, parent_path, tmp)
@@ -306,9 +309,6 @@ def _build_member(
             log.info("zoo: %s was built meanwhile by another process; reusing it", final.name)
             record = json.loads(record_path.read_text(encoding="utf-8"))
             return _member_from_record(record, final, reused=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("zoo: built %s in %.1f s -> %s", spec.name, wall, final)
     return member
 
