@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,12 +235,17 @@ class HeadActivations:
         """
         path = Path(path)
         if path.is_file() and path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "acts" not in z or "meta" not in z:
-                    raise DataError(
-                        "not a HeadActivations .npz (needs 'acts' and 'meta').", path=path
-                    )
-                return cls._from_meta(z["acts"], json.loads(str(z["meta"])))
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if "acts" not in z or "meta" not in z:
+                        raise DataError(
+                            "not a HeadActivations .npz (needs 'acts' and 'meta').", path=path
+                        )
+                    return cls._from_meta(z["acts"], json.loads(str(z["meta"])))
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                if isinstance(exc, DataError):
+                    raise
+                raise DataError(f"unreadable .npz ({exc}); is it truncated?", path=path) from exc
         meta_path = path / _META_FILE
         if not meta_path.is_file() or not (path / _ACTS_FILE).is_file():
             raise DataError(
@@ -247,14 +253,26 @@ class HeadActivations:
                 f"{_META_FILE}).",
                 path=path,
             )
-        meta = json.loads(meta_path.read_text())
-        if not meta.get("complete", False):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"unreadable meta file ({exc}).", path=meta_path) from exc
+        if not isinstance(meta, dict) or not meta.get("complete", False):
             raise DataError(
                 "the capture in this directory is incomplete; call collect_head_activations "
                 "again with the same out= to resume it.",
                 path=path,
             )
-        acts = np.load(path / _ACTS_FILE, mmap_mode="r" if mmap else None)
+        acts_path = path / _ACTS_FILE
+        shape, dtype, offset = _npy_layout(acts_path)
+        if acts_path.stat().st_size != offset + int(np.prod(shape)) * dtype.itemsize:
+            raise DataError(
+                f"the file is {acts_path.stat().st_size} bytes, not the "
+                f"{offset + int(np.prod(shape)) * dtype.itemsize} its header promises (shape "
+                f"{shape}, {dtype}): it was truncated or changed. Capture it again.",
+                path=acts_path,
+            )
+        acts = np.load(acts_path, mmap_mode="r" if mmap else None)
         return cls._from_meta(acts, meta)
 
 
@@ -596,7 +614,7 @@ def collect_head_activations(
             (L, H, D),
             _NP_DTYPES[dtype],
             fingerprint,
-            len(batches),
+            batches,
         )
         if done == len(batches):
             log.info("%s is already complete; loading it", out)
@@ -650,10 +668,7 @@ def collect_head_activations(
                 acts[idx] = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)
                 if out is not None:
                     acts.flush()
-                    _write_json(
-                        Path(out) / _PROGRESS_FILE,
-                        {"fingerprint": fingerprint, "done": bi + 1, "total": len(batches)},
-                    )
+                    _mark_done(Path(out), acts, batches, bi, fingerprint)
                 bar.update()
     finally:
         bar.close()
@@ -724,30 +739,118 @@ def _forward_shared(
     return np.array(order)
 
 
+def _batch_digest(acts: np.ndarray, rows: np.ndarray) -> str:
+    """sha256 of the stored rows of one batch (in row order, so independent of capture order)."""
+    return hashlib.sha256(np.ascontiguousarray(acts[np.sort(rows)]).tobytes()).hexdigest()
+
+
+def _mark_done(
+    out: Path, acts: np.ndarray, batches: Sequence[np.ndarray], bi: int, fingerprint: str
+) -> None:
+    """Record batch ``bi`` as finished in ``progress.json``, with the checksum of its rows."""
+    path = out / _PROGRESS_FILE
+    prog = json.loads(path.read_text())
+    sums = [str(x) for x in prog.get("sha256", [])][:bi]
+    sums.append(_batch_digest(acts, batches[bi]))
+    _write_json(
+        path, {"fingerprint": fingerprint, "done": bi + 1, "total": len(batches), "sha256": sums}
+    )
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, offset of the data)`` from a ``.npy`` header, or a :class:`DataError`."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(fh)
+            return tuple(shape), np.dtype(dtype), fh.tell()
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"unreadable .npy header ({exc}); the capture cannot be resumed. Delete "
+            f"{path.parent} (or pass another out= directory) and capture again.",
+            path=path,
+        ) from exc
+
+
 def _open_out(
     out: Path,
     result: HeadActivations,
     geometry: tuple[int, int, int],
     np_dtype: type,
     fingerprint: str,
-    n_batches: int,
+    batches: Sequence[np.ndarray],
 ) -> tuple[np.memmap, int]:
-    """Open (or create) the streaming directory; return the memmap and finished batches."""
+    """Open (or create) the streaming directory; return the memmap and finished batches.
+
+    Before resuming, ``acts.npy`` must have exactly the size its header promises (a truncated
+    file would otherwise be zero-extended by the memmap and read as finished rows) and every
+    finished batch must still have the sha256 recorded in ``progress.json`` when it was written.
+    Any mismatch raises :class:`DataError` naming the file; nothing is deleted or overwritten, so
+    the user decides (delete the directory to capture again). Restarting silently would discard
+    data without telling anyone.
+    """
     progress_path = out / _PROGRESS_FILE
     acts_path = out / _ACTS_FILE
     shape = (len(result), *geometry)
+    n_batches = len(batches)
+    again = f"Delete {out} (or pass another out= directory) and capture again."
     if progress_path.is_file() and acts_path.is_file():
-        prog = json.loads(progress_path.read_text())
+        try:
+            prog = json.loads(progress_path.read_text(encoding="utf-8"))
+            done, total = int(prog["done"]), int(prog["total"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"unreadable progress file ({exc}). {again}", path=progress_path
+            ) from exc
         if prog.get("fingerprint") != fingerprint:
             raise ConfigError(
                 f"{out} holds activations of a different run (other model, examples, template, "
                 "position, dtype or batch size). Delete it or pass another out= directory."
             )
+        if total != n_batches or not 0 <= done <= total:
+            raise DataError(
+                f"progress says {done}/{total} batches, expected ?/{n_batches}. {again}",
+                path=progress_path,
+            )
+        file_shape, file_dtype, offset = _npy_layout(acts_path)
+        if file_shape != shape or file_dtype != np.dtype(np_dtype):
+            raise ShapeMismatchError(
+                f"{acts_path} ({file_dtype})",
+                shape,
+                file_shape,
+                f"Expected {np.dtype(np_dtype)}. {again}",
+            )
+        expected = offset + int(np.prod(shape)) * file_dtype.itemsize
+        size = acts_path.stat().st_size
+        if size != expected:
+            raise DataError(
+                f"the file is {size} bytes but its header promises {expected} (shape {shape}, "
+                f"{file_dtype}): it was truncated or changed after the capture. {again}",
+                path=acts_path,
+            )
+        sums = prog.get("sha256")
+        if done and (not isinstance(sums, list) or len(sums) < done):
+            raise DataError(
+                f"no checksums of the {done} finished batches (written by an older lineage-lens "
+                f"or edited), so they cannot be verified. {again}",
+                path=progress_path,
+            )
         acts = np.lib.format.open_memmap(acts_path, mode="r+")
-        if acts.shape != shape or acts.dtype != np.dtype(np_dtype):
-            raise ShapeMismatchError(f"{acts_path}", shape, acts.shape, "Delete the directory.")
-        done = int(prog["done"])
-        log.info("Resuming %s after %d/%d batches", out, done, prog["total"])
+        for bi in range(done):
+            if _batch_digest(acts, batches[bi]) != sums[bi]:
+                rows = np.sort(batches[bi])
+                del acts
+                raise DataError(
+                    f"finished batch {bi} (rows {rows.tolist()}) does not match its checksum in "
+                    f"{progress_path.name}: the file was changed after it was written. {again}",
+                    path=acts_path,
+                )
+        log.info("Resuming %s after %d/%d batches (checksums verified)", out, done, total)
         return acts, done
     if out.exists() and any(out.iterdir()):
         raise ConfigError(
@@ -756,5 +859,7 @@ def _open_out(
     out.mkdir(parents=True, exist_ok=True)
     acts = np.lib.format.open_memmap(acts_path, mode="w+", dtype=np_dtype, shape=shape)
     _write_json(out / _META_FILE, {**result._meta_dict(), "complete": False})
-    _write_json(progress_path, {"fingerprint": fingerprint, "done": 0, "total": n_batches})
+    _write_json(
+        progress_path, {"fingerprint": fingerprint, "done": 0, "total": n_batches, "sha256": []}
+    )
     return acts, 0

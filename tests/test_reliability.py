@@ -3,11 +3,15 @@ a silent wrong result or a half-written file."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from lineage_lens.errors import DataError
 from lineage_lens.testing import make_tiny_model
 
 # ------------------------------------------------------------------ 1. eval cache key by content
@@ -49,3 +53,102 @@ def test_eval_cache_keys_models_by_content_not_directory_name(same_name_models, 
     with torch.no_grad():
         next(mc.parameters()).mul_(2.0)
     assert model_fingerprint(mc) != before
+
+
+# ------------------------------------------------------ 2. a damaged capture is never resumed
+
+
+def _examples(n: int):
+    from lineage_lens.data import ProbeExample
+
+    words = [
+        "the",
+        "cat",
+        "is",
+        "red",
+        "and",
+        "the",
+        "dog",
+        "is",
+        "blue",
+        "on",
+        "a",
+        "big",
+        "table",
+        "in",
+        "the",
+        "house",
+    ]
+    return [
+        ProbeExample(" ".join(words[: 3 + i]), "what?", " ".join(words[i : i + 2]), i % 2, f"s{i}")
+        for i in range(n)
+    ]
+
+
+def _interrupt(out: Path, done: int) -> None:
+    """Turn a finished capture directory into one interrupted after ``done`` batches."""
+    prog = json.loads((out / "progress.json").read_text())
+    prog["done"], prog["sha256"] = done, prog["sha256"][:done]
+    (out / "progress.json").write_text(json.dumps(prog))
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+
+
+CAPTURE = {"batch_size": 2, "dtype": torch.float32, "progress": False, "share_prefix": False}
+
+
+def test_resume_verifies_size_and_checksums(tiny_llama, tmp_path):
+    from lineage_lens.activations import HeadActivations, collect_head_activations
+
+    examples = _examples(6)
+    ref = collect_head_activations(tiny_llama, examples, **CAPTURE)
+    out = tmp_path / "acts"
+    collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+    prog = json.loads((out / "progress.json").read_text())
+    assert prog["done"] == prog["total"] == 3 and len(prog["sha256"]) == 3
+
+    # A clean interruption resumes to the uninterrupted result.
+    _interrupt(out, 1)
+    resumed = collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+    np.testing.assert_array_equal(resumed.acts, ref.acts)
+    del resumed
+
+    # Truncated after completion: no zero-extension, no "complete" result of zeros.
+    acts_file = out / "acts.npy"
+    size = acts_file.stat().st_size
+    with open(acts_file, "r+b") as fh:
+        fh.truncate(size - 100)
+    with pytest.raises(DataError, match=r"acts\.npy.*truncated"):
+        collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+    assert acts_file.stat().st_size == size - 100  # not extended
+    with pytest.raises(DataError, match="truncated"):
+        HeadActivations.load(out)
+
+    # Truncated mid-capture: the same.
+    _interrupt(out, 2)
+    with pytest.raises(DataError, match="truncated"):
+        collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+
+
+def test_resume_rejects_changed_rows_and_missing_checksums(tiny_llama, tmp_path):
+    from lineage_lens.activations import collect_head_activations
+
+    examples = _examples(6)
+    out = tmp_path / "acts"
+    collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+    _interrupt(out, 2)
+    acts = np.lib.format.open_memmap(out / "acts.npy", mode="r+")
+    acts[:] = 0.0  # same size, different content (e.g. a copy gone wrong)
+    acts.flush()
+    del acts
+    with pytest.raises(DataError, match="does not match its checksum"):
+        collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+
+    prog = json.loads((out / "progress.json").read_text())
+    del prog["sha256"]  # an older progress file without checksums
+    (out / "progress.json").write_text(json.dumps(prog))
+    with pytest.raises(DataError, match="no checksums"):
+        collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+    (out / "progress.json").write_text("{not json")
+    with pytest.raises(DataError, match="unreadable progress"):
+        collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
