@@ -334,6 +334,7 @@ class TruthGate:
             if self.n_clamped:
                 log.info("%d gates raised to clamp_min=%s", self.n_clamped, self.clamp_min)
         self.gates: Float[Tensor, "layer head"] = torch.tensor(final, dtype=torch.float32)
+        self.check_dtype(torch.float32)
 
     # ----------------------------------------------------------------------- properties
     @property
@@ -421,6 +422,30 @@ class TruthGate:
                 f"n_heads * d_head ({geo.n_heads * geo.d_head}). Use placement='z'."
             )
 
+    def check_dtype(self, dtype: torch.dtype) -> None:
+        """Raise :class:`ConfigError` unless every gate is finite in ``dtype``.
+
+        Gates are stored in float32 and applied in the activations' (or, folded, the weights')
+        dtype: a huge ``alpha`` overflows float32 (max 3.4e38) and a large one float16 (max
+        65504), giving inf gates and NaN logits. The message names alpha and the largest gate.
+        """
+        if not dtype.is_floating_point:
+            return
+        limit = torch.finfo(dtype).max
+        gates = (
+            self.raw_gates if self.clamp_min is None else np.maximum(self.raw_gates, self.clamp_min)
+        )
+        final = np.abs(gates)
+        layer, head = (int(i) for i in np.unravel_index(np.argmax(final), final.shape))
+        largest = float(final[layer, head])
+        if largest > limit:
+            raise ConfigError(
+                f"alpha={self.alpha:g} gives a gate of magnitude {largest:.4g} (layer {layer}, "
+                f"head {head}), which overflows {str(dtype).removeprefix('torch.')} (largest "
+                f"finite value {limit:.4g}): the gated model would output inf/NaN. Use a smaller "
+                "alpha" + (" or run the model in float32." if limit < 1e38 else ".")
+            )
+
     # ------------------------------------------------------------------------ hooks
     def _gate_for(self, layer: int) -> Callable[[Tensor], Tensor]:
         base = self.gates[layer]
@@ -430,6 +455,7 @@ class TruthGate:
             key = (like.device, like.dtype)
             g = cache.get(key)
             if g is None:
+                self.check_dtype(like.dtype)
                 g = cache[key] = base.to(device=like.device, dtype=like.dtype)
             return g
 
@@ -528,6 +554,8 @@ class TruthGate:
                     f"O projection weight of blocks.{layer}", expected, tuple(weight.shape)
                 )
             targets.append((layer, weight, out_in))
+        for _, weight, _ in targets:
+            self.check_dtype(weight.dtype)
         saved: list[tuple[Tensor, Tensor]] = []
         handle = FoldHandle(model, saved)
         with torch.no_grad():
@@ -553,6 +581,9 @@ class TruthGate:
         """
         placement = _check_choice(placement or self.placement, PLACEMENTS, "placement")
         self.check_model(model)
+        dtype = getattr(model.cfg, "dtype", None)
+        if isinstance(dtype, torch.dtype):
+            self.check_dtype(dtype)
         if placement == "fold":
             with self.fold(model):
                 yield model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lineage_lens.errors import DataError
+from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.testing import make_tiny_model
 
 # ------------------------------------------------------------------ 1. eval cache key by content
@@ -152,3 +152,30 @@ def test_resume_rejects_changed_rows_and_missing_checksums(tiny_llama, tmp_path)
     (out / "progress.json").write_text("{not json")
     with pytest.raises(DataError, match="unreadable progress"):
         collect_head_activations(tiny_llama, examples, out=out, **CAPTURE)
+
+
+# ------------------------------------------------ 4. gates must be finite in the dtype applied
+
+
+def test_huge_alpha_is_a_config_error_naming_alpha_and_the_largest_gate(tiny_dirs):
+    from lineage_lens.gating import TruthGate
+    from lineage_lens.models import load_model
+
+    scores = np.random.default_rng(0).uniform(0.4, 0.9, (2, 4))
+    with pytest.raises(ConfigError, match=r"alpha=1e\+40 .*magnitude .*overflows float32"):
+        TruthGate(scores, alpha=1e40)  # finite in float64, inf in the stored float32
+
+    gate = TruthGate(scores, alpha=1e6)  # finite in float32, inf in float16
+    gate.check_dtype(torch.bfloat16)  # bf16 shares float32's range
+    with pytest.raises(ConfigError, match="overflows float16"):
+        gate.check_dtype(torch.float16)
+    half = load_model(tiny_dirs["llama"], device="cpu", dtype=torch.float16)
+    for placement in ("z", "reference", "fold"):
+        with pytest.raises(ConfigError, match="float16"), gate.applied(half, placement=placement):
+            pass
+    ids = half.to_tokens("the cat")
+    with pytest.raises(ConfigError, match="float16"), half.hooks(fwd_hooks=gate.hooks()):
+        half(ids)  # the hook itself refuses too (no NaN logits)
+    ok = TruthGate(scores, alpha=4.5)
+    with ok.applied(half):
+        assert torch.isfinite(half(ids)).all()
