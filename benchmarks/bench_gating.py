@@ -22,6 +22,7 @@ import torch
 
 from lineage_lens._io import atomic_open
 from lineage_lens.gating import TruthGate
+from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import head_geometry, load_model
 
 PROMPTS = [
@@ -55,7 +56,7 @@ def run(rounds: int, new_tokens: int, threads: int | None) -> dict:
             do_sample=False,
             verbose=False,
             return_type="tokens",
-            use_past_kv_cache=True,
+            use_past_kv_cache=kv_cache_ok(model),
             stop_at_eos=False,
         )
 

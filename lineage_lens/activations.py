@@ -54,6 +54,7 @@ from lineage_lens.data import (
     PromptTemplate,
 )
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import HeadGeometry, attn_hook_name, head_geometry, model_label
 
 log = logging.getLogger(__name__)
@@ -560,6 +561,8 @@ def collect_head_activations(
 
     lengths = np.array([len(e.input_ids) for e in encoded])
     keys = _prefix_keys(encoded) if share_prefix else [()] * n
+    if any(keys) and not kv_cache_ok(model):
+        keys = [()] * n  # the cache cannot be trusted here: full prompts (lineage_lens.kvcache)
     if any(keys):
         batches = _grouped_batches(keys, lengths, batch_size, sort_by_length)
     else:

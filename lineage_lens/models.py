@@ -27,6 +27,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens._io import publish_dir, tmp_build_dir
 from lineage_lens.errors import ModelLoadError, ShapeMismatchError
+from lineage_lens.kvcache import install_cache_shim
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ def load_model(
             kwargs["n_devices"] = n_devices
     else:
         kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    install_cache_shim()  # transformers >= 5.24 passes the KV cache as cache= (lineage_lens.kvcache)
     try:
         with _no_package_installs():
             model = TransformerBridge.boot_transformers(source, **kwargs)

@@ -185,34 +185,6 @@ def test_reference_scales_chunks_after_w_o(tiny_llama):
     assert not torch.allclose(gated[name], per_head, atol=1e-4)
 
 
-# ------------------------------------------------------------------------- generation
-def _greedy_full_forward(model, tokens, kw, n):
-    for _ in range(n):
-        logits = model(tokens, **kw)
-        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return tokens
-
-
-@pytest.mark.parametrize("placement", ["z", "fold"])
-def test_gated_generate_equals_gated_full_forward(any_model, placement):
-    model, inp = any_model
-    gate = TruthGate(_scores(head_geometry(model).shape, seed=5), alpha=4.5)
-    n_new = 6
-    with gate.applied(model, placement), torch.no_grad():
-        generated = model.generate(
-            inp["tokens"],
-            max_new_tokens=n_new,
-            do_sample=False,
-            verbose=False,
-            return_type="tokens",
-            use_past_kv_cache=True,
-            stop_at_eos=False,
-            **inp["kw"],
-        )
-        reference = _greedy_full_forward(model, inp["tokens"], inp["kw"], n_new)
-    assert torch.equal(generated.cpu(), reference)
-
-
 # ------------------------------------------------------------------------ composition
 def test_hook_order_composition(tiny_llama):
     tokens = _inputs(tiny_llama)["tokens"]

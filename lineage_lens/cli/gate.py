@@ -58,6 +58,7 @@ def gate_command(
     import torch
 
     from lineage_lens.gating import TruthGate
+    from lineage_lens.kvcache import kv_cache_ok
     from lineage_lens.models import load_model
     from lineage_lens.scores import load_scores
 
@@ -93,7 +94,7 @@ def gate_command(
                 do_sample=False,
                 verbose=False,
                 return_type="tokens",
-                use_past_kv_cache=True,
+                use_past_kv_cache=kv_cache_ok(bridge),  # uncached if the cache is unsound
             )
         return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 

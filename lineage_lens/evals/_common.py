@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from lineage_lens._io import atomic_open
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import model_label
 
 if TYPE_CHECKING:
@@ -265,6 +266,8 @@ def run_prompts(
     text_only = all(it.image is None for it in todo)
     n_prefix = shared_prefix_length([it.input_ids for it in todo]) if text_only else 0
     use_prefix = share_prefix and mode == "logprob" and n_prefix >= MIN_SHARED_PREFIX
+    use_prefix = use_prefix and kv_cache_ok(model)
+    use_cache = mode == "generate" and kv_cache_ok(model)  # else each step runs the whole prompt
     bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="ex")
     try:
         with gate_context(model, gate), torch.inference_mode():
@@ -302,7 +305,7 @@ def run_prompts(
                         do_sample=False,
                         verbose=False,
                         return_type="tokens",
-                        use_past_kv_cache=True,
+                        use_past_kv_cache=use_cache,
                         **kwargs,
                     )
                     recs = []
