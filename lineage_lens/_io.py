@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from lineage_lens.errors import ConfigError, LineageLensError, OutputError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,22 +29,76 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     (``np.savez``, ``plt.savefig``) behave as for the final name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix
-    )
+    check_output_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent,
+            prefix=f".{path.name}.",
+            suffix=path.suffix if suffix is None else suffix,
+        )
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the result the permissions of a normally created file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            # mkstemp creates 0600 files; give the result the permissions of a normal file.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+            os.replace(tmp_path, path)
+        except LineageLensError:
+            raise
+        except OSError as exc:  # disk full, quota, I/O error, a directory appeared at path, ...
+            raise _output_error(path, exc) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = {
+        errno.ENOSPC: "free some disk space or write elsewhere",
+        errno.EDQUOT: "free some quota or write elsewhere",
+        errno.EACCES: "choose a directory you can write to",
+        errno.EPERM: "choose a directory you can write to",
+        errno.EROFS: "choose a writable file system",
+        errno.EISDIR: "pass a file name, not a directory",
+        errno.ENOTDIR: "a parent of the path is a file; choose another path",
+        errno.EEXIST: "a parent of the path is a file; choose another path",
+    }.get(exc.errno or -1, "choose another path")
+    out = OutputError(f"cannot write {path}: {reason}; {hint}. No partial file was left.")
+    out.errno = exc.errno
+    return out
+
+
+def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Check, before any work, that ``path`` can become an output file; return it as a Path.
+
+    Raises :class:`ConfigError` for a suffix not in ``suffixes`` and :class:`OutputError` when
+    ``path`` is a directory, a parent of it is a file, or its (nearest existing) directory is not
+    writable. Nothing is created.
+    """
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ConfigError(
+            f"{path}: unsupported file type {path.suffix or '(none)'!r}; use "
+            + ", ".join(suffixes)
+            + "."
+        )
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory; pass a file name.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: {parent} is a file, not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: no permission to write in {parent}.")
+    return path
 
 
 def publish_dir(tmp: Path, final: Path, *, marker: str, replace: bool = False) -> bool:

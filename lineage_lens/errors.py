@@ -43,3 +43,10 @@ class ShapeMismatchError(LineageLensError, ValueError):
 
 class ModelLoadError(LineageLensError, OSError):
     """A model could not be found or loaded; the message says what to install or where to look."""
+
+
+class OutputError(LineageLensError, OSError):
+    """An output file cannot be written (a directory is in the way, no permission, disk full).
+
+    Raised before anything is written where possible; otherwise no partial file is left behind.
+    """

@@ -3,7 +3,9 @@ a silent wrong result or a half-written file."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.errors import ConfigError, DataError, OutputError
 from lineage_lens.testing import make_tiny_model
 
 # ------------------------------------------------------------------ 1. eval cache key by content
@@ -179,3 +181,68 @@ def test_huge_alpha_is_a_config_error_naming_alpha_and_the_largest_gate(tiny_dir
     ok = TruthGate(scores, alpha=4.5)
     with ok.applied(half):
         assert torch.isfinite(half(ids)).all()
+
+
+# ------------------------------------------- 6. outputs: directories, permissions, disk full
+
+
+def _scores():
+    from lineage_lens.scores import TruthScores
+
+    return TruthScores({"accuracy": np.full((2, 4), 0.5)}, model="m")
+
+
+def test_output_path_that_is_a_directory_or_under_a_file(tmp_path):
+    (tmp_path / "taken.npz").mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        _scores().save(tmp_path / "taken.npz")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        _scores().to_csv(tmp_path / "file" / "scores.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.npz"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_output_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="no permission"):
+            _scores().save(locked / "scores.npz")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_disk_full_leaves_no_partial_file(tmp_path, monkeypatch):
+    from lineage_lens import _io
+
+    def full_disk(file, *args, **kwargs):
+        Path(file).write_bytes(b"PK\x03\x04 half an archive")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OutputError, match="No space left.*free some disk space") as info:
+        _scores().save(tmp_path / "scores.npz")
+    assert info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+    with (
+        pytest.raises(OutputError, match="No space left"),
+        _io.atomic_open(tmp_path / "a.txt") as fh,
+    ):
+        fh.write("partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_permission_denied_when_creating_the_temporary_file(tmp_path, monkeypatch):
+    import tempfile
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(OutputError, match="Permission denied; choose a directory you can write"):
+        _scores().save(tmp_path / "scores.npz")
+    assert list(tmp_path.iterdir()) == []
