@@ -246,3 +246,17 @@ def test_permission_denied_when_creating_the_temporary_file(tmp_path, monkeypatc
     with pytest.raises(OutputError, match="Permission denied; choose a directory you can write"):
         _scores().save(tmp_path / "scores.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_chair_ground_truth_values_must_be_lists_of_class_names(tmp_path):
+    from lineage_lens.evals.chair import load_ground_truth
+
+    assert load_ground_truth()  # the vendored file passes
+    for bad in ({"1": 5}, {"1": [3, "dog"]}, {"1": "dog"}):
+        path = tmp_path / "gt.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=r"gt\.json: image '1': expected a list of class"):
+            load_ground_truth(path)
+    path.write_bytes(b'{"1": ["caf\xe9"]}')
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_ground_truth(path)

@@ -412,9 +412,22 @@ def load_ground_truth(
         raw = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}).", path=p, line=exc.lineno) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"not UTF-8 text (byte {exc.start}); save the file as UTF-8 JSON.", path=p
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"cannot read the file ({exc.strerror or exc}).", path=p) from exc
     if not isinstance(raw, dict):
         raise DataError("expected a JSON object {image_id: [classes]}.", path=p)
-    gt = {str(k): {str(c).lower() for c in v} for k, v in raw.items()}
+    for key, value in raw.items():
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            raise DataError(
+                f"image {key!r}: expected a list of class names (strings), got {value!r}; "
+                'write e.g. {"42": ["dog", "person"]}.',
+                path=p,
+            )
+    gt = {str(k): {c.lower() for c in v} for k, v in raw.items()}
     if vocabulary is not None:
         known = set(vocabulary.classes)
         unknown = sorted({c for v in gt.values() for c in v} - known)
