@@ -38,7 +38,7 @@ _FASTMATH = {"reassoc", "contract", "nsz"}
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _residual(logit: float, target: float, inv_batch: float) -> float:
-    """d(mean BCE)/d(logit) of one example: ``(sigmoid(logit) - y) / batch``."""
+    """d(mean BCE)/d(logit) of one example: ``(sigmoid(logit) - y) / (batch * loss_heads)``."""
     one = np.float32(1.0)
     return (one / (one + math.exp(-logit)) - target) * inv_batch
 
@@ -54,13 +54,16 @@ def adamw_probe_kernel(
     beta1: float,
     beta2: float,
     eps: float,
+    loss_heads: int,
     out: np.ndarray,
 ) -> None:
     """Train one zero-initialised logistic probe per head of ``x`` with the recipe.
 
     ``x``: float32 ``[heads, n, d]`` (C order); ``y``: float32 ``[n]``; ``perms``: int64
-    ``[epochs, n]``, the example order of each epoch; ``out``: float32 ``[heads, d+1]``, written
-    with each head's weights and (last) intercept.
+    ``[epochs, n]``, the example order of each epoch; ``loss_heads``: the loss is the mean BCE over
+    the batch *and* over this many heads (1: each head's own mean; the authors' all-heads tensor:
+    ``n_layers * n_heads``), which scales every gradient by ``1 / loss_heads``; ``out``: float32
+    ``[heads, d+1]``, written with each head's weights and (last) intercept.
     """
     n_heads, n, d = x.shape
     f32 = np.float32
@@ -83,7 +86,7 @@ def adamw_probe_kernel(
             order = perms[epoch]
             for b0 in range(0, n, batch_size):
                 b1 = min(n, b0 + batch_size)
-                inv_batch = f32(1.0) / f32(b1 - b0)
+                inv_batch = f32(1.0) / f32((b1 - b0) * loss_heads)
                 grad[:] = 0.0
                 grad_bias = f32(0.0)
                 i = b0

@@ -9,7 +9,7 @@ Every head gets its own probe, but nothing loops over heads: the ``n_layers * n_
 batch axis of tensors (processed in memory-bounded chunks of heads), and each fold fits all of them
 together.
 
-Two solvers:
+Three solvers:
 
 ``"newton"`` (default)
     L2-regularised logistic regression solved exactly by batched Newton (IRLS) steps with a
@@ -23,11 +23,33 @@ Two solvers:
 ``"adamw"``
     The TruthProbe paper's recipe, for parity: a linear probe (zero init, BCE loss) trained with
     AdamW (lr 1e-2, weight decay 1e-3 on weight and bias), 200 epochs of shuffled mini-batches of
-    512, in float32. Each head follows the trajectory the paper's per-head ``nn.Linear`` loop
-    gives it (same folds, shuffles and standardisation: the same Truth Scores), so this is the
-    solver for parity with published scores; ``l2`` is ignored. On the CPU a compiled kernel
+    512, in float32, on our folds and standardised features. Each head follows the trajectory a
+    per-head ``nn.Linear`` loop with the same folds, shuffles and standardisation gives it;
+    ``l2`` is ignored. It is *not* the authors' published procedure (their folds, raw features,
+    unshuffled batches and all-heads loss differ: 0.025 mean |Δaccuracy| per head on Vicuna-sized
+    data, issue 19); ``"truthprobe"`` is. On the CPU a compiled kernel
     (:mod:`lineage_lens._recipe_kernel`, numba) trains each head in cache, heads spread over
     threads; on other devices batched tensor operations do (:func:`adamw_logistic`).
+
+``"truthprobe"``
+    The authors' published procedure exactly (TruthProbe's ``vectorized_linear_probe``,
+    ``probing/probe_vicuna_series.py``): unstratified, ungrouped ``KFold(folds, shuffle=True,
+    random_state=seed)`` over the example order given (seed 42 by default, theirs), raw features
+    (no standardisation), zero-initialised weights and bias, AdamW (lr 1e-2, weight decay 1e-3,
+    torch defaults otherwise) on one mean BCE-with-logits over the batch *and all
+    ``n_layers * n_heads`` heads* (their single ``[L, H, d]`` tensor: each head's gradient is
+    divided by the head count, which moves Adam only through its ``eps``), mini-batches of 512 in
+    index order without shuffling, 200 epochs, prediction ``float32 sigmoid(logit) > 0.5``, and
+    each metric the mean of its per-fold values. It runs through the same compiled kernel as
+    ``"adamw"``; use it to reproduce published score files (``cv5_head_metrics.csv``).
+    Its folds can put the truthful and hallucinated answers of one source row (or duplicate
+    examples) on both sides of a split -- that is the authors' choice, kept on purpose.
+
+Folds: ``"newton"`` and ``"adamw"`` cross-validate with ``StratifiedGroupKFold`` by source row
+whenever groups are known (the ``source_ids`` of a HeadActivations, or ``groups=``), so the two
+answers of one HaluEval row never sit on both sides of a split, and with ``StratifiedKFold``
+otherwise. Exact duplicate examples that could still straddle folds are reported with
+``warnings.warn``.
 
 Which to use (BENCHMARKS.md 7a, 2 CPU cores, 32x32 heads of 128 dims): on a CPU ``"adamw"`` is
 the faster solver at every size measured -- N=292: 4.1 s against Newton's 21 s; N=2726: 42 s
@@ -49,15 +71,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from scipy.stats import rankdata
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -66,18 +89,21 @@ from lineage_lens.scores import METRICS, TruthScores
 
 log = logging.getLogger(__name__)
 
-Solver = Literal["newton", "adamw"]
-SOLVERS: tuple[str, ...] = ("newton", "adamw")
+Solver = Literal["newton", "adamw", "truthprobe"]
+SOLVERS: tuple[str, ...] = ("newton", "adamw", "truthprobe")
 Backend = Literal["auto", "numba", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "torch")
 
-#: The paper's AdamW recipe (used by ``solver="adamw"``).
+#: The paper's AdamW recipe (used by ``solver="adamw"`` and ``solver="truthprobe"``).
 ADAMW_RECIPE: dict[str, float | int] = {
     "lr": 1e-2,
     "weight_decay": 1e-3,
     "epochs": 200,
     "batch_size": 512,
 }
+
+#: Fold seed of ``solver="truthprobe"`` when none is given: the authors' ``--seed`` default.
+TRUTHPROBE_SEED = 42
 
 #: Bytes of float64 working memory a Newton chunk of heads may use (approximate).
 DEFAULT_MEMORY_BYTES = 1 << 30
@@ -95,6 +121,8 @@ def _as_arrays(acts: Any, labels: Any) -> tuple[Any, np.ndarray, dict[str, Any]]
         if labels is None:
             labels = acts.labels
         info["model"] = getattr(acts, "model", "") or ""
+        if getattr(acts, "source_ids", None) is not None:
+            info["source_ids"] = list(acts.source_ids)
         acts = acts.acts
     if labels is None:
         raise ConfigError(
@@ -130,7 +158,7 @@ def _as_arrays(acts: Any, labels: Any) -> tuple[Any, np.ndarray, dict[str, Any]]
     return acts, labels.astype(np.int64), info
 
 
-def _check_folds(labels: np.ndarray, folds: int) -> None:
+def _check_folds(labels: np.ndarray, folds: int, *, stratified: bool = True) -> None:
     if not isinstance(folds, (int, np.integer)) or folds < 2:
         raise ConfigError(f"folds must be an integer >= 2, got {folds!r}.")
     n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
@@ -139,11 +167,104 @@ def _check_folds(labels: np.ndarray, folds: int) -> None:
             f"labels hold only one class ({n_pos} truthful, {n_neg} hallucinated); a probe needs "
             "both. Add examples of the missing label."
         )
+    if not stratified:
+        if len(labels) < folds:
+            raise DataError(
+                f"{folds}-fold cross-validation needs at least {folds} examples; got "
+                f"{len(labels)}. Use more examples or fewer folds."
+            )
+        return
     if min(n_pos, n_neg) < folds:
         raise DataError(
             f"{folds}-fold cross-validation needs at least {folds} examples of each class; got "
             f"{n_pos} truthful and {n_neg} hallucinated. Use more examples or fewer folds."
         )
+
+
+def _as_groups(groups: Any, n: int, folds: int) -> np.ndarray | None:
+    """Validated group labels ``[N]`` (or ``None``); at least ``folds`` distinct groups."""
+    if groups is None:
+        return None
+    if isinstance(groups, Tensor):
+        groups = groups.detach().cpu().numpy()
+    arr = np.asarray(groups)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ShapeMismatchError(
+            "groups vs activations",
+            (n,),
+            tuple(arr.shape),
+            "groups (e.g. source_id) need one entry per example (axis 0 of acts).",
+        )
+    n_groups = len(np.unique(arr))
+    if n_groups < folds:
+        raise ConfigError(
+            f"{folds}-fold grouped cross-validation needs at least {folds} groups; the "
+            f"{n} examples fall into {n_groups} group(s) (source_id). Use fewer folds, more "
+            "source rows, or groups=None if the examples really are independent."
+        )
+    return arr
+
+
+def _duplicate_rows(acts: Any) -> list[tuple[int, int]]:
+    """Pairs ``(first, later)`` of examples whose activations are exactly equal in every head.
+
+    A fingerprint of three heads finds candidates (cheap, one pass over ``3 * d`` values per
+    example); candidates are confirmed on the whole row."""
+    n = int(acts.shape[0])
+    flat = acts.reshape(n, -1, acts.shape[-1])
+    g = flat.shape[1]
+    probe_heads = sorted({0, g // 2, g - 1})
+    sample = flat[:, probe_heads, :]
+    sample = sample.detach().cpu().numpy() if isinstance(sample, Tensor) else np.asarray(sample)
+    sample = np.ascontiguousarray(sample.reshape(n, -1))
+    first: dict[bytes, list[int]] = {}
+    pairs: list[tuple[int, int]] = []
+    for i in range(n):
+        key = sample[i].tobytes()
+        for j in first.get(key, []):
+            a, b = flat[j], flat[i]
+            same = bool(torch.equal(a, b)) if isinstance(a, Tensor) else np.array_equal(a, b)
+            if same:
+                pairs.append((j, i))
+                break
+        else:
+            first.setdefault(key, []).append(i)
+    return pairs
+
+
+def _warn_duplicates(acts: Any, groups: np.ndarray | None, solver: str) -> None:
+    """``warnings.warn`` (visible in notebooks) when exact duplicate examples can leak."""
+    pairs = _duplicate_rows(acts)
+    if not pairs:
+        return
+    j, i = pairs[0]
+    if groups is not None and solver != "truthprobe":
+        crossing = [(a, b) for a, b in pairs if groups[a] != groups[b]]
+        if not crossing:
+            log.info("%d duplicate examples, each within its own group (one fold)", len(pairs))
+            return
+        j, i = crossing[0]
+        warnings.warn(
+            f"{len(crossing)} examples duplicate the activations of an example in another group "
+            f"(e.g. examples {j} and {i}, groups {str(groups[j])!r} and {str(groups[i])!r}); "
+            "the copies can land in training and test folds and inflate the Truth Scores. Drop "
+            "the duplicates or give copies the same group.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    how = (
+        "the truthprobe preset's KFold is ungrouped, so copies"
+        if solver == "truthprobe"
+        else "without groups= (e.g. source_id) the copies"
+    )
+    warnings.warn(
+        f"{len(pairs)} examples duplicate another example's activations exactly (e.g. examples "
+        f"{j} and {i}); {how} can land in training and test folds and inflate the Truth Scores. "
+        "Drop the duplicates, or pass groups= so that copies share a fold.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _resolve_device(device: str | torch.device | None, acts: Any) -> torch.device:
@@ -342,6 +463,7 @@ def _adamw_numba(
     lr: float,
     weight_decay: float,
     batch_size: int,
+    loss_heads: int = 1,
 ) -> Float[Tensor, "head d1"]:
     """:func:`adamw_logistic` through the compiled kernel, heads split evenly over threads."""
     from lineage_lens._recipe_kernel import adamw_probe_kernel
@@ -353,7 +475,17 @@ def _adamw_numba(
 
     def run(part: slice) -> None:
         adamw_probe_kernel(
-            xs[part], ys, order, batch_size, lr, weight_decay, 0.9, 0.999, 1e-8, out[part]
+            xs[part],
+            ys,
+            order,
+            batch_size,
+            lr,
+            weight_decay,
+            0.9,
+            0.999,
+            1e-8,
+            loss_heads,
+            out[part],
         )
 
     workers = min(torch.get_num_threads(), len(xs))
@@ -379,13 +511,24 @@ def adamw_logistic(
     generator: torch.Generator | None = None,
     backend: Backend = "auto",
     block_bytes: int = ADAMW_BLOCK_BYTES,
+    shuffle: bool = True,
+    loss_heads: int = 1,
 ) -> Float[Tensor, "head d1"]:
     """The paper's probe recipe, batched over heads: zero init, BCE, AdamW, shuffled mini-batches.
 
     Every head follows the trajectory it would follow alone with ``torch.nn.Linear`` and
     ``torch.optim.AdamW`` (weight decay on weight and bias alike), to float32 rounding: AdamW is
     element-wise, and the heads share only the mini-batch order (one permutation per epoch from
-    ``generator``). Two backends compute it:
+    ``generator``; with ``shuffle=False`` every epoch takes the examples in index order, as the
+    authors' ``vectorized_linear_probe`` does).
+
+    ``loss_heads`` is the number of heads the loss is averaged over besides the batch: 1 (default)
+    is each head's own mean BCE; the authors' code trains all ``n_layers * n_heads`` heads as one
+    tensor with one mean BCE over ``(batch, layer, head)``, so each head's gradient is divided by
+    that count as well. AdamW is invariant to that scale except through its ``eps`` (1e-8), so it
+    changes the trajectory slightly; ``fit_truth_scores(solver="truthprobe")`` passes the count.
+
+    Two backends compute it:
 
     ``"numba"`` (CPU tensors, the default there)
         :mod:`lineage_lens._recipe_kernel`: one compiled loop trains each head start to finish
@@ -419,14 +562,25 @@ def adamw_logistic(
             f"backend='numba' runs on the CPU, but the activations are on {x.device}; "
             "use backend='torch' (or 'auto') there"
         )
+    if not (isinstance(loss_heads, (int, np.integer)) and loss_heads >= 1):
+        raise ConfigError(f"loss_heads must be an integer >= 1, got {loss_heads!r}")
     g_all, n, d = x.shape
     y = y.float()
-    perms = [torch.randperm(n, generator=generator).to(x.device) for _ in range(epochs)]
+    if shuffle:
+        perms = [torch.randperm(n, generator=generator).to(x.device) for _ in range(epochs)]
+    else:
+        perms = [torch.arange(n, device=x.device)] * epochs
     if backend == "numba":
         return _adamw_numba(
-            x, y, torch.stack(perms), lr=lr, weight_decay=weight_decay, batch_size=batch_size
+            x,
+            y,
+            torch.stack(perms),
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            loss_heads=int(loss_heads),
         )
-    full_batch = batch_size >= n
+    in_place = batch_size >= n or not shuffle  # the examples are used in their stored order
     per_block = max(1, min(g_all, block_bytes // max(n * (d + 1) * 4, 1)))
     out = torch.empty(g_all, d + 1, dtype=torch.float32, device=x.device)
     for block in torch.arange(g_all).tensor_split(math.ceil(g_all / per_block)):  # even sizes
@@ -435,7 +589,7 @@ def adamw_logistic(
         xs[:, :, :d] = x[start : start + g]
         flat = xs.view(g * n, d + 1)
         offsets = (n * torch.arange(g, device=x.device)).unsqueeze(1)
-        shuffled = None if full_batch else torch.empty_like(xs)
+        shuffled = None if in_place else torch.empty_like(xs)
         param = torch.zeros(g, d + 1, device=x.device)
         grad = torch.zeros_like(param)
         exp_avg, exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
@@ -443,7 +597,7 @@ def adamw_logistic(
         step = 0
         for perm in perms:
             if shuffled is None:
-                xp, yp = xs, y  # the mean over a full batch ignores its order
+                xp, yp = xs, y  # index order, or a full batch (its mean ignores the order)
             else:
                 index = (perm.unsqueeze(0) + offsets).view(-1)
                 torch.index_select(flat, 0, index, out=shuffled.view(g * n, d + 1))
@@ -451,7 +605,8 @@ def adamw_logistic(
             for b0 in range(0, n, batch_size):
                 xb, yb = xp[:, b0 : b0 + batch_size], yp[b0 : b0 + batch_size]
                 logits = torch.bmm(row, xb.mT).squeeze(1)  # [g, b]
-                resid = torch.sigmoid_(logits).sub_(yb).div_(yb.shape[0])  # d(mean BCE)/d(logit)
+                # d(mean BCE)/d(logit), the mean over the batch and over loss_heads heads
+                resid = torch.sigmoid_(logits).sub_(yb).div_(yb.shape[0] * loss_heads)
                 torch.bmm(resid.unsqueeze(1), xb, out=grad_row)
                 step += 1
                 _adamw_step(
@@ -467,17 +622,23 @@ def adamw_logistic(
 
 
 def head_metrics(
-    decision: Float[np.ndarray, "head m"], y_true: Int[np.ndarray, " m"]
+    decision: Float[np.ndarray, "head m"],
+    y_true: Int[np.ndarray, " m"],
+    pred: Bool[np.ndarray, "head m"] | None = None,
 ) -> dict[str, Float[np.ndarray, " head"]]:
     """Accuracy, precision, recall, F1 and AUROC of every head's held-out decision values.
 
-    ``decision > 0`` predicts truthful (1), the positive class. Precision, recall and F1 are 0
-    when undefined (scikit-learn's ``zero_division=0``); AUROC is the Mann-Whitney statistic via
-    average ranks (ties count 1/2), as ``sklearn.metrics.roc_auc_score``.
+    ``decision > 0`` predicts truthful (1), the positive class, unless ``pred`` gives the
+    predictions (the truthprobe preset thresholds float32 ``sigmoid(logit) > 0.5`` as the authors
+    do). Precision, recall and F1 are 0 when undefined (scikit-learn's ``zero_division=0``); AUROC
+    is the Mann-Whitney statistic of ``decision`` via average ranks (ties count 1/2), as
+    ``sklearn.metrics.roc_auc_score``, and NaN when ``y_true`` holds one class.
     """
     decision = np.asarray(decision, dtype=np.float64)
     y = np.asarray(y_true).astype(bool)
-    pred = decision > 0
+    pred = decision > 0 if pred is None else np.asarray(pred, dtype=bool)
+    if pred.shape != decision.shape:
+        raise ShapeMismatchError("head_metrics predictions", decision.shape, pred.shape)
     tp = (pred & y).sum(axis=1).astype(np.float64)
     fp = (pred & ~y).sum(axis=1).astype(np.float64)
     fn = (~pred & y).sum(axis=1).astype(np.float64)
@@ -519,6 +680,22 @@ def _heads_per_chunk(n: int, d: int, n_heads: int, memory_bytes: int, itemsize: 
     return max(1, min(n_heads, memory_bytes // max(per_head, 1)))
 
 
+def _splits(
+    labels: np.ndarray, groups: np.ndarray | None, *, folds: int, solver: str, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The cross-validation folds: the authors' unstratified ``KFold`` for ``"truthprobe"``,
+    ``StratifiedGroupKFold`` when groups are known, else ``StratifiedKFold`` (all shuffled with
+    ``random_state=seed``)."""
+    n = len(labels)
+    if solver == "truthprobe":
+        return list(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(n)))
+    if groups is None:
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        return list(cv.split(np.zeros(n), labels))
+    cv_g = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    return list(cv_g.split(np.zeros(n), labels, groups))
+
+
 def _fit(
     acts: Any,
     labels: np.ndarray,
@@ -527,6 +704,7 @@ def _fit(
     solver: str,
     l2: float,
     seed: int,
+    groups: np.ndarray | None,
     device: torch.device,
     refit: bool,
     max_iter: int,
@@ -536,15 +714,15 @@ def _fit(
 ) -> _FitResult:
     n, n_layers, n_heads, d = acts.shape
     g_total = n_layers * n_heads
+    exact = solver == "truthprobe"
     dtype = torch.float64 if solver == "newton" else torch.float32
     if device.type == "mps" and dtype == torch.float64:
         dtype = torch.float32
-    splits = list(
-        StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), labels)
-    )
+    splits = _splits(labels, groups, folds=folds, solver=solver, seed=seed)
     chunk = _heads_per_chunk(n, d, g_total, memory_bytes, torch.finfo(dtype).bits // 8)
     y_all = torch.as_tensor(labels, dtype=dtype, device=device)
     sums = {m: np.zeros(g_total) for m in METRICS}
+    counts = {m: np.zeros(g_total) for m in METRICS}  # folds where the metric is defined
     coef = np.zeros((g_total, d + 1)) if refit else None
     max_used, not_conv = 0, 0
     jobs = folds + int(refit)
@@ -562,8 +740,11 @@ def _fit(
             max_used = max(max_used, int(it.max()))
             not_conv += int((it >= max_iter).sum())
             return w
+        recipe: dict[str, Any] = dict(ADAMW_RECIPE)
+        if exact:  # index order, one mean BCE over all the model's heads (the authors' tensor)
+            return adamw_logistic(x_tr, y_tr, shuffle=False, loss_heads=g_total, **recipe)
         gen = torch.Generator().manual_seed(seed * 1000 + fold)
-        return adamw_logistic(x_tr, y_tr, generator=gen, **ADAMW_RECIPE).to(x_tr.dtype)  # type: ignore[arg-type]
+        return adamw_logistic(x_tr, y_tr, generator=gen, **recipe).to(x_tr.dtype)
 
     try:
         for start in range(0, g_total, chunk):
@@ -572,25 +753,40 @@ def _fit(
             for fold, (tr, te) in enumerate(splits):
                 tr_t = torch.as_tensor(tr, device=device)
                 te_t = torch.as_tensor(te, device=device)
-                x_tr, x_te, _, _ = _standardize(x[:, tr_t], x[:, te_t])
+                if exact:  # raw features, as the authors fit them
+                    x_tr, x_te = x[:, tr_t], x[:, te_t]
+                else:
+                    x_tr, x_te, _, _ = _standardize(x[:, tr_t], x[:, te_t])
                 w = solve(x_tr, y_all[tr_t], fold)
                 dec = torch.einsum("gnd,gd->gn", x_te, w[:, :-1]) + w[:, -1:]
-                fold_metrics = head_metrics(dec.detach().cpu().double().numpy(), labels[te])
+                # the authors predict float32 sigmoid(logit) > 0.5 (not quite logit > 0)
+                pred = (torch.sigmoid(dec) > 0.5).cpu().numpy() if exact else None
+                fold_metrics = head_metrics(dec.detach().cpu().double().numpy(), labels[te], pred)
                 for m in METRICS:
-                    sums[m][start:stop] += fold_metrics[m]
+                    ok = np.isfinite(fold_metrics[m])
+                    sums[m][start:stop] += np.where(ok, fold_metrics[m], 0.0)
+                    counts[m][start:stop] += ok
                 bar.update()
                 del x_tr, x_te
             if coef is not None:
-                x_s, _, mean, scale = _standardize(x, x[:, :0])
-                w = solve(x_s, y_all, folds)
-                w_orig = w[:, :-1] / scale[:, 0]
-                b_orig = w[:, -1] - (w_orig * mean[:, 0]).sum(dim=1)
-                coef[start:stop] = torch.cat([w_orig, b_orig[:, None]], 1).cpu().double().numpy()
+                if exact:
+                    coef[start:stop] = solve(x, y_all, folds).cpu().double().numpy()
+                else:
+                    x_s, _, mean, scale = _standardize(x, x[:, :0])
+                    w = solve(x_s, y_all, folds)
+                    w_orig = w[:, :-1] / scale[:, 0]
+                    b_orig = w[:, -1] - (w_orig * mean[:, 0]).sum(dim=1)
+                    both = torch.cat([w_orig, b_orig[:, None]], 1)
+                    coef[start:stop] = both.cpu().double().numpy()
                 bar.update()
             del x
     finally:
         bar.close()
-    metrics = {m: (v / folds).reshape(n_layers, n_heads) for m, v in sums.items()}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        metrics = {
+            m: np.where(counts[m] > 0, sums[m] / counts[m], np.nan).reshape(n_layers, n_heads)
+            for m in METRICS
+        }
     return _FitResult(metrics, coef, max_used, not_conv)
 
 
@@ -601,7 +797,8 @@ def fit_truth_scores(
     folds: int = 5,
     solver: Solver = "newton",
     l2: float = 1.0,
-    seed: int = 0,
+    seed: int | None = None,
+    groups: Any = None,
     model: str = "",
     dataset: str = "",
     device: str | torch.device | None = None,
@@ -616,12 +813,23 @@ def fit_truth_scores(
         acts: a :class:`~lineage_lens.activations.HeadActivations` (its labels are used), or an
             array/tensor ``[N, n_layers, n_heads, d_head]``.
         labels: ``[N]`` in {0, 1} (1 = truthful, the positive class); required for arrays.
-        folds: stratified folds (``StratifiedKFold(shuffle=True, random_state=seed)``).
-        solver: ``"newton"`` (exact L2 logistic regression, fast) or ``"adamw"`` (the paper's
-            recipe); see the module docstring.
+        folds: number of cross-validation folds, all shuffled with ``random_state=seed``:
+            ``StratifiedGroupKFold`` over ``groups`` when groups are known (so the truthful and
+            hallucinated answers of one source row never sit on both sides of a fold), else
+            ``StratifiedKFold``; ``solver="truthprobe"`` uses the authors' unstratified,
+            ungrouped ``KFold``.
+        solver: ``"newton"`` (exact L2 logistic regression), ``"adamw"`` (the paper's recipe on
+            our folds and standardised features) or ``"truthprobe"`` (the authors' published
+            procedure exactly); see the module docstring.
         l2: Newton's L2 penalty on the standardised weights (``1/C`` of scikit-learn; default
             ``1.0`` = ``C=1``).
-        seed: seeds the folds (and AdamW's shuffling); same seed -> identical scores.
+        seed: seeds the folds (and ``"adamw"``'s shuffling); same seed -> identical scores.
+            Default: 42 for ``"truthprobe"`` (the authors' default), 0 for the other solvers.
+        groups: ``[N]`` group label of each example (e.g. ``source_id``) for grouped folds;
+            default: the ``source_ids`` of a HeadActivations, none for arrays. At least
+            ``folds`` groups are needed (:class:`~lineage_lens.errors.ConfigError` otherwise).
+            Exact duplicate examples that could straddle folds are reported with
+            ``warnings.warn``. Not allowed with ``"truthprobe"`` (its folds are the authors').
         model, dataset: provenance stored in the result (``model`` defaults to the
             HeadActivations' model).
         device: torch device for the fits (default: the tensor's device, else CPU).
@@ -632,13 +840,15 @@ def fit_truth_scores(
     Returns:
         :class:`~lineage_lens.scores.TruthScores` with ``accuracy`` (the Truth Score),
         ``precision``, ``recall``, ``f1`` and ``auroc``, each ``[n_layers, n_heads]`` and averaged
-        over the folds.
+        over the folds (the mean of the fold values, as the authors aggregate; AUROC over the
+        folds whose test part holds both classes).
     """
     probe = HeadProbe(
         folds=folds,
         solver=solver,
         l2=l2,
         seed=seed,
+        groups=groups,
         device=device,
         refit=False,
         max_iter=max_iter,
@@ -650,6 +860,14 @@ def fit_truth_scores(
     return probe.scores_
 
 
+def _resolve_seed(solver: str, seed: int | None) -> int:
+    if seed is None:
+        return TRUTHPROBE_SEED if solver == "truthprobe" else 0
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer or None, got {seed!r}.")
+    return int(seed)
+
+
 class HeadProbe:
     """Scikit-learn-style estimator: one logistic probe per attention head.
 
@@ -657,7 +875,7 @@ class HeadProbe:
     :class:`~lineage_lens.scores.TruthScores`) and, with ``refit=True``, fits a final probe per
     head on all examples (``coef_ [L, H, d]``, ``intercept_ [L, H]``, in the original,
     unstandardised feature space; costs one more fit). See :func:`fit_truth_scores` for the
-    parameters.
+    parameters; ``groups`` here is the default for ``fit(..., groups=)``.
     """
 
     def __init__(
@@ -665,8 +883,9 @@ class HeadProbe:
         folds: int = 5,
         solver: Solver = "newton",
         l2: float = 1.0,
-        seed: int = 0,
+        seed: int | None = None,
         *,
+        groups: Any = None,
         device: str | torch.device | None = None,
         refit: bool = True,
         max_iter: int = 50,
@@ -678,6 +897,7 @@ class HeadProbe:
         self.solver = solver
         self.l2 = l2
         self.seed = seed
+        self.groups = groups
         self.device = device
         self.refit = refit
         self.max_iter = max_iter
@@ -696,12 +916,35 @@ class HeadProbe:
             raise ConfigError(f"tol must be > 0, got {self.tol!r}.")
 
     def fit(
-        self, acts: Any, labels: Any = None, *, model: str = "", dataset: str = ""
+        self,
+        acts: Any,
+        labels: Any = None,
+        *,
+        groups: Any = None,
+        model: str = "",
+        dataset: str = "",
     ) -> HeadProbe:
-        """Cross-validate (and optionally refit) a probe per head; returns ``self``."""
+        """Cross-validate (and optionally refit) a probe per head; returns ``self``.
+
+        ``groups`` (``[N]``, e.g. ``source_id``) overrides ``self.groups`` and the
+        ``source_ids`` of a HeadActivations; see :func:`fit_truth_scores`."""
         self._validate_params()
         arr, y, info = _as_arrays(acts, labels)
-        _check_folds(y, self.folds)
+        exact = self.solver == "truthprobe"
+        _check_folds(y, self.folds, stratified=not exact)
+        seed = _resolve_seed(self.solver, self.seed)
+        explicit = groups if groups is not None else self.groups
+        if exact and explicit is not None:
+            raise ConfigError(
+                "solver='truthprobe' reproduces the authors' folds (unstratified, ungrouped "
+                "KFold), so it takes no groups=; use solver='adamw' or 'newton' for grouped folds."
+            )
+        if exact:
+            group_arr = None
+        else:
+            chosen = explicit if explicit is not None else info.get("source_ids")
+            group_arr = _as_groups(chosen, len(y), self.folds)
+        _warn_duplicates(arr, group_arr, self.solver)
         device = _resolve_device(self.device, arr)
         t0 = time.perf_counter()
         n, n_layers, n_heads, d = arr.shape
@@ -721,7 +964,8 @@ class HeadProbe:
                 folds=self.folds,
                 solver=self.solver,
                 l2=float(self.l2),
-                seed=self.seed,
+                seed=seed,
+                groups=group_arr,
                 device=device,
                 refit=self.refit,
                 max_iter=self.max_iter,
@@ -738,15 +982,31 @@ class HeadProbe:
             log.warning(
                 "%d head fits did not converge within max_iter=%d", res.not_converged, self.max_iter
             )
+        if exact:
+            cv = "KFold (unstratified, ungrouped: the authors')"
+        elif group_arr is not None:
+            cv = "StratifiedGroupKFold (groups: source_id)"
+        else:
+            cv = "StratifiedKFold"
         meta: dict[str, Any] = {
             "positive_label": 1,
-            "standardize": "train-fold mean/std",
+            "cv": cv,
+            "standardize": "none (raw features)" if exact else "train-fold mean/std",
             "fit_seconds": round(elapsed, 3),
             "n_truthful": int(y.sum()),
             "n_hallucinated": int(len(y) - y.sum()),
         }
+        if group_arr is not None:
+            meta["n_groups"] = len(np.unique(group_arr))
         if self.solver == "newton":
             meta |= {"l2": float(self.l2), "max_newton_iter_used": res.max_iter_used}
+        elif exact:
+            meta |= {
+                "recipe": dict(ADAMW_RECIPE),
+                "batches": "index order",
+                "loss": f"mean BCE over batch and all {n_layers * n_heads} heads",
+                "threshold": "float32 sigmoid(logit) > 0.5",
+            }
         else:
             meta |= {"recipe": dict(ADAMW_RECIPE)}
         self.scores_ = TruthScores(
@@ -756,7 +1016,7 @@ class HeadProbe:
             n=int(n),
             folds=int(self.folds),
             solver=self.solver,
-            seed=int(self.seed),
+            seed=seed,
             meta=meta,
         )
         self.n_features_in_ = d

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from lineage_lens.errors import ConfigError, LineageLensError, ShapeMismatchError
@@ -112,8 +114,11 @@ def test_fits_head_activations_end_to_end(tiny_llama):
         for ans, label in (("on the mat", 1), ("in the tree", 0))
     ]
     acts = collect_head_activations(tiny_llama, examples, batch_size=8, dtype=torch.float32)
-    scores = fit_truth_scores(acts, folds=2, seed=0, progress=False)
+    # the ten rows are word for word the same: exact duplicates across source rows, reported
+    with pytest.warns(UserWarning, match="duplicate the activations of an example in another"):
+        scores = fit_truth_scores(acts, folds=2, seed=0, progress=False)
     assert scores.shape == (2, 4) and scores.n == 20 and scores.folds == 2
+    assert scores.meta["cv"].startswith("StratifiedGroupKFold") and scores.meta["n_groups"] == 10
 
 
 @pytest.mark.parametrize("hessian_dtype", [torch.float32, None])
@@ -241,3 +246,176 @@ def test_adamw_logistic_backends_agree_and_reject_bad_choices() -> None:
         adamw_logistic(xs, ys, backend="cuda")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"runs on the CPU, but the activations are on meta"):
         adamw_logistic(xs.to("meta"), ys.to("meta"), backend="numba")
+
+
+# --------------------------------------------------------------------------------------------
+# The authors' probe exactly (solver="truthprobe")
+# --------------------------------------------------------------------------------------------
+
+
+def authors_procedure(
+    x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 42, epochs: int = 200
+) -> dict[str, np.ndarray]:
+    """The TruthProbe ``vectorized_linear_probe`` procedure as described in issue 19, written
+    plainly: unstratified ``KFold(5, shuffle=True, random_state=42)`` over the example indices,
+    raw features, one zero-initialised ``W [L, H, d]`` and ``B [L, H]`` trained by one
+    ``torch.optim.AdamW`` (lr 1e-2, weight decay 1e-3) on the mean BCE-with-logits over
+    ``(batch, layer, head)``, mini-batches of 512 in index order, 200 epochs; prediction
+    ``sigmoid(logit) > 0.5``; each metric the mean of its fold values."""
+    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+    n, layers, heads, d = xt.shape
+    per_fold: dict[str, list[np.ndarray]] = {
+        "accuracy": [],
+        "precision": [],
+        "recall": [],
+        "f1": [],
+    }
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):
+        w = torch.zeros(layers, heads, d, requires_grad=True)
+        b = torch.zeros(layers, heads, requires_grad=True)
+        opt = torch.optim.AdamW([w, b], lr=1e-2, weight_decay=1e-3)
+        for _ in range(epochs):
+            for start in range(0, len(train), 512):
+                batch = train[start : start + 512]
+                logits = (xt[batch] * w).sum(-1) + b
+                target = yt[batch].float()[:, None, None].expand(-1, layers, heads)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            pred = (torch.sigmoid((xt[test] * w).sum(-1) + b) > 0.5).numpy()
+        for metric, fn in (
+            ("accuracy", accuracy_score),
+            ("precision", precision_score),
+            ("recall", recall_score),
+            ("f1", f1_score),
+        ):
+            kw = {} if metric == "accuracy" else {"zero_division": 0}
+            per_fold[metric].append(
+                np.array(
+                    [
+                        [fn(y[test], pred[:, layer, head], **kw) for head in range(heads)]
+                        for layer in range(layers)
+                    ]
+                )
+            )
+    return {m: np.mean(v, axis=0) for m, v in per_fold.items()}
+
+
+@pytest.mark.parametrize(
+    ("n", "batches"), [(90, 1), (700, 2), (1300, 3)], ids=["full-batch", "2-batches", "3-batches"]
+)
+def test_truthprobe_preset_equals_the_authors_procedure(n: int, batches: int) -> None:
+    """Same accuracy (and precision/recall/F1) per head as the plain all-heads-tensor procedure,
+    with one full batch and with 2 or 3 mini-batches per epoch (the last one short)."""
+    rng = np.random.default_rng(n)
+    x = (0.5 * rng.standard_normal((n, 2, 3, 8))).astype(np.float32)
+    y = (rng.random(n) < 0.45).astype(np.int64)
+    x[:, 1, 1, 0] += y - 0.5  # one informative head, the rest noise
+    x[:, 0, 2] += 1.0  # raw (not standardised) features: an offset the probe must learn
+    assert -(-(n - n // 5) // 512) == batches
+    ref = authors_procedure(x, y)
+    got = fit_truth_scores(x, y, solver="truthprobe", progress=False)
+    assert got.solver == "truthprobe" and got.seed == 42 and got.meta["cv"].startswith("KFold")
+    for metric, value in ref.items():
+        np.testing.assert_allclose(got.get(metric), value, atol=1e-6, err_msg=metric)
+    assert got.accuracy[1, 1] > 0.75  # the preset learned something: the check is not vacuous
+    assert np.isfinite(got.get("auroc")).all()
+
+
+def test_truthprobe_kernel_follows_one_all_heads_tensor_to_float32_rounding() -> None:
+    """``adamw_logistic(shuffle=False, loss_heads=G)`` gives the weights of the authors' single
+    ``[heads, d]`` tensor trained on the mean BCE over batch and heads (both backends), and the
+    head count matters (Adam's eps): per-head means give other weights."""
+    from lineage_lens.probing import adamw_logistic
+
+    torch.manual_seed(1)
+    heads, n, d, epochs, bs = 6, 70, 5, 40, 32
+    x = 1e-5 * torch.randn(heads, n, d)  # gradients near Adam's eps, where the scale matters
+    y = (torch.rand(n) < 0.4).float()
+    w = torch.zeros(heads, d, requires_grad=True)
+    b = torch.zeros(heads, requires_grad=True)
+    opt = torch.optim.AdamW([w, b], lr=1e-2, weight_decay=1e-3)
+    for _ in range(epochs):
+        for start in range(0, n, bs):
+            logits = (x[:, start : start + bs] * w[:, None]).sum(-1) + b[:, None]
+            target = y[start : start + bs].expand(heads, -1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ref = torch.cat([w.detach(), b.detach()[:, None]], 1)
+    for backend in ("numba", "torch"):
+        got = adamw_logistic(
+            x, y, epochs=epochs, batch_size=bs, shuffle=False, loss_heads=heads, backend=backend
+        )
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    per_head = adamw_logistic(x, y, epochs=epochs, batch_size=bs, shuffle=False)
+    assert (per_head - ref).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="loss_heads"):
+        adamw_logistic(x, y, loss_heads=0)
+
+
+def test_truthprobe_seed_refit_and_rejected_groups() -> None:
+    x, y = planted(n=100)
+    default = fit_truth_scores(x, y, solver="truthprobe", progress=False)
+    same = fit_truth_scores(x, y, solver="truthprobe", seed=42, progress=False)
+    np.testing.assert_array_equal(default.accuracy, same.accuracy)
+    assert fit_truth_scores(x, y, solver="truthprobe", seed=0, progress=False).seed == 0
+    with pytest.raises(ConfigError, match="takes no groups"):
+        fit_truth_scores(x, y, solver="truthprobe", groups=np.arange(100), progress=False)
+    probe = HeadProbe(solver="truthprobe", refit=True).fit(x, y)
+    assert (probe.predict(x)[:, 1, 2] == y).mean() > 0.85  # raw-space weights, no scaler
+
+
+# --------------------------------------------------------------------------------------------
+# Grouped folds (issue 20): duplicates and source rows must not straddle folds
+# --------------------------------------------------------------------------------------------
+
+
+def duplicated_noise(unique: int = 50, copies: int = 3, d: int = 32, seed: int = 0):
+    """Pure noise rows, each copied ``copies`` times with its label: nothing to learn, but a
+    probe that sees a copy in training recognises it in the test fold."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((unique, 2, 4, d)).astype(np.float32)
+    labels = rng.permutation(np.arange(unique) % 2)
+    rows = np.repeat(np.arange(unique), copies)
+    return base[rows], labels[rows], rows
+
+
+@pytest.mark.parametrize("solver", ["newton", "adamw"])
+def test_grouped_folds_remove_the_duplicate_leak(solver: str) -> None:
+    x, y, rows = duplicated_noise()
+    with pytest.warns(UserWarning, match=r"without groups=.*inflate"):
+        leaky = fit_truth_scores(x, y, solver=solver, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # copies share a group: no leak, no warning
+        grouped = fit_truth_scores(x, y, solver=solver, groups=rows, progress=False)
+    assert leaky.accuracy.mean() > 0.8  # the old, example-level folds memorise the copies
+    assert abs(grouped.accuracy.mean() - 0.5) < 0.08  # chance, as pure noise should be
+    assert grouped.meta["cv"].startswith("StratifiedGroupKFold") and grouped.meta["n_groups"] == 50
+
+
+def test_head_activations_fold_by_source_id_and_group_errors() -> None:
+    from lineage_lens.activations import HeadActivations
+
+    x, y, rows = duplicated_noise(unique=30)
+    ids = [f"row{r}" for r in rows]
+    acts = HeadActivations(x, y, ids, model="m")
+    direct = fit_truth_scores(x, y, groups=ids, progress=False)
+    via_acts = fit_truth_scores(acts, progress=False)  # source_ids are the groups
+    np.testing.assert_array_equal(direct.accuracy, via_acts.accuracy)
+    with pytest.raises(ConfigError, match="at least 5 groups"):
+        fit_truth_scores(x, y, groups=rows % 4, progress=False)
+    with pytest.raises(ShapeMismatchError, match="groups"):
+        fit_truth_scores(x, y, groups=rows[:-1], progress=False)
+    with pytest.warns(UserWarning, match="another group"):
+        fit_truth_scores(x, y, groups=np.arange(len(y)), progress=False)
+
+
+def test_no_duplicates_no_warning() -> None:
+    x, y = planted(n=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_truth_scores(x, y, folds=3, progress=False)
