@@ -172,11 +172,13 @@ def sweep_stale_tmp_dirs(parent: str | Path) -> list[Path]:
     left alone. Returns the removed paths.
     """
     parent = Path(parent)
-    if not parent.is_dir():
+    try:
+        entries = list(parent.iterdir())
+    except OSError:  # missing or unreadable: nothing of ours to sweep
         return []
     host = _host_tag()
     removed = []
-    for entry in parent.iterdir():
+    for entry in entries:
         match = _TMP_DIR_RE.search(entry.name)
         if not entry.name.startswith(".") or match is None or match["host"] != host:
             continue

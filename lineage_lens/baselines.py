@@ -22,6 +22,7 @@ the model's use of the context only where it clears the floor. Typical use::
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -90,14 +91,16 @@ def random_init_model(
     """
     if isinstance(model_or_dir, TransformerBridge):
         hf_model = model_or_dir.original_model
-        config = hf_model.config
+        config = copy.deepcopy(hf_model.config)
         model_class = type(hf_model)
         tokenizer = model_or_dir.tokenizer
+        boot_tokenizer = copy.deepcopy(tokenizer)  # exactly the bridge's, not shared with it
         label = model_label(model_or_dir)
         if device is None:
             device = next(model_or_dir.parameters()).device
     else:
         config, model_class, tokenizer = _config_class_tokenizer(model_or_dir)
+        boot_tokenizer = None  # load_model reads the saved files, as for the original
         label = Path(str(model_or_dir)).name or str(model_or_dir)
     if tokenizer is None:
         raise ModelLoadError(f"{label} has no tokenizer; load it with load_model().")
@@ -108,7 +111,7 @@ def random_init_model(
         hf_twin.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del hf_twin
-        twin = load_model(tmp, device=device, dtype=dtype)
+        twin = load_model(tmp, device=device, dtype=dtype, tokenizer=boot_tokenizer)
     twin.cfg.model_name = f"{label}-random-init-{seed}"
     log.info("Built a random-init twin of %s (seed %d)", label, seed)
     return twin
@@ -365,6 +368,13 @@ def probe_baselines(
     label = model_label(model)
     if scores is not None:
         scores.check_shape(head_geometry(model).shape, label)
+        if scores.n is not None and scores.n != len(examples):
+            log.warning(
+                "the given scores come from %d examples, the baselines from %d: a floor is only "
+                "comparable on the same examples",
+                scores.n,
+                len(examples),
+            )
     capture.setdefault("dtype", torch.float32)
     fit = {"folds": folds, "solver": solver, "seed": seed, "dataset": dataset, "progress": progress}
 
