@@ -186,8 +186,14 @@ def chair_command(
     synonyms: Path = typer.Option(
         None, "--synonyms", help="Object vocabulary file (default: vendored COCO)."
     ),
-    count_all: bool = typer.Option(
-        False, "--count-all", help="Count every mention (original CHAIR) instead of once."
+    once_per_caption: bool = typer.Option(
+        False,
+        "--count-once-per-caption",
+        help="Count each object class once per caption instead of every mention (the "
+        "reference CHAIR, default); changes CHAIR_i only.",
+    ),
+    _count_all: bool = typer.Option(
+        False, "--count-all", hidden=True, help="Deprecated: every mention is the default."
     ),
     model: str = typer.Option("", "--model", help="LLaVA-type model to caption images with."),
     images: Path = typer.Option(None, "--images", help="Image folder (with --model)."),
@@ -209,11 +215,12 @@ def chair_command(
     from lineage_lens.evals.chair import ObjectVocabulary, compute_chair
 
     vocab = ObjectVocabulary.from_synonyms_file(synonyms) if synonyms else None
+    counting = "once_per_caption" if once_per_caption else "every_mention"
     if captions is not None:
         if model:
             raise ConfigError("give either --captions (score a file) or --model, not both.")
         res = compute_chair(
-            captions, vocabulary=vocab, ground_truth=ground_truth, count_once=not count_all
+            captions, vocabulary=vocab, ground_truth=ground_truth, counting=counting
         )
         m = res.metrics
         typer.echo(
@@ -234,7 +241,7 @@ def chair_command(
         "batch_size": batch_size,
         "vocabulary": vocab,
         "ground_truth": ground_truth,
-        "count_once": not count_all,
+        "counting": counting,
     }
     _sweep(
         "chair", model, gate, alpha, sweep_alpha, norm, placement, control, out_dir, device, kwargs

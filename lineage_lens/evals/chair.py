@@ -1,33 +1,38 @@
-"""CHAIR: object hallucination in image captions (Rohrbach et al., 2018).
+"""CHAIR: object hallucination in image captions (Rohrbach et al., 2018), as published.
 
 For each caption, the objects it mentions are mapped to object classes (the 80 COCO classes by
 default) and compared with the image's ground-truth objects:
 
 * ``CHAIR_s``: fraction of captions that mention at least one object not in the image;
 * ``CHAIR_i``: hallucinated object mentions / all object mentions (over all captions);
-* ``recall``: ground-truth objects mentioned / all ground-truth objects (over all captions);
-* ``mean_length``: mean number of words per caption.
+* ``recall``: ground-truth classes mentioned / all ground-truth classes (over all captions), as
+  in the Python 3 ports of the reference that report it;
+* ``mean_length``: mean number of tokens per caption after two-word objects are joined (the
+  ports' ``Len``; punctuation tokens count).
 
-Caption processing follows the original CHAIR code:
+The default is the reference algorithm, ``utils/chair.py`` of LisaAnne/Hallucination, which the
+POPE repository and most MLLM papers reuse (our own implementation of the same steps):
 
-1. lowercase; split into words: runs of letters, hyphenated compounds kept whole as NLTK's
-   tokenizer does (``"remote-controlled"`` is one word and does not fire *remote*);
-2. singularise each word (:func:`singularize`: a small rule set plus irregular forms, checked
-   against the vocabulary; no ``pattern``/``nltk`` dependency);
-3. join multi-word phrases, longest first: every multi-word synonym of the vocabulary
-   (``"hot dog"``, ``"teddy bear"``, ``"motor bike"``, ``"cell phone"``, ``"stove top oven"``, ...)
-   plus the vocabulary's rewrite phrases (for COCO, as in the original: ``"baby bird"`` -> ``bird``
-   and ``"adult cow"`` -> ``cow`` so that *baby*/*adult* do not fire *person*, ``"passenger
-   jet"`` -> ``jet``, ``"toilet seat"`` -> ``toilet``, and ``"home plate"`` / ``"train track"``,
-   which are no objects);
-4. exclusions (COCO: ``seat`` is dropped from a caption that mentions ``toilet``);
-5. every remaining word or phrase that is a synonym is mapped to its class.
+1. lowercase the caption and tokenise it as NLTK's ``word_tokenize`` does (sentence split, then
+   the Treebank rules: ``"dog's"`` -> ``dog``, ``'s``; ``"hot-dog"`` and ``"cat/dog"`` stay one
+   token);
+2. singularise every token with the rules of ``pattern.en.singularize`` (:func:`singularize`),
+   quirks included: ``bus`` -> ``bu``, ``glass`` -> ``glas``, ``ties`` -> ``ty``, ``tennis`` ->
+   ``tenni``, ``canoes`` -> ``cano``;
+3. join pairs of consecutive words, left to right, that are in the two-word table
+   (:func:`coco_double_words`): ``"hot dog"``, ``"teddy bear"``, ``"cell phone"``, ...;
+   ``"baby bird"`` / ``"adult cow"`` -> the animal, ``"passenger jet"`` -> ``jet``, ``"bow tie"`` ->
+   ``tie``, ``"toilet seat"`` -> ``toilet``; ``"home plate"`` and ``"train track"`` are consumed
+   and are no object;
+4. drop ``seat`` when the caption also says ``toilet``;
+5. every remaining word that is in the synonym list (parsed as the reference does: lines split
+   on ``", "``, so ``" motor bike"`` with its leading space and ``"iPhone"`` never match) is a
+   mention of its class; **every mention counts**.
 
-Differences from the original, on purpose: phrases of any length are matched (the original only
-joins pairs, so its ``"stove top oven"`` never fires), and by default each class counts **once per
-caption** (``count_once=True``, as the lineage-lens issue asks; ``count_once=False`` counts every
-mention as the original does). Captions whose image has no ground truth are skipped and reported
-(``n_skipped``), or raise with ``on_missing="error"``.
+``counting="once_per_caption"`` counts each class once per caption instead (CHAIR_i then is
+hallucinated classes / mentioned classes; CHAIR_s and recall do not change). Every known
+difference from the reference is listed in ``docs/chair.md``. Captions whose image has no ground
+truth are skipped and reported (``n_skipped``), or raise with ``on_missing="error"``.
 
 The vocabulary (:class:`ObjectVocabulary`) and the ground truth are parameters, so another object
 vocabulary (for example the zoo's rendered objects) plugs in.
@@ -40,6 +45,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,123 +64,165 @@ log = logging.getLogger(__name__)
 CAPTION_PROMPT = "Please describe this image in detail."
 CAPTION_MAX_NEW_TOKENS = 64
 
-# ------------------------------------------------------------------------------ singularize
-#: Irregular plurals (and the few regular ones the rules get wrong).
-IRREGULAR_PLURALS: dict[str, str] = {
-    "people": "person",
-    "persons": "person",
-    "children": "child",
-    "men": "man",
-    "women": "woman",
-    "gentlemen": "gentleman",
-    "policemen": "policeman",
-    "firemen": "fireman",
-    "mice": "mouse",
-    "geese": "goose",
-    "feet": "foot",
-    "teeth": "tooth",
-    "oxen": "ox",
-    "knives": "knife",
-    "wives": "wife",
-    "lives": "life",
-    "leaves": "leaf",
-    "loaves": "loaf",
-    "halves": "half",
-    "calves": "calf",
-    "shelves": "shelf",
-    "wolves": "wolf",
-    "scarves": "scarf",
-    "buses": "bus",
-    "busses": "bus",
-    "minibuses": "minibus",
-    "tomatoes": "tomato",
-    "potatoes": "potato",
-    "ties": "tie",
-    "pies": "pie",
-    "cookies": "cookie",
-    "movies": "movie",
-    "hoodies": "hoodie",
-    "brownies": "brownie",
-    "dice": "die",
-    "skis": "ski",
-}
+#: How mentions are counted: every mention (the reference) or each class once per caption.
+Counting = Literal["every_mention", "once_per_caption"]
+COUNTINGS: tuple[str, ...] = ("every_mention", "once_per_caption")
 
-#: Words that look plural but are not (or whose plural is the same word).
-UNINFLECTED: frozenset[str] = frozenset(
-    {
-        "sheep",
-        "deer",
-        "fish",
-        "bison",
-        "series",
-        "species",
-        "scissors",
-        "pants",
-        "jeans",
-        "shorts",
-        "news",
-    }
+# ------------------------------------------------------------------------------ singularize
+# The noun rules of pattern.en.singularize (CLiPS Pattern 3.6, BSD; its rules adapted from Bermi
+# Ferrer's Inflector, MIT), which the reference CHAIR applies to every token. Kept as they are,
+# including the rules that misfire on singular words, because CHAIR's numbers depend on them.
+
+
+def _split(text: str) -> list[str]:
+    return text.split()
+
+
+#: Second halves of compounds that are singularised on their first half ("mothers-in-law").
+_COMPOUND_LINKS = frozenset(
+    _split(
+        "about above across after among around at athwart before behind below beneath beside "
+        "besides between betwixt beyond but by during except for from in into near of off on onto "
+        "out over since till to under until unto upon with"
+    )
+)
+#: A word that is the end of one of these is returned unchanged ("sheep" is not among them).
+_UNINFLECTED = _split(
+    "bison bream breeches britches carp chassis christmas clippers cod contretemps corps debris "
+    "diabetes djinn eland elk flounder gallows georgia graffiti headquarters herpes high-jinks "
+    "homework innings jackanapes mackerel measles mews mumps news pincers pliers proceedings "
+    "rabies salmon scissors series shears species swine swiss trout tuna whiting wildebeest "
+    # uncountable nouns
+    "advice bread butter cheese electricity equipment fruit furniture garbage gravel happiness "
+    "information ketchup knowledge love luggage mathematics mayonnaise meat mustard news "
+    "progress research rice sand software understanding water"
+)
+#: A word ending in one of these plus "s" is returned unchanged (Pattern 3.6: "cookies" stays;
+#: "^pie" and "^tie" are literal, so they never match and "ties" becomes "ty").
+_IE_WORDS = _split(
+    "alergie auntie beanie birdie bogie bombie collie cookie cutie doggie eyrie freebie goonie "
+    "groupie hankie hippie hoagie hottie indie junkie laddie laramie lingerie meanie newbie "
+    "nightie oldie ^pie pixie quickie reverie rookie softie sortie stoolie sweetie techie ^tie "
+    "toughie valkyrie veggie weenie yuppie zombie"
+)
+#: Irregular plural endings -> singular endings, tried in this order ("women" -> "woman").
+_IRREGULAR: tuple[tuple[str, str], ...] = tuple(
+    tuple(pair.split(":"))  # type: ignore[misc]
+    for pair in _split(
+        "atlantes:atlas atlases:atlas axes:axe beeves:beef brethren:brother children:child "
+        "corpora:corpus corpuses:corpus ephemerides:ephemeris feet:foot ganglia:ganglion "
+        "geese:goose genera:genus genii:genie graffiti:graffito helves:helve kine:cow "
+        "leaves:leaf loaves:loaf men:man mongooses:mongoose monies:money moves:move "
+        "mythoi:mythos numena:numen occipita:occiput octopodes:octopus opera:opus opuses:opus "
+        "our:my oxen:ox penes:penis penises:penis people:person sexes:sex "
+        "soliloquies:soliloquy teeth:tooth testes:testis trilbys:trilby turves:turf zoa:zoon"
+    )
+)
+#: Suffix rules, the first that matches wins; the flag marks a case-insensitive rule (the -ves rules
+#: of the original are case-sensitive). ``[octop|vir]`` and ``[m|l]`` are character classes in
+#: the original too ("spaghetti" -> "spaghettus", "slice" -> "slouse").
+_RULES_SPEC: tuple[tuple[str, str, bool], ...] = (
+    (r"(.)ae$", r"\1a", True),
+    (r"(.)itis$", r"\1itis", True),
+    (r"(.)eaux$", r"\1eau", True),
+    (r"(quiz)zes$", r"\1", True),
+    (r"(matr)ices$", r"\1ix", True),
+    (r"(ap|vert|ind)ices$", r"\1ex", True),
+    (r"^(ox)en", r"\1", True),
+    (r"(alias|status)es$", r"\1", True),
+    (r"([octop|vir])i$", r"\1us", True),
+    (r"(cris|ax|test)es$", r"\1is", True),
+    (r"(shoe)s$", r"\1", True),
+    (r"(o)es$", r"\1", True),
+    (r"(bus)es$", r"\1", True),
+    (r"([m|l])ice$", r"\1ouse", True),
+    (r"(x|ch|ss|sh)es$", r"\1", True),
+    (r"(m)ovies$", r"\1ovie", True),
+    (r"(.)ombies$", r"\1ombie", True),
+    (r"(s)eries$", r"\1eries", True),
+    (r"([^aeiouy]|qu)ies$", r"\1y", True),
+    (r"([aeo]l)ves$", r"\1f", False),
+    (r"([^d]ea)ves$", r"\1f", False),
+    (r"arves$", r"arf", False),
+    (r"erves$", r"erve", False),
+    (r"([nlw]i)ves$", r"\1fe", False),
+    (r"([lr])ves$", r"\1f", True),
+    (r"([aeo])ves$", r"\1ve", False),
+    (r"(sive)s$", r"\1", True),
+    (r"(tive)s$", r"\1", True),
+    (r"(hive)s$", r"\1", True),
+    (r"([^f])ves$", r"\1fe", True),
+    (r"(^analy)ses$", r"\1sis", True),
+    (r"((a)naly|(b)a|(d)iagno|(p)arenthe|(p)rogno|(s)ynop|(t)he)ses$", r"\1\2sis", True),
+    (r"(.)opses$", r"\1opsis", True),
+    (r"(.)yses$", r"\1ysis", True),
+    (r"(h|d|r|o|n|b|cl|p)oses$", r"\1ose", True),
+    (r"(fruct|gluc|galact|lact|ket|malt|rib|sacchar|cellul)ose$", r"\1ose", True),
+    (r"(.)oses$", r"\1osis", True),
+    (r"([ti])a$", r"\1um", True),
+    (r"(n)ews$", r"\1ews", True),
+    (r"s$", "", True),
+)
+_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p, re.IGNORECASE if ci else 0), r) for p, r, ci in _RULES_SPEC
 )
 
 
-def _plural_candidates(w: str) -> list[str]:
-    """Singular candidates of a regular plural, the default first."""
-    if w.endswith("ies"):
-        return [w[:-3] + "y", w[:-1]]  # cherries -> cherry, (ties -> tie)
-    if w.endswith("ves"):
-        return [w[:-1], w[:-3] + "f", w[:-3] + "fe"]  # gloves -> glove, (shelves -> shelf)
-    if w.endswith(("sses", "shes", "ches", "xes", "zes")):
-        return [w[:-2], w[:-1]]  # glasses -> glass, benches -> bench, boxes -> box
-    if w.endswith("oes"):
-        return [w[:-1], w[:-2]]  # shoes -> shoe, (tomatoes -> tomato)
-    return [w[:-1]]  # cars -> car, skis -> ski, horses -> horse, vases -> vase
+@lru_cache(maxsize=65536)
+def singularize(word: str) -> str:
+    """The singular of a word as ``pattern.en.singularize`` (Pattern 3.6) gives it.
 
-
-def singularize(word: str, vocabulary: Iterable[str] | None = None) -> str:
-    """The singular of an English noun, good enough for object vocabularies such as COCO's.
-
-    Irregular forms come from :data:`IRREGULAR_PLURALS` (``people`` -> ``person``, ``mice`` ->
-    ``mouse``, ``knives`` -> ``knife``, ``buses`` -> ``bus``); :data:`UNINFLECTED` words and words
-    ending in ``ss``/``us``/``is`` (``glass``, ``bus``, ``tennis``) are kept; other words ending in
-    ``s`` get a suffix rule (``benches`` -> ``bench``, ``cherries`` -> ``cherry``, ``skis`` ->
-    ``ski``). With a ``vocabulary``, a word already in it is kept (``scissors``) and the first rule
-    candidate that is in it wins (``ties`` -> ``tie`` rather than ``ty``).
+    This is the reference CHAIR's singulariser, applied to every token (not only nouns), with its
+    misfires: ``"bus"`` -> ``"bu"``, ``"glass"`` -> ``"glas"``, ``"tennis"`` -> ``"tenni"``,
+    ``"ties"`` -> ``"ty"``, ``"canoes"`` -> ``"cano"``, ``"cookies"`` unchanged. Plurals that
+    matter for COCO come out right: ``people`` -> ``person``, ``women`` -> ``woman``, ``mice`` ->
+    ``mouse``, ``knives`` -> ``knife``, ``buses`` -> ``bus``, ``glasses`` -> ``glass``,
+    ``benches`` -> ``bench``, ``skis`` -> ``ski``, ``cherries`` -> ``cherry``.
     """
-    w = word.lower()
-    vocab = (
-        vocabulary
-        if vocabulary is None or isinstance(vocabulary, (set, frozenset))
-        else set(vocabulary)
-    )
-    if w in IRREGULAR_PLURALS:
-        return IRREGULAR_PLURALS[w]
-    if vocab is not None and w in vocab:
-        return w
-    if (
-        w in UNINFLECTED
-        or len(w) <= 3
-        or not w.endswith("s")
-        or w.endswith(("ss", "us", "is", "ics"))
-    ):
-        return w
-    candidates = _plural_candidates(w)
-    if vocab is not None:
-        for cand in candidates:
-            if cand in vocab:
-                return cand
-    return candidates[0]
+    if "-" in word:
+        parts = word.split("-")
+        if parts[1] in _COMPOUND_LINKS:  # mothers-in-law -> mother-in-law
+            return singularize(parts[0]) + "-" + "-".join(parts[1:])
+    if word.endswith("'"):  # dogs' -> dog's
+        return singularize(word[:-1]) + "'s"
+    low = word.lower()
+    if any(u.endswith(low) for u in _UNINFLECTED):
+        return word
+    if any(low.endswith(ie + "s") for ie in _IE_WORDS):
+        return low
+    for plural, singular in _IRREGULAR:
+        if low.endswith(plural):
+            return re.sub(f"(?i){plural}$", singular, word)
+    for pattern, replacement in _RULES:
+        if pattern.search(word):
+            return pattern.sub(replacement, word, count=1)
+    return word
 
 
-_WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
+# ------------------------------------------------------------------------------ tokenize
+@lru_cache(maxsize=1)
+def _nltk_tokenizers() -> tuple[Any, Any]:
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    return PunktSentenceTokenizer(), NLTKWordTokenizer()
 
 
 def tokenize(caption: str) -> list[str]:
-    """Lowercased words of a caption: runs of ASCII letters, hyphenated compounds kept whole."""
-    return _WORD.findall(caption.lower())
+    """The lowercased tokens of a caption as the reference CHAIR gets them.
+
+    ``nltk.word_tokenize(caption.lower())``: Punkt sentence split, then NLTK's Treebank word
+    rules on each sentence (punctuation tokens included). The sentence splitter is Punkt without
+    NLTK's trained English parameters (which need a data download), so abbreviations such as
+    ``"e.g."`` end a sentence here; that changes only the abbreviation's own token.
+    """
+    sentences, words = _nltk_tokenizers()
+    text = caption.lower()
+    return [tok for sent in sentences.tokenize(text) for tok in words.tokenize(sent)]
 
 
 # ------------------------------------------------------------------------------ vocabulary
-#: COCO animal words: "baby X" / "adult X" mean the animal, not a person (original CHAIR rule).
+#: Animal words: "baby X" / "adult X" mean the animal, not a person (reference rule).
 COCO_ANIMAL_WORDS = (
     "bird",
     "cat",
@@ -189,23 +237,58 @@ COCO_ANIMAL_WORDS = (
     "animal",
     "cub",
 )
-#: "passenger X" is the vehicle, not a person (original CHAIR rule).
+#: "passenger X" is the vehicle, not a person (reference rule).
 COCO_VEHICLE_WORDS = ("jet", "train")
+#: The reference's two-word objects, each joined into one word (then matched as a synonym).
+COCO_DOUBLE_WORDS = (
+    "motor bike",
+    "motor cycle",
+    "air plane",
+    "traffic light",
+    "street light",
+    "traffic signal",
+    "stop light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "suit case",
+    "sports ball",
+    "baseball bat",
+    "baseball glove",
+    "tennis racket",
+    "wine glass",
+    "hot dog",
+    "cell phone",
+    "mobile phone",
+    "teddy bear",
+    "hair drier",
+    "potted plant",
+    "bow tie",
+    "laptop computer",
+    "stove top oven",
+    "home plate",
+    "train track",
+)
 
 
-def coco_rewrite_phrases() -> dict[str, str]:
-    """The original CHAIR's COCO special cases as phrase -> replacement word."""
-    phrases: dict[str, str] = {}
+def coco_double_words() -> dict[str, str]:
+    """The reference's COCO two-word table: singularised word pair -> the word it becomes.
+
+    Pairs are matched after singularisation, so ``"sports ball"`` (``sport ball``) and
+    ``"tennis racket"`` (``tenni racket``) never join (``ball`` and ``racket`` still fire alone),
+    ``"wine glas"`` is listed to catch ``"wine glass"``, and the three-word ``"stove top oven"``
+    never matches. ``"home plate"`` and ``"train track"`` are no synonym: joined, they drop out.
+    """
+    table = {w: w for w in COCO_DOUBLE_WORDS}
     for animal in COCO_ANIMAL_WORDS:
-        phrases[f"baby {animal}"] = animal
-        phrases[f"adult {animal}"] = animal
+        table[f"baby {animal}"] = animal
+        table[f"adult {animal}"] = animal
     for vehicle in COCO_VEHICLE_WORDS:
-        phrases[f"passenger {vehicle}"] = vehicle
-    phrases["bow tie"] = "tie"
-    phrases["toilet seat"] = "toilet"
-    phrases["home plate"] = "home plate"  # not an object: keeps "plate" from matching
-    phrases["train track"] = "train track"  # the tracks, not a train
-    return phrases
+        table[f"passenger {vehicle}"] = vehicle
+    table["bow tie"] = "tie"
+    table["toilet seat"] = "toilet"
+    table["wine glas"] = "wine glass"
+    return table
 
 
 @dataclass(frozen=True)
@@ -224,27 +307,47 @@ class ObjectVocabulary:
 
     Args:
         synonyms: surface word or phrase -> class (every class should map to itself).
-        phrases: extra multi-word phrase -> replacement word (e.g. ``"baby bird"`` -> ``"bird"``);
-            every multi-word synonym is a phrase automatically.
+        phrases: word sequence (singularised words joined by spaces) -> the word it becomes, e.g.
+            ``"baby bird"`` -> ``"bird"``; with ``phrases_from_synonyms`` every multi-word
+            synonym is a phrase too.
         exclusions: ``(trigger, dropped)`` pairs: when ``trigger`` is among a caption's words,
             ``dropped`` is ignored (COCO: ``("toilet", "seat")``).
         name: a label for reports.
+        phrases_from_synonyms: add every multi-word synonym to ``phrases`` (the COCO vocabulary
+            uses the reference's table only).
+        max_phrase_words: longest phrase matched (the reference joins pairs only: 2); default
+            the longest phrase.
+        exact: take synonyms and phrases as given (the reference's parsing: no lowercasing or
+            stripping); otherwise they are lowercased and stripped.
     """
 
     synonyms: dict[str, str]
     phrases: dict[str, str] = field(default_factory=dict)
     exclusions: tuple[tuple[str, str], ...] = ()
     name: str = "custom"
+    phrases_from_synonyms: bool = True
+    max_phrase_words: int | None = None
+    exact: bool = False
 
     def __post_init__(self) -> None:
         if not self.synonyms:
             raise ConfigError("an object vocabulary needs at least one class.")
-        self.synonyms = {k.lower().strip(): v.lower().strip() for k, v in self.synonyms.items()}
-        all_phrases = {k: k for k in self.synonyms if " " in k}
-        all_phrases.update({k.lower(): v.lower() for k, v in self.phrases.items()})
+
+        def norm(s: str) -> str:
+            return s if self.exact else s.lower().strip()
+
+        self.synonyms = {norm(k): norm(v) for k, v in self.synonyms.items()}
+        all_phrases = (
+            {k: k for k in self.synonyms if " " in k.strip()} if self.phrases_from_synonyms else {}
+        )
+        all_phrases.update({norm(k): norm(v) for k, v in self.phrases.items()})
         self.phrases = all_phrases
-        self._max_phrase = max((len(p.split()) for p in self.phrases), default=1)
-        self._vocab_words = set(self.synonyms) | {w for p in self.phrases for w in p.split()}
+        longest = max((len(p.split()) for p in self.phrases), default=1)
+        if self.max_phrase_words is not None:
+            if self.max_phrase_words < 1:
+                raise ConfigError(f"max_phrase_words must be >= 1, got {self.max_phrase_words}.")
+            longest = min(longest, self.max_phrase_words)
+        self._max_phrase = longest
 
     @property
     def classes(self) -> list[str]:
@@ -259,18 +362,30 @@ class ObjectVocabulary:
         phrases: Mapping[str, str] | None = None,
         exclusions: Sequence[tuple[str, str]] = (),
         name: str | None = None,
+        exact: bool = False,
+        **kwargs: Any,
     ) -> ObjectVocabulary:
-        """Read a synonyms file: one class per line, then its synonyms, comma separated."""
+        """Read a synonyms file: one class per line, then its synonyms, comma separated.
+
+        With ``exact`` the file is parsed as the reference CHAIR parses ``synonyms.txt``: each
+        line stripped and split on ``", "``, entries kept verbatim (``" motor bike"`` keeps its
+        leading space), and a synonym listed under two classes belongs to the later one.
+        Otherwise entries are split on commas, stripped and lowercased, and a synonym under two
+        classes is an error. ``kwargs`` go to the constructor.
+        """
         p = Path(path)
         if not p.is_file():
             raise DataError("synonyms file not found.", path=p)
         synonyms: dict[str, str] = {}
         for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-            words = [w.strip().lower() for w in line.split(",") if w.strip()]
+            if exact:
+                words = [w for w in line.strip().split(", ") if w]
+            else:
+                words = [w.strip().lower() for w in line.split(",") if w.strip()]
             if not words:
                 continue
             for w in words:
-                if w in synonyms and synonyms[w] != words[0]:
+                if not exact and w in synonyms and synonyms[w] != words[0]:
                     raise DataError(
                         f"synonym {w!r} belongs to both {synonyms[w]!r} and {words[0]!r}.",
                         path=p,
@@ -279,7 +394,14 @@ class ObjectVocabulary:
                 synonyms[w] = words[0]
         if not synonyms:
             raise DataError("synonyms file holds no classes.", path=p)
-        return cls(synonyms, dict(phrases or {}), tuple(exclusions), name or p.stem)
+        return cls(
+            synonyms,
+            dict(phrases or {}),
+            tuple(exclusions),
+            name or p.stem,
+            exact=exact,
+            **kwargs,
+        )
 
     @classmethod
     def from_classes(cls, classes: Iterable[str], name: str = "custom") -> ObjectVocabulary:
@@ -288,17 +410,23 @@ class ObjectVocabulary:
 
     @classmethod
     def coco(cls) -> ObjectVocabulary:
-        """The 80 COCO classes with the vendored CHAIR synonyms and the original COCO rules."""
+        """The 80 COCO classes as the reference CHAIR reads them: the vendored ``synonyms.txt``
+        parsed exactly, the two-word table (:func:`coco_double_words`, pairs only) and the
+        toilet/seat exclusion."""
         return cls.from_synonyms_file(
             resource_path("chair", "synonyms.txt"),
-            phrases=coco_rewrite_phrases(),
+            phrases=coco_double_words(),
             exclusions=(("toilet", "seat"),),
             name="coco",
+            exact=True,
+            phrases_from_synonyms=False,
+            max_phrase_words=2,
         )
 
     def words(self, caption: str) -> list[str]:
-        """The caption's processed words: tokenised, singularised, phrases joined."""
-        words = [singularize(w, self._vocab_words) for w in tokenize(caption)]
+        """The caption's processed words: tokenised, singularised, phrases joined (greedy, left
+        to right, longest first); exclusions are not applied."""
+        words = [singularize(w) for w in tokenize(caption)]
         out: list[str] = []
         i = 0
         while i < len(words):
@@ -313,9 +441,7 @@ class ObjectVocabulary:
                 i += 1
         return out
 
-    def mentions(self, caption: str) -> list[Mention]:
-        """Every object mention of ``caption``, in order (a class may repeat)."""
-        words = self.words(caption)
+    def _mentions(self, words: Sequence[str]) -> list[Mention]:
         present = set(words)
         dropped = {d for trigger, d in self.exclusions if trigger in present}
         return [
@@ -323,6 +449,10 @@ class ObjectVocabulary:
             for i, w in enumerate(words)
             if w in self.synonyms and w not in dropped
         ]
+
+    def mentions(self, caption: str) -> list[Mention]:
+        """Every object mention of ``caption``, in order (a class may repeat)."""
+        return self._mentions(self.words(caption))
 
 
 # ------------------------------------------------------------------------------ data files
@@ -448,9 +578,11 @@ class ChairResult:
     Attributes:
         metrics: ``chair_s, chair_i, recall, mean_length, n, n_mentions, n_hallucinated,
             n_skipped``.
-        per_caption: one row per scored caption: ``image_id, caption, n_words, mentioned``
-            (classes), ``hallucinated`` (classes), ``hallucinated_words``, ``ground_truth``,
-            ``chair_s``, ``chair_i``.
+        per_caption: one row per scored caption: ``image_id, caption, n_words`` (tokens),
+            ``mentioned`` and ``hallucinated`` (classes, each once), ``hallucinated_words``
+            (as counted: one entry per hallucinated mention, or per class with
+            ``once_per_caption``), ``n_mentions``, ``n_hallucinated`` (as counted),
+            ``ground_truth``, ``chair_s``, ``chair_i``.
         skipped_ids: image ids of captions without ground truth (not scored).
         config: vocabulary name and counting rule.
     """
@@ -510,12 +642,20 @@ class ChairResult:
         return ax
 
 
+def chair_i_of_counts(hallucinated: Sequence[float], mentioned: Sequence[float]) -> float:
+    """CHAIR_i of a set of captions from their per-caption counts (``per_caption``'s
+    ``n_hallucinated`` and ``n_mentions``): total hallucinated / total mentions, 0 without
+    mentions. For bootstrapping over captions."""
+    total = float(sum(mentioned))
+    return float(sum(hallucinated)) / total if total else 0.0
+
+
 def compute_chair(
     captions: str | Path | Iterable[Caption | Mapping[str, Any]],
     *,
     vocabulary: ObjectVocabulary | None = None,
     ground_truth: str | Path | Mapping[str, Iterable[str]] | None = None,
-    count_once: bool = True,
+    counting: Counting = "every_mention",
     on_missing: Literal["skip", "error"] = "skip",
 ) -> ChairResult:
     """CHAIR_s, CHAIR_i, recall and mean caption length of ``captions``.
@@ -523,12 +663,16 @@ def compute_chair(
     Args:
         captions: a caption file (see :func:`load_captions`), or records with ``image_id`` and
             ``caption``/``text``, or :class:`Caption` objects.
-        vocabulary: object vocabulary (default: COCO, :meth:`ObjectVocabulary.coco`).
+        vocabulary: object vocabulary (default: COCO as the reference reads it,
+            :meth:`ObjectVocabulary.coco`).
         ground_truth: ``{image_id: [classes]}`` or its JSON file (default: vendored COCO).
-        count_once: count each class once per caption (default) instead of every mention.
+        counting: ``"every_mention"`` (the reference CHAIR, default) or ``"once_per_caption"``
+            (each class counted once per caption; changes CHAIR_i only).
         on_missing: captions whose image has no ground truth are skipped and reported
             (``"skip"``) or raise :class:`DataError` (``"error"``).
     """
+    if counting not in COUNTINGS:
+        raise ConfigError(f"counting must be one of {COUNTINGS}, got {counting!r}.")
     if on_missing not in ("skip", "error"):
         raise ConfigError(f"on_missing must be 'skip' or 'error', got {on_missing!r}.")
     vocab = vocabulary or ObjectVocabulary.coco()
@@ -557,47 +701,44 @@ def compute_chair(
         if cap.image_id not in gt:
             continue
         truth = gt[cap.image_id]
-        mentions = vocab.mentions(cap.caption)
+        words = vocab.words(cap.caption)
+        mentions = vocab._mentions(words)
+        if counting == "once_per_caption":
+            first = {m.cls: m for m in reversed(mentions)}  # the first mention of each class
+            mentions = [m for m in mentions if first[m.cls] is m]
         classes = list(dict.fromkeys(m.cls for m in mentions))
-        hallucinated = [c for c in classes if c not in truth]
-        if count_once:
-            cap_mentions, cap_halluc = len(classes), len(hallucinated)
-        else:
-            cap_mentions = len(mentions)
-            cap_halluc = sum(m.cls not in truth for m in mentions)
-        n_mentions += cap_mentions
-        n_halluc += cap_halluc
-        covered = truth & set(classes)
+        halluc = [m for m in mentions if m.cls not in truth]
+        n_mentions += len(mentions)
+        n_halluc += len(halluc)
         n_gt += len(truth)
-        n_covered += len(covered)
+        n_covered += len(truth & set(classes))
         rows.append(
             {
                 "image_id": cap.image_id,
                 "caption": cap.caption,
-                "n_words": len(tokenize(cap.caption)),
+                "n_words": len(words),
                 "mentioned": classes,
-                "hallucinated": hallucinated,
-                "hallucinated_words": list(
-                    dict.fromkeys(m.word for m in mentions if m.cls not in truth)
-                ),
+                "hallucinated": list(dict.fromkeys(m.cls for m in halluc)),
+                "hallucinated_words": [m.word for m in halluc],
+                "n_mentions": len(mentions),
+                "n_hallucinated": len(halluc),
                 "ground_truth": sorted(truth),
-                "chair_s": int(bool(hallucinated)),
-                "chair_i": cap_halluc / cap_mentions if cap_mentions else 0.0,
+                "chair_s": int(bool(halluc)),
+                "chair_i": len(halluc) / len(mentions) if mentions else 0.0,
             }
         )
     frame = pd.DataFrame(rows)
-    n = len(frame)
     metrics = {
         "chair_s": float(frame["chair_s"].mean()),
         "chair_i": n_halluc / n_mentions if n_mentions else 0.0,
         "recall": n_covered / n_gt if n_gt else 0.0,
         "mean_length": float(frame["n_words"].mean()),
-        "n": n,
+        "n": len(frame),
         "n_mentions": n_mentions,
         "n_hallucinated": n_halluc,
         "n_skipped": len(skipped),
     }
-    config = {"vocabulary": vocab.name, "count_once": count_once, "on_missing": on_missing}
+    config = {"vocabulary": vocab.name, "counting": counting, "on_missing": on_missing}
     return ChairResult(metrics, frame, skipped, config)
 
 
@@ -688,7 +829,7 @@ def evaluate_chair(
     *,
     vocabulary: ObjectVocabulary | None = None,
     ground_truth: str | Path | Mapping[str, Iterable[str]] | None = None,
-    count_once: bool = True,
+    counting: Counting = "every_mention",
     **generate_kwargs: Any,
 ) -> ChairResult:
     """Caption images with :func:`generate_captions` and score them with :func:`compute_chair`.
@@ -705,7 +846,7 @@ def evaluate_chair(
         image_ids = sorted(gt_ids, key=lambda s: (len(str(s)), str(s)))
     captions = generate_captions(model, image_dir, image_ids, **generate_kwargs)
     result = compute_chair(
-        captions, vocabulary=vocabulary, ground_truth=ground_truth, count_once=count_once
+        captions, vocabulary=vocabulary, ground_truth=ground_truth, counting=counting
     )
     gate = generate_kwargs.get("gate")
     result.config["gate"] = None if gate is None else gate.params()
