@@ -113,13 +113,30 @@ def read_json_lines(path: Path, limit: int | None = None) -> list[tuple[int, dic
     if not path.is_file():
         raise DataError("file not found; pass the path of a JSON-lines file.", path=path)
     out: list[tuple[int, dict[str, Any]]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (closed below; decoded line by line)
+    except OSError as exc:
+        raise DataError(f"cannot read the file ({exc.strerror or exc}).", path=path) from exc
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"line is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}); save "
+                    "the file as UTF-8.",
+                    path=path,
+                    line=lineno,
+                ) from exc
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
+                if isinstance(exc, RecursionError):
+                    raise DataError(
+                        "line nests JSON too deeply to read.", path=path, line=lineno
+                    ) from exc
                 raise DataError(
                     f"line is not valid JSON ({exc.msg} at column {exc.colno}); each line must be "
                     "one JSON object.",
@@ -211,7 +228,7 @@ def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list
             )
         raw = obj["label"]
         key = raw.strip().lower() if isinstance(raw, str) else raw
-        if isinstance(key, bool) or key not in LABELS:
+        if isinstance(key, bool) or not isinstance(key, (str, int, float)) or key not in LABELS:
             raise DataError(
                 f"unknown label {raw!r}; use 'gold' (truthful) or 'hallucinated'.",
                 path=p,

@@ -9,6 +9,7 @@ built from and what lineage comparisons read. It also imports the paper's publis
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,14 +183,25 @@ class TruthScores:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
+                if not hasattr(data, "files"):
+                    raise DataError("a .npy array, not a .npz archive; rename it", path=path)
                 metrics = {k[7:]: data[k] for k in data.files if k.startswith("metric_")}
                 meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"not a lineage-lens scores file ({exc})", path=path) from exc
+        except DataError:
+            raise
+        except _UNREADABLE as exc:
+            raise DataError(
+                f"not a readable lineage-lens scores file ({type(exc).__name__}: {exc}); is it "
+                "truncated or of another format?",
+                path=path,
+            ) from exc
         if not metrics:
             raise DataError("no metric arrays (metric_*) in file", path=path)
+        if not isinstance(meta, dict):
+            raise DataError("the 'meta' entry is not a JSON object", path=path)
         extra = meta.pop("meta", {})
-        return cls(metrics, **{k: meta.get(k) for k in _META_KEYS if k in meta}, meta=extra)
+        kwargs = {k: meta.get(k) for k in _META_KEYS if k in meta}
+        return _build(path, metrics, **kwargs, meta=extra if isinstance(extra, dict) else {})
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the paper's ``cv5_head_metrics.csv`` layout (plus ``auroc`` when present)."""
@@ -203,9 +215,17 @@ class TruthScores:
         """Read a ``cv5_head_metrics.csv`` (``layer, head, accuracy, ...``) file."""
         path = Path(path)
         try:
-            frame = pd.read_csv(path)
-        except (OSError, pd.errors.ParserError) as exc:
-            raise DataError(f"cannot read CSV ({exc})", path=path) from exc
+            frame = pd.read_csv(path, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"not UTF-8 text (byte {exc.start}); is it a CSV file? Save it as UTF-8.", path=path
+            ) from exc
+        except pd.errors.EmptyDataError as exc:
+            raise DataError(
+                "the CSV file is empty; expected layer, head, accuracy, ...", path=path
+            ) from exc
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise DataError(f"cannot read CSV ({' '.join(str(exc).split())})", path=path) from exc
         missing = {"layer", "head", "accuracy"} - set(frame.columns)
         if missing:
             raise DataError(
@@ -213,6 +233,35 @@ class TruthScores:
                 path=path,
                 line=1,
             )
+        if frame.empty:
+            raise DataError("the CSV file has a header but no rows", path=path)
+        for col in ("layer", "head"):
+            values = pd.to_numeric(frame[col], errors="coerce")
+            bad = ~(values.notna() & (values >= 0) & (values % 1 == 0) & (values < 1_000_000))
+            if bad.any():
+                row = int(np.argmax(bad.to_numpy()))
+                raise DataError(
+                    f"column {col!r} must hold non-negative integers, got {frame[col].iloc[row]!r}",
+                    path=path,
+                    line=row + 2,
+                )
+            frame[col] = values.astype(np.int64)
+        for col in frame.columns:
+            if col in ("layer", "head") or frame[col].dtype != object:
+                continue
+            converted = pd.to_numeric(frame[col], errors="coerce")
+            text = converted.isna() & frame[col].notna()
+            if not text.any():
+                frame[col] = converted
+            elif col == "accuracy":
+                row = int(np.argmax(text.to_numpy()))
+                raise DataError(
+                    f"column 'accuracy' must hold numbers, got {frame[col].iloc[row]!r}",
+                    path=path,
+                    line=row + 2,
+                )
+        if not pd.api.types.is_numeric_dtype(frame["accuracy"]):
+            raise DataError("column 'accuracy' must hold numbers", path=path)
         n_layers, n_heads = int(frame["layer"].max()) + 1, int(frame["head"].max()) + 1
         if len(frame) != n_layers * n_heads or frame.duplicated(["layer", "head"]).any():
             raise DataError(
@@ -222,11 +271,13 @@ class TruthScores:
             )
         frame = frame.sort_values(["layer", "head"])
         metrics = {
-            m: frame[m].to_numpy(dtype=np.float64).reshape(n_layers, n_heads)
+            str(m): frame[m].to_numpy(dtype=np.float64).reshape(n_layers, n_heads)
             for m in frame.columns
             if m not in ("layer", "head") and pd.api.types.is_numeric_dtype(frame[m])
         }
-        return cls(metrics, model=model or path.stem, dataset=dataset, meta={"source": str(path)})
+        return _build(
+            path, metrics, model=model or path.stem, dataset=dataset, meta={"source": str(path)}
+        )
 
     @classmethod
     def from_npy(cls, path: str | Path, *, model: str = "", dataset: str = "") -> TruthScores:
@@ -234,14 +285,23 @@ class TruthScores:
         path = Path(path)
         try:
             arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read .npy ({exc})", path=path) from exc
+        except _UNREADABLE as exc:
+            raise DataError(
+                f"cannot read .npy ({type(exc).__name__}: {exc}); is it truncated?", path=path
+            ) from exc
+        if not isinstance(arr, np.ndarray):
+            arr.close()
+            raise DataError("a .npz archive, not a .npy array; rename it to .npz", path=path)
         if arr.ndim != 2:
             raise DataError(
                 f"expected a [n_layers, n_heads] array, got shape {arr.shape}", path=path
             )
-        return cls(
-            {"accuracy": arr}, model=model or path.stem, dataset=dataset, meta={"source": str(path)}
+        return _build(
+            path,
+            {"accuracy": arr},
+            model=model or path.stem,
+            dataset=dataset,
+            meta={"source": str(path)},
         )
 
     # ------------------------------------------------------------------- plot
@@ -270,16 +330,43 @@ class TruthScores:
         return ax
 
 
+#: What reading a damaged file may raise (truncated zip, empty file, bad header, bad JSON).
+_UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RecursionError)
+
+
+def _build(path: Path, metrics: dict[str, Any], **kwargs: Any) -> TruthScores:
+    """``TruthScores(metrics, **kwargs)`` with non-numeric or empty arrays as a DataError."""
+    for name, arr in metrics.items():
+        if not np.issubdtype(np.asarray(arr).dtype, np.number) or np.asarray(arr).dtype.kind == "c":
+            raise DataError(
+                f"metric {name!r} holds {np.asarray(arr).dtype} values, not real numbers", path=path
+            )
+        if np.asarray(arr).size == 0:
+            raise DataError(f"metric {name!r} is empty (shape {np.asarray(arr).shape})", path=path)
+    for key in ("n", "folds", "seed"):
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DataError(f"provenance {key!r} must be an integer, got {value!r}", path=path)
+    for key in ("model", "dataset", "solver"):
+        if kwargs.get(key) is not None and not isinstance(kwargs[key], str):
+            raise DataError(f"provenance {key!r} must be a string, got {kwargs[key]!r}", path=path)
+    try:
+        return TruthScores(metrics, **kwargs)
+    except ShapeMismatchError as exc:
+        raise DataError(str(exc), path=path) from exc
+
+
 def load_scores(path: str | Path, *, model: str = "", dataset: str = "") -> TruthScores:
     """Load scores from our ``.npz``, the paper's ``[L, H]`` ``.npy`` or a ``cv5_head_metrics.csv``."""
     path = Path(path)
     if not path.is_file():
         raise DataError("scores file not found", path=path)
-    if path.suffix == ".npz":
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
         return TruthScores.load(path)
-    if path.suffix == ".npy":
+    if suffix == ".npy":
         return TruthScores.from_npy(path, model=model, dataset=dataset)
-    if path.suffix == ".csv":
+    if suffix == ".csv":
         return TruthScores.from_csv(path, model=model, dataset=dataset)
     raise DataError("unknown scores format; use .npz (ours), .npy or .csv (the paper's)", path=path)
 

@@ -260,3 +260,72 @@ def test_chair_ground_truth_values_must_be_lists_of_class_names(tmp_path):
     path.write_bytes(b'{"1": ["caf\xe9"]}')
     with pytest.raises(DataError, match="not UTF-8"):
         load_ground_truth(path)
+
+
+# ------------------------------------------------------------ 6. loaders: one clear DataError
+
+
+def test_non_utf8_json_lines_name_file_and_line(tmp_path):
+    from lineage_lens.data import load_halueval_qa, load_truthprobe_jsonl
+    from lineage_lens.evals.pope import load_pope
+
+    path = tmp_path / "data.jsonl"
+    good = {"context": "c", "question": "q", "answer": "a", "label": "gold"}
+    path.write_bytes(json.dumps(good).encode() + b'\n{"context": "caf\xe9"}\n')
+    for load in (load_truthprobe_jsonl, load_halueval_qa, load_pope):
+        with pytest.raises(DataError, match=r"data\.jsonl:2: line is not UTF-8 .*0xe9"):
+            load(path)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(good).encode() + b"\n")
+    assert load_truthprobe_jsonl(bom)[0].label == 1  # a UTF-8 byte-order mark is fine
+    path.write_text(json.dumps({**good, "label": ["gold"]}) + "\n")
+    with pytest.raises(DataError, match="unknown label"):
+        load_truthprobe_jsonl(path)  # an unhashable label was a TypeError
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.npz", b"", "not a readable lineage-lens scores file"),
+        ("empty.npy", b"", "cannot read .npy"),
+        ("empty.csv", b"", "the CSV file is empty"),
+        (
+            "binary.csv",
+            bytes(range(256)) * 4,
+            r"cannot read CSV \(Error tokenizing data\. C error: Expected 1 fields in line 3, saw 2\)$",
+        ),
+        ("latin1.csv", b"layer,head,accuracy\n0,0,\xe9\n", "not UTF-8"),
+        ("header.csv", b"layer,head,accuracy\n", "header but no rows"),
+        ("text.csv", b"layer,head,accuracy\n0,0,high\n", "'accuracy' must hold numbers"),
+        ("neg.csv", b"layer,head,accuracy\n-1,0,0.5\n", "'layer' must hold non-negative"),
+        ("nan.csv", b"layer,head,accuracy\n0,,0.5\n", "'head' must hold non-negative"),
+        ("frac.csv", b"layer,head,accuracy\n0.5,0,0.5\n", "'layer' must hold non-negative"),
+    ],
+)
+def test_bad_score_files(tmp_path, name, content, message):
+    from lineage_lens.scores import load_scores
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_scores(path)
+
+
+def test_truncated_or_mislabelled_score_archives(tmp_path):
+    from lineage_lens.scores import load_scores
+
+    good = _scores().save(tmp_path / "good.npz")
+    data = good.read_bytes()
+    for cut in (10, len(data) // 2, len(data) - 5):
+        (tmp_path / "cut.npz").write_bytes(data[:cut])
+        with pytest.raises(DataError, match=r"cut\.npz: not a readable"):
+            load_scores(tmp_path / "cut.npz")
+    (tmp_path / "archive.npy").write_bytes(data)
+    with pytest.raises(DataError, match="not a .npy array"):
+        load_scores(tmp_path / "archive.npy")
+    np.save(tmp_path / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(DataError, match="not real numbers"):
+        load_scores(tmp_path / "strings.npy")
+    np.savez(tmp_path / "meta.npz", metric_accuracy=np.ones((2, 2)), meta=np.array("[1, 2]"))
+    with pytest.raises(DataError, match="not a JSON object"):
+        load_scores(tmp_path / "meta.npz")
