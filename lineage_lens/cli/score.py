@@ -30,8 +30,8 @@ def score(
     solver: str = typer.Option(
         "newton",
         help="'newton' (exact L2 logistic regression), 'adamw' (the paper's recipe on our "
-        "grouped folds, faster on a CPU) or 'truthprobe' (the authors' published probe exactly: "
-        "their KFold, raw features; with --seed 42 it reproduces their cv5_head_metrics.csv).",
+        "grouped folds, faster on a CPU) or 'truthprobe' (the authors' published probe "
+        "exactly: their unstratified KFold, raw features; --seed 42 gives their folds).",
     ),
     seed: int = typer.Option(0, help="Seed of the row split and the folds."),
     device: str | None = typer.Option(
