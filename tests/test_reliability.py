@@ -329,3 +329,24 @@ def test_truncated_or_mislabelled_score_archives(tmp_path):
     np.savez(tmp_path / "meta.npz", metric_accuracy=np.ones((2, 2)), meta=np.array("[1, 2]"))
     with pytest.raises(DataError, match="not a JSON object"):
         load_scores(tmp_path / "meta.npz")
+
+
+def test_result_cache_survives_bad_bytes_and_reports_a_full_disk(tmp_path, monkeypatch):
+    from lineage_lens.evals._common import ResultCache
+
+    path = tmp_path / "cache.jsonl"
+    path.write_bytes(
+        b'{"key": "a", "record": {"answer": "yes"}}\n\xff\xfe garbage\n{"key": "b", "rec'
+    )
+    cache = ResultCache(path)  # the undecodable and the truncated line are skipped
+    assert len(cache) == 1 and cache.get("a") == {"answer": "yes"}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache, "_fh", type("F", (), {"write": full, "close": lambda self: None})())
+    with pytest.raises(OutputError, match="No space left on device; free disk space"):
+        cache.put("c", {"answer": "no"})
+    assert cache.get("c") is None
+    with pytest.raises(OutputError, match="is a directory"):
+        ResultCache(tmp_path)

@@ -40,7 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._io import atomic_open
-from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.errors import ConfigError, DataError, OutputError
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import model_label
 
@@ -600,14 +600,24 @@ class ResultCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._data: dict[str, dict[str, Any]] = {}
+        if self.path.is_dir():
+            raise OutputError(f"cannot use {self.path} as a cache file: it is a directory.")
         if self.path.is_file():
-            with open(self.path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    try:
-                        obj = json.loads(line)
-                        self._data[str(obj["key"])] = obj["record"]
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        log.warning("%s:%d: unreadable cache line ignored", self.path, lineno)
+            try:
+                with open(self.path, "rb") as fh:
+                    lines = fh.read().split(b"\n")
+            except OSError as exc:
+                raise DataError(
+                    f"cannot read the cache ({exc.strerror or exc}).", path=path
+                ) from exc
+            for lineno, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line.decode("utf-8"))
+                    self._data[str(obj["key"])] = dict(obj["record"])
+                except (ValueError, KeyError, TypeError, RecursionError):  # incl. non-UTF-8
+                    log.warning("%s:%d: unreadable cache line ignored", self.path, lineno)
         self._fh: Any = None
 
     def __len__(self) -> int:
@@ -617,12 +627,18 @@ class ResultCache:
         return self._data.get(key)
 
     def put(self, key: str, record: Mapping[str, Any]) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._fh.write(json.dumps({"key": key, "record": record}) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # disk full, no permission, ...: a truncated last line is ignored
+            raise OutputError(
+                f"cannot append to the result cache {self.path}: {exc.strerror or exc}; free "
+                "disk space or pass another output directory (finished results stay cached)."
+            ) from exc
         self._data[key] = dict(record)
-        self._fh.write(json.dumps({"key": key, "record": record}) + "\n")
-        self._fh.flush()
 
     def close(self) -> None:
         if self._fh is not None:
