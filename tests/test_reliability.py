@@ -350,3 +350,57 @@ def test_result_cache_survives_bad_bytes_and_reports_a_full_disk(tmp_path, monke
     assert cache.get("c") is None
     with pytest.raises(OutputError, match="is a directory"):
         ResultCache(tmp_path)
+
+
+# ------------------------------------------- 5./6. the CLI: one line on stderr, exit 2, early
+
+
+def run_cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """Run ``lineage-lens ARGV`` through the real entry point; forbid loading any model."""
+    import sys
+
+    import lineage_lens.models
+    from lineage_lens.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(lineage_lens.models, "load_model", no_model)
+    monkeypatch.setattr(sys, "argv", ["lineage-lens", *argv])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+    import re
+
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--out", "{tmp}/scores.txt"], r"--out .*must end in \.npz"),
+        (["--out", "{tmp}/taken.npz"], "taken.npz: it is a directory"),
+        (["--csv", "{tmp}/x.npz"], r"--csv .*must end in \.csv"),
+        (["--solver", "lbfgs"], "unknown --solver 'lbfgs'"),
+        (["--folds", "1"], "--folds must be an integer >= 2"),
+        (["--folds", "50", "--n", "10"], "--folds 50 needs at least 50"),
+        (["--top", "0"], "--top must be an integer >= 1"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["--device", "tpu"], "unknown --device 'tpu'"),
+        (["--data", "{tmp}/missing.jsonl"], "no such file"),
+    ],
+)
+def test_score_checks_options_before_any_capture(tmp_path, capsys, monkeypatch, extra, pattern):
+    (tmp_path / "taken.npz").mkdir()
+    argv = ["score", "--model", "whatever", "--out", str(tmp_path / "scores.npz"), "--n", "20"]
+    argv += [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    code, _, err = run_cli(argv, capsys, monkeypatch)
+    assert_one_line_error(code, err, pattern)
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.npz"]  # nothing written

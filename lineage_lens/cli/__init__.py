@@ -42,5 +42,10 @@ def main() -> None:
     try:
         app()
     except LineageLensError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)
         raise SystemExit(2) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (its whitespace runs, newlines included, as one space)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -40,11 +40,28 @@ def score(
     top: int = typer.Option(10, help="How many top heads to print."),
 ) -> None:
     """Probe every head's hook_z at the answer's last token and write its Truth Scores."""
+    from lineage_lens.cli._checks import check_at_least, check_device, check_output
+    from lineage_lens.errors import ConfigError
     from lineage_lens.models import load_model
     from lineage_lens.pipeline import probing_examples, score_model
+    from lineage_lens.probing import SOLVERS
 
+    # Every option is checked before the (minutes-long) capture, and before anything is written.
+    check_output(out, (".npz",), "--out")
+    check_output(csv, (".csv",), "--csv")
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown --solver {solver!r}; use one of {', '.join(SOLVERS)}.")
+    check_at_least(folds, "--folds", 2)
+    check_at_least(top, "--top", 1)
+    check_at_least(n, "--n", 1)
+    check_at_least(batch_size, "--batch-size", 1)
+    device = check_device(device)
     start = time.perf_counter()
     examples = probing_examples(data, n=n, seed=seed)
+    units = len(examples) if solver == "truthprobe" else len({e.source_id for e in examples})
+    if folds > units:
+        what = "examples" if solver == "truthprobe" else "source rows (folds are grouped by them)"
+        raise ConfigError(f"--folds {folds} needs at least {folds} {what}; the data has {units}.")
     bridge = load_model(model, device=device)
     scores, _ = score_model(
         bridge,
