@@ -18,7 +18,7 @@ import json
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from lineage_lens.evals._common import paired_auroc_delta
+from lineage_lens.stats import paired_auroc_delta
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,10 +41,10 @@ from experiments._common import (
 )
 from experiments._zoo import ANCESTOR, DESCENDANTS, zoo_lineage
 from lineage_lens.data import PAPER_TEMPLATE
-from lineage_lens.evals import paired_bootstrap_delta, proportion_ci
 from lineage_lens.gating import TruthGate, control_scores
 from lineage_lens.models import load_model
 from lineage_lens.scores import TruthScores
+from lineage_lens.stats import paired_bootstrap_delta, proportion_ci
 from lineage_lens.zoo.world import heldout_counterfactual_items
 
 ALPHAS = {"test": (0.0, 2.0, 8.0), "demo": (0.0, 1.0, 2.0, 4.0, 8.0), "full": (0, 1, 2, 4, 8, 16)}

@@ -49,13 +49,13 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
-from lineage_lens.evals._common import paired_auroc_delta
 from lineage_lens.evals.halueval import evaluate_halueval
 from lineage_lens.gating import TruthGate, control_scores
 from lineage_lens.lineage import ScoreMatrix, compare_many
 from lineage_lens.models import cache_dir, gguf_to_hf_dir, load_model, packaged_model_path
 from lineage_lens.pipeline import probing_examples, score_model
 from lineage_lens.scores import TruthScores
+from lineage_lens.stats import paired_auroc_delta
 from lineage_lens.weights import weight_drift
 from lineage_lens.zoo import build_zoo, default_zoo_dir
 from lineage_lens.zoo.recipes import ANCESTOR as ANCESTOR_ALIAS

@@ -193,7 +193,7 @@ def test_gating_csv_holds_the_plotted_rates(report):
     ]
     assert row["context_following"].iloc[0] == pytest.approx(rate)
     # intervals: Wilson around every rate; paired changes equal the differences of the rates
-    from lineage_lens.evals import proportion_ci
+    from lineage_lens.stats import proportion_ci
 
     assert (frame["ci_low"] <= frame["context_following"]).all()
     assert (frame["context_following"] <= frame["ci_high"]).all()

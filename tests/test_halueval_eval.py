@@ -9,15 +9,10 @@ import pytest
 
 from lineage_lens.data import HaluEvalRow, load_halueval_qa, split_probe_eval
 from lineage_lens.errors import ConfigError, DataError
-from lineage_lens.evals._common import (
-    EvalResult,
-    ResultCache,
-    binary_metrics,
-    parse_yes_no,
-    yes_no_token_ids,
-)
+from lineage_lens.evals._common import EvalResult, ResultCache, parse_yes_no, yes_no_token_ids
 from lineage_lens.evals.halueval import eval_rows, evaluate_halueval, shown_answers
 from lineage_lens.gating import TruthGate
+from lineage_lens.stats import binary_metrics
 
 SHORT = "Is the answer hallucinated ? Answer yes or no ."
 ROWS = [
@@ -184,7 +179,7 @@ def test_shared_prefix_length_and_summary(tiny_gqa) -> None:
 def test_paired_auroc_delta() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from lineage_lens.evals._common import paired_auroc_delta
+    from lineage_lens.stats import paired_auroc_delta
 
     rng = np.random.default_rng(0)
     y = rng.random(200) > 0.5
@@ -210,7 +205,7 @@ def test_paired_auroc_delta() -> None:
 
 
 def test_paired_bootstrap_delta_of_a_mean_and_a_ratio() -> None:
-    from lineage_lens.evals import paired_bootstrap_delta
+    from lineage_lens.stats import paired_bootstrap_delta
 
     rng = np.random.default_rng(0)
     base = (rng.random(300) < 0.5).astype(float)
@@ -233,7 +228,7 @@ def test_paired_bootstrap_delta_of_a_mean_and_a_ratio() -> None:
 
 
 def test_proportion_ci_is_wilsons() -> None:
-    from lineage_lens.evals import proportion_ci
+    from lineage_lens.stats import proportion_ci
 
     p, lo, hi = proportion_ci(30, 100)
     # Wilson's interval at 95 %: centre (k + z^2/2) / (n + z^2)

@@ -8,15 +8,7 @@
   change or a rate is (paired bootstrap over the same examples; Wilson interval)
 """
 
-from lineage_lens.evals._common import (
-    EvalResult,
-    ResultCache,
-    binary_metrics,
-    paired_auroc_delta,
-    paired_bootstrap_delta,
-    parse_yes_no,
-    proportion_ci,
-)
+from lineage_lens.evals._common import EvalResult, ResultCache, parse_yes_no
 from lineage_lens.evals.chair import (
     Caption,
     ChairResult,
@@ -31,6 +23,12 @@ from lineage_lens.evals.chair import (
 from lineage_lens.evals.halueval import evaluate_halueval
 from lineage_lens.evals.pope import evaluate_pope, load_pope
 from lineage_lens.evals.runner import plot_sweep, run_sweep
+from lineage_lens.stats import (
+    binary_metrics,
+    paired_auroc_delta,
+    paired_bootstrap_delta,
+    proportion_ci,
+)
 
 __all__ = [
     "Caption",

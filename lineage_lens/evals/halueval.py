@@ -34,7 +34,6 @@ from lineage_lens.evals._common import (
     Mode,
     PromptItem,
     ResultCache,
-    binary_metrics,
     check_mode,
     encode_chat,
     gate_description,
@@ -42,6 +41,7 @@ from lineage_lens.evals._common import (
     run_prompts,
 )
 from lineage_lens.models import model_label
+from lineage_lens.stats import binary_metrics
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

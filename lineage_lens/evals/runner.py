@@ -27,7 +27,8 @@ import pandas as pd
 
 from lineage_lens._io import atomic_open, atomic_path
 from lineage_lens.errors import ConfigError
-from lineage_lens.evals._common import METRIC_NAMES, ResultCache
+from lineage_lens.evals._common import ResultCache
+from lineage_lens.stats import METRIC_NAMES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
