@@ -189,7 +189,7 @@ def test_huge_alpha_is_a_config_error_naming_alpha_and_the_largest_gate(tiny_dir
 def _scores():
     from lineage_lens.scores import TruthScores
 
-    return TruthScores({"accuracy": np.full((2, 4), 0.5)}, model="m")
+    return TruthScores({"accuracy": np.linspace(0.4, 0.9, 8).reshape(2, 4)}, model="m")
 
 
 def test_output_path_that_is_a_directory_or_under_a_file(tmp_path):
@@ -404,3 +404,73 @@ def test_score_checks_options_before_any_capture(tmp_path, capsys, monkeypatch, 
     code, _, err = run_cli(argv, capsys, monkeypatch)
     assert_one_line_error(code, err, pattern)
     assert [p.name for p in tmp_path.iterdir()] == ["taken.npz"]  # nothing written
+
+
+@pytest.fixture
+def scores_file(tmp_path_factory):
+    return _scores().save(tmp_path_factory.mktemp("scores") / "s.npz")
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["gate", "--scores", "{s}", "--alpha", "1e40", "--prompt", "x"], r"alpha=1e\+40 .*gate"),
+        (["gate", "--scores", "{s}", "--alpha", "1", "--prompt", "x", "--device", "tpu"], "tpu"),
+        (["gate", "--scores", "{bin}", "--alpha", "1", "--prompt", "x"], "cannot read CSV"),
+        (["gate", "--scores", "{latin}", "--alpha", "1", "--prompt", "x"], "not UTF-8"),
+        (["gate", "--scores", "{empty}", "--alpha", "1", "--prompt", "x"], "not a readable"),
+        (["eval", "halueval", "--device", "tpu", "--out-dir", "{tmp}/r"], "unknown --device"),
+        (["eval", "halueval", "--device", "cuda:7", "--out-dir", "{tmp}/r"], "no cuda device"),
+        (["eval", "halueval", "--out-dir", "{file}"], "is a file; pass a directory"),
+        (["eval", "halueval", "--limit", "0", "--out-dir", "{tmp}/r"], "--limit must be"),
+        (["eval", "halueval", "--mode", "guess", "--out-dir", "{tmp}/r"], "guess"),
+        (
+            [
+                "eval",
+                "halueval",
+                "--gate",
+                "{s}",
+                "--sweep-alpha",
+                "0,1e40",
+                "--out-dir",
+                "{tmp}/r",
+            ],
+            r"alpha=1e\+40",
+        ),
+        (["eval", "halueval", "--sweep-alpha", "0,2", "--out-dir", "{tmp}/r"], "need --gate"),
+        (
+            ["eval", "halueval", "--gate", "{s}", "--control", "bogus", "--out-dir", "{tmp}/r"],
+            "bogus",
+        ),
+        (["eval", "chair", "--captions", "{s}", "--out", "{tmp}/x.csv"], r"must end in \.json"),
+        (["compare", "{s}", "{s}", "--out", "{tmp}/c.txt"], r"must end in \.json"),
+        (["compare", "{s}", "{s}", "--n-resamples", "0"], "--n-resamples must be"),
+        (["drift", "--ancestor", "a", "--descendant", "b", "--plot", "{tmp}/p.xyz"], r"\.png"),
+        (["drift", "--ancestor", "a", "--descendant", "b", "--out", "{tmp}"], r"must end in \.npz"),
+        (["zoo", "build", "--threads", "0", "--out-dir", "{tmp}/z"], "--threads must be"),
+    ],
+)
+def test_cli_bad_options_are_one_line_errors(
+    tmp_path, scores_file, capsys, monkeypatch, argv, pattern
+):
+    import lineage_lens.weights
+    import lineage_lens.zoo
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(lineage_lens.weights, "weight_drift", no_work)
+    monkeypatch.setattr(lineage_lens.zoo, "build_zoo", no_work)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "bin.csv").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "latin.csv").write_bytes(b"layer,head,accuracy\n0,0,\xe9\n")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    names = {"s": scores_file, "tmp": tmp_path, "file": tmp_path / "file"}
+    names |= {k: tmp_path / f for k, f in (("bin", "bin.csv"), ("latin", "latin.csv"))}
+    names["empty"] = tmp_path / "empty.npz"
+    for key, value in names.items():
+        argv = [a.replace("{" + key + "}", str(value)) for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run_cli(argv, capsys, monkeypatch)
+    assert_one_line_error(code, err, pattern)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -37,12 +37,16 @@ def compare(
     out: Path | None = typer.Option(None, help="Also save the full comparison as JSON here."),
 ) -> None:
     """Correlate per-head scores of several models: Pearson/Spearman with CIs and p-values."""
+    from lineage_lens.cli._checks import check_at_least, check_output
     from lineage_lens.errors import ConfigError
     from lineage_lens.lineage import compare_many
     from lineage_lens.scores import load_scores
 
     if len(scores) < 2:
         raise ConfigError("compare needs at least two score files")
+    check_output(out, (".json",), "--out")
+    check_at_least(n_resamples, "--n-resamples", 1)
+    check_at_least(n_permutations, "--n-permutations", 1)
     if names:
         labels = [s.strip() for s in names.split(",")]
         if len(labels) != len(scores) or len(set(labels)) != len(labels):
@@ -112,8 +116,11 @@ def drift(
 ) -> None:
     """Per-head weight drift (W_Q/K/V/O, QK and OV circuits) from ancestor to descendant."""
     from lineage_lens._io import atomic_path
+    from lineage_lens.cli._checks import PLOT_SUFFIXES, check_output
     from lineage_lens.weights import weight_drift
 
+    check_output(out, (".npz",), "--out")
+    check_output(plot, PLOT_SUFFIXES, "--plot")
     result = weight_drift(ancestor, descendant)
     if out is not None:
         result.save(out)

@@ -54,10 +54,21 @@ def _sweep(
     device: str,
     task_kwargs: dict[str, Any],
 ) -> None:
+    from lineage_lens.cli._checks import check_at_least, check_device, check_output_dir
+    from lineage_lens.evals._common import check_mode
     from lineage_lens.evals.runner import run_sweep
+    from lineage_lens.gating import TruthGate
     from lineage_lens.models import load_model
     from lineage_lens.scores import load_scores
 
+    # Everything that can be checked without the model is checked before loading it.
+    check_output_dir(out_dir)
+    device_name = check_device(device)
+    if "mode" in task_kwargs:
+        check_mode(task_kwargs["mode"])
+    for key in ("batch_size", "limit", "n_probe"):
+        if task_kwargs.get(key) is not None:
+            check_at_least(task_kwargs[key], "--" + key.replace("_", "-"), 1)
     scores = load_scores(gate) if gate is not None else None
     if sweep_alpha:
         alphas = parse_floats(sweep_alpha)
@@ -66,7 +77,14 @@ def _sweep(
     else:
         alphas = [0.0]
     controls = [c.strip() for c in control.split(",") if c.strip()]
-    bridge = load_model(model, device=device or None)
+    if scores is None and (any(a != 0 for a in alphas) or controls):
+        raise ConfigError("gated settings (--sweep-alpha other than 0, --control) need --gate.")
+    for a in alphas:  # a bad alpha, norm, placement or control fails here, not mid-sweep
+        if scores is not None and a != 0:
+            truth = TruthGate(scores, alpha=a, norm=norm, placement=placement)  # type: ignore[arg-type]
+            for kind in controls:
+                truth.control(kind)  # type: ignore[arg-type]
+    bridge = load_model(model, device=device_name)
     frame = run_sweep(
         task,  # type: ignore[arg-type]
         bridge,
@@ -219,6 +237,9 @@ def chair_command(
     if captions is not None:
         if model:
             raise ConfigError("give either --captions (score a file) or --model, not both.")
+        from lineage_lens.cli._checks import check_output
+
+        check_output(out, (".json",), "--out")
         res = compute_chair(
             captions, vocabulary=vocab, ground_truth=ground_truth, counting=counting
         )

@@ -57,11 +57,13 @@ def gate_command(
     """Show the greedy continuation of PROMPT without and with the gate, and the gate summary."""
     import torch
 
+    from lineage_lens.cli._checks import check_device
     from lineage_lens.gating import TruthGate
     from lineage_lens.kvcache import kv_cache_ok
     from lineage_lens.models import load_model
     from lineage_lens.scores import load_scores
 
+    device = check_device(device) or ""
     truth_scores = load_scores(scores)
     gate = TruthGate(
         truth_scores,

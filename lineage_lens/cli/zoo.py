@@ -25,8 +25,13 @@ def build(
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
 ) -> None:
     """Build (or reuse) the members of a profile and print where they are."""
+    from lineage_lens.cli._checks import check_at_least, check_output_dir
     from lineage_lens.zoo import build_zoo
 
+    if threads is not None:
+        check_at_least(threads, "--threads", 1)
+    if out_dir is not None:
+        check_output_dir(out_dir)
     zoo = build_zoo(out_dir, profile, members=member or None, force=force, threads=threads)
     for name, m in zoo.members.items():
         state = "reused" if m.reused else f"built in {m.wall_time_s:.1f} s"
