@@ -44,12 +44,17 @@ from experiments._common import (
     save_figure,
 )
 from lineage_lens.errors import DataError
-from lineage_lens.evals import paired_bootstrap_delta, proportion_ci
-from lineage_lens.evals.chair import ChairResult, ObjectVocabulary, evaluate_chair
+from lineage_lens.evals.chair import (
+    ChairResult,
+    ObjectVocabulary,
+    chair_i_of_counts,
+    evaluate_chair,
+)
 from lineage_lens.evals.pope import evaluate_pope
 from lineage_lens.gating import TruthGate, control_scores
 from lineage_lens.models import load_model
 from lineage_lens.scores import TruthScores
+from lineage_lens.stats import paired_bootstrap_delta, proportion_ci
 from lineage_lens.zoo.images import CAPTION_PROMPT, OBJECTS
 from lineage_lens.zoo.train import VLM_PROMPT
 
@@ -172,8 +177,8 @@ class Outcomes:
         return cls(
             pope_correct=(said_yes == examples["label"].astype(bool)).to_numpy(dtype=float),
             adversarial=examples["split"].str.endswith("pope_adversarial.json").to_numpy(),
-            hallucinated=caps["hallucinated"].map(len).to_numpy(dtype=float),
-            mentioned=caps["mentioned"].map(len).to_numpy(dtype=float),
+            hallucinated=caps["n_hallucinated"].to_numpy(dtype=float),
+            mentioned=caps["n_mentions"].to_numpy(dtype=float),
             caption_ids=tuple(caps["image_id"].astype(str)),
         )
 
@@ -192,7 +197,7 @@ class Outcomes:
         if self.mentioned.sum() > 0 and len(self.mentioned) > 1:
             ci = stats.bootstrap(
                 (self.hallucinated, self.mentioned),
-                chair_i,
+                chair_i_of_counts,
                 paired=True,
                 vectorized=False,
                 n_resamples=n_resamples,
@@ -201,12 +206,6 @@ class Outcomes:
             ).confidence_interval
             out |= {"chair_i_ci_low": float(ci.low), "chair_i_ci_high": float(ci.high)}
         return out
-
-
-def chair_i(hallucinated: np.ndarray, mentioned: np.ndarray) -> float:
-    """CHAIR_i of a set of captions from its per-caption counts (0 without mentions)."""
-    total = mentioned.sum()
-    return float(hallucinated.sum() / total) if total else 0.0
 
 
 def _changes(base: Outcomes, other: Outcomes, n_resamples: int) -> dict[str, float]:
@@ -222,7 +221,7 @@ def _changes(base: Outcomes, other: Outcomes, n_resamples: int) -> dict[str, flo
     )
     out |= dict(zip(("pope_delta", "pope_delta_ci_low", "pope_delta_ci_high"), d, strict=True))
     d = paired_bootstrap_delta(
-        chair_i,
+        chair_i_of_counts,
         (base.hallucinated, base.mentioned),
         (other.hallucinated, other.mentioned),
         n_resamples=n_resamples,

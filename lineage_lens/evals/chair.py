@@ -49,6 +49,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from lineage_lens._io import atomic_open
@@ -646,8 +647,8 @@ def chair_i_of_counts(hallucinated: Sequence[float], mentioned: Sequence[float])
     """CHAIR_i of a set of captions from their per-caption counts (``per_caption``'s
     ``n_hallucinated`` and ``n_mentions``): total hallucinated / total mentions, 0 without
     mentions. For bootstrapping over captions."""
-    total = float(sum(mentioned))
-    return float(sum(hallucinated)) / total if total else 0.0
+    total = float(np.sum(mentioned))
+    return float(np.sum(hallucinated)) / total if total else 0.0
 
 
 def compute_chair(
