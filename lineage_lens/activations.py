@@ -532,8 +532,12 @@ def collect_head_activations(
         raise ConfigError(f"position must be one of {POSITIONS}, got {position!r}.")
     if padding_side not in ("left", "right"):
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if dtype not in _NP_DTYPES:
         raise ConfigError(f"dtype must be one of {list(_NP_DTYPES)}, got {dtype}.")
     examples = list(examples)
@@ -626,7 +630,8 @@ def collect_head_activations(
 
     device = _model_device(model)
     # One small [batch, L, H, d_head] buffer on the model's device, copied to the host once per batch.
-    buf = torch.zeros((batch_size, L, H, D), dtype=torch.float32, device=device)
+    rows = max(len(b) for b in batches)  # not batch_size: batch_size=10**9 must not allocate it
+    buf = torch.zeros((rows, L, H, D), dtype=torch.float32, device=device)
     state: dict[str, Any] = {}
 
     def make_hook(layer: int):

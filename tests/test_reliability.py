@@ -474,3 +474,20 @@ def test_cli_bad_options_are_one_line_errors(
     code, _, err = run_cli(argv, capsys, monkeypatch)
     assert_one_line_error(code, err, pattern)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_batch_size_must_be_a_positive_integer_and_a_huge_one_is_harmless(tiny_llama):
+    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.evals._common import PromptItem, run_prompts
+
+    examples = _examples(3)
+    items = [PromptItem("a", (1, 2, 3))]
+    for bad in (2.5, 0, True, "4"):
+        with pytest.raises(ConfigError, match="batch_size must be"):
+            collect_head_activations(tiny_llama, examples, batch_size=bad, progress=False)
+        with pytest.raises(ConfigError, match="batch_size must be"):
+            run_prompts(tiny_llama, items, batch_size=bad, progress=False)
+    kw = {"dtype": torch.float32, "progress": False}
+    huge = collect_head_activations(tiny_llama, examples, batch_size=10**9, **kw)  # no 1e9 buffer
+    small = collect_head_activations(tiny_llama, examples, batch_size=1, **kw)
+    np.testing.assert_allclose(huge.acts, small.acts, atol=1e-5)

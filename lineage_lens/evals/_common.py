@@ -222,8 +222,12 @@ def run_prompts(
     those of the full prompts (tested to float tolerance); any hooks see only the new positions.
     """
     mode = check_mode(mode)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         raise DataError("prompt keys must be unique.")
