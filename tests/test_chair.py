@@ -22,6 +22,7 @@ from lineage_lens.evals.chair import (
     ChairResult,
     ObjectVocabulary,
     chair_i_of_counts,
+    coco_ground_truth,
     compute_chair,
     load_captions,
     load_ground_truth,
@@ -350,6 +351,41 @@ def test_synonyms_file_parsing(tmp_path) -> None:
     with pytest.raises(DataError, match=r"syn.txt:2: synonym 'kitten' belongs to both"):
         ObjectVocabulary.from_synonyms_file(f)
     assert ObjectVocabulary.from_synonyms_file(f, exact=True).synonyms["kitten"] == "dog"
+
+
+def test_coco_ground_truth_from_annotations(tmp_path) -> None:
+    cats = [{"id": 1, "name": "person"}, {"id": 6, "name": "bus"}, {"id": 18, "name": "dog"}]
+    instances = {
+        "categories": cats,
+        "annotations": [
+            {"image_id": 1, "category_id": 1},
+            {"image_id": 1, "category_id": 1},
+            {"image_id": 2, "category_id": 18},
+            {"image_id": 3, "category_id": 6},
+        ],
+    }
+    captions = {
+        "annotations": [
+            {"image_id": 1, "caption": "A man rides a bus."},  # "bus" -> "bu": no class
+            {"image_id": 1, "caption": "A kitten and a puppy."},  # cat, dog
+            {"image_id": 2, "caption": "Two buses and a hot dog."},  # bus, hot dog
+        ]
+    }
+    (tmp_path / "inst.json").write_text(json.dumps(instances))
+    (tmp_path / "caps.json").write_text(json.dumps(captions))
+    gt = coco_ground_truth(tmp_path / "inst.json", [tmp_path / "caps.json"], progress=False)
+    assert gt == {"1": ["cat", "dog", "person"], "2": ["bus", "dog", "hot dog"], "3": ["bus"]}
+    only = coco_ground_truth(
+        [tmp_path / "inst.json"], tmp_path / "caps.json", image_ids=[2], progress=False
+    )
+    assert only == {"2": ["bus", "dog", "hot dog"]}
+    instances["categories"][2]["name"] = "wolf"
+    (tmp_path / "inst.json").write_text(json.dumps(instances))
+    with pytest.raises(DataError, match="'wolf'"):
+        coco_ground_truth(tmp_path / "inst.json", progress=False)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(DataError, match="annotations"):
+        coco_ground_truth(tmp_path / "bad.json", progress=False)
 
 
 def test_caption_file_formats(tmp_path) -> None:

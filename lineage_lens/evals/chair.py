@@ -571,6 +571,77 @@ def load_ground_truth(
     return gt
 
 
+def _read_coco_json(path: str | Path, kind: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"COCO {kind} file not found.", path=p)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON ({exc.msg}).", path=p, line=exc.lineno) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"expected a COCO {kind} file with an 'annotations' list.", path=p)
+    return data
+
+
+def coco_ground_truth(
+    instances: str | Path | Sequence[str | Path],
+    captions: str | Path | Sequence[str | Path] = (),
+    *,
+    image_ids: Iterable[str | int] | None = None,
+    vocabulary: ObjectVocabulary | None = None,
+    progress: bool = True,
+) -> dict[str, list[str]]:
+    """Per-image ground-truth classes built as the reference CHAIR builds them.
+
+    The classes of an image are those of its COCO instance annotations (category name -> class
+    through the synonym list) plus every class its human captions mention, found with the same
+    word handling as the generated captions (:meth:`ObjectVocabulary.mentions`). The reference
+    reads the train and the val 2014 files together; pass both.
+
+    Args:
+        instances: ``instances_{train,val}2014.json`` path(s).
+        captions: ``captions_{train,val}2014.json`` path(s).
+        image_ids: keep only these images (default: every annotated image).
+        vocabulary: default COCO (:meth:`ObjectVocabulary.coco`).
+
+    Returns:
+        ``{image_id: sorted classes}``, the layout :func:`load_ground_truth` reads; write it with
+        ``json.dump`` to use it as ``ground_truth``.
+    """
+    from tqdm.auto import tqdm
+
+    vocab = vocabulary or ObjectVocabulary.coco()
+    keep = None if image_ids is None else {str(i) for i in image_ids}
+    gt: dict[str, set[str]] = {}
+    inst_paths = [instances] if isinstance(instances, (str, Path)) else list(instances)
+    cap_paths = [captions] if isinstance(captions, (str, Path)) else list(captions)
+    for path in inst_paths:
+        data = _read_coco_json(path, "instances")
+        names = {c["id"]: c["name"] for c in data.get("categories", [])}
+        for ann in data["annotations"]:
+            image = str(ann["image_id"])
+            if keep is not None and image not in keep:
+                continue
+            name = names.get(ann["category_id"])
+            if name not in vocab.synonyms:
+                raise DataError(
+                    f"category {ann['category_id']} ({name!r}) of image {image} is not in the "
+                    f"vocabulary {vocab.name!r}; use the synonym list of the annotations.",
+                    path=path,
+                )
+            gt.setdefault(image, set()).add(vocab.synonyms[name])
+    for path in cap_paths:
+        data = _read_coco_json(path, "captions")
+        anns = [a for a in data["annotations"] if keep is None or str(a["image_id"]) in keep]
+        for ann in tqdm(anns, disable=not progress, desc="ground-truth captions", unit="cap"):
+            classes = {m.cls for m in vocab.mentions(str(ann["caption"]))}
+            gt.setdefault(str(ann["image_id"]), set()).update(classes)
+    if not gt:
+        raise DataError("no annotations for the requested images in the COCO files.")
+    return {k: sorted(v) for k, v in gt.items()}
+
+
 # ------------------------------------------------------------------------------ metrics
 @dataclass
 class ChairResult:
