@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +46,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._io import atomic_open, atomic_path
+from lineage_lens.batching import (
+    MIN_SHARED_PREFIX,
+    fill_prefix_cache,
+    group_by_prefix,
+    model_device,
+    pad_batch,
+    pad_token_id,
+    run_on_prefix_cache,
+)
 from lineage_lens.data import (
     DEFAULT_TEMPLATE,
     ChatPromptTemplate,
@@ -397,30 +406,6 @@ class _StopForwardError(Exception):
     """Raised inside the last needed hook to skip the rest of the forward pass."""
 
 
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device(getattr(model.cfg, "device", None) or "cpu")
-
-
-def _pad_batch(
-    encoded: Sequence[EncodedPrompt], pad_id: int, side: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(input_ids, attention_mask, positions)`` of a padded batch."""
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    pos = torch.empty(len(encoded), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        n = len(e.input_ids)
-        start = width - n if side == "left" else 0
-        ids[i, start : start + n] = torch.tensor(e.input_ids)
-        mask[i, start : start + n] = 1
-        pos[i] = start + e.position
-    return ids, mask, pos
-
-
 def _fingerprint(parts: dict[str, Any], encoded: Sequence[EncodedPrompt], labels) -> str:
     h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode())
     for e, y in zip(encoded, labels, strict=True):
@@ -429,11 +414,7 @@ def _fingerprint(parts: dict[str, Any], encoded: Sequence[EncodedPrompt], labels
     return h.hexdigest()[:32]
 
 
-#: Shortest token prefix worth running once for several examples (see ``share_prefix``).
-MIN_SHARED_PREFIX = 16
-
-
-def _prefix_keys(encoded: Sequence[EncodedPrompt]) -> list[tuple[int, ...]]:
+def prefix_keys(encoded: Sequence[EncodedPrompt]) -> list[tuple[int, ...]]:
     """Per example, the tokens before its answer (empty when it has no answer span, a prefix
     shorter than :data:`MIN_SHARED_PREFIX`, or the probed token inside that prefix)."""
     keys = []
@@ -444,23 +425,12 @@ def _prefix_keys(encoded: Sequence[EncodedPrompt]) -> list[tuple[int, ...]]:
     return keys
 
 
-def _group_by_prefix(
-    keys: Sequence[tuple[int, ...]], indices: Iterable[int]
-) -> dict[tuple[int, ...] | int, list[int]]:
-    """``indices`` grouped by their prefix key, in first-seen order; an example without a
-    prefix is a group of its own (keyed by its index)."""
-    groups: dict[tuple[int, ...] | int, list[int]] = {}
-    for i in indices:
-        groups.setdefault(keys[i] or int(i), []).append(int(i))
-    return groups
-
-
 def _grouped_batches(
     keys: Sequence[tuple[int, ...]], lengths: np.ndarray, batch_size: int, sort: bool
 ) -> list[np.ndarray]:
     """Batches of whole groups of examples that share a prefix, longest first when ``sort``; a
     group larger than ``batch_size`` is split; examples without a prefix are batched apart."""
-    groups = _group_by_prefix(keys, range(len(keys)))
+    groups = group_by_prefix(keys, range(len(keys)))
     batches: list[list[int]] = []
     for shared in (True, False):  # never mix examples with and without a prefix in one batch
         parts = [
@@ -546,9 +516,7 @@ def collect_head_activations(
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ConfigError("the model has no tokenizer; load it with load_model().")
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
 
     template = _as_template(prompt_template)
     geo = head_geometry(model)
@@ -564,7 +532,7 @@ def collect_head_activations(
         raise DataError(f"a prompt has {longest} tokens, more than the model's n_ctx={n_ctx}.")
 
     lengths = np.array([len(e.input_ids) for e in encoded])
-    keys = _prefix_keys(encoded) if share_prefix else [()] * n
+    keys = prefix_keys(encoded) if share_prefix else [()] * n
     if any(keys) and not kv_cache_ok(model):
         keys = [()] * n  # the cache cannot be trusted here: full prompts (lineage_lens.kvcache)
     if any(keys):
@@ -628,7 +596,7 @@ def collect_head_activations(
             del acts
             return HeadActivations.load(out)
 
-    device = _model_device(model)
+    device = model_device(model)
     # One small [batch, L, H, d_head] buffer on the model's device, copied to the host once per batch.
     rows = max(len(b) for b in batches)  # not batch_size: batch_size=10**9 must not allocate it
     buf = torch.zeros((rows, L, H, D), dtype=torch.float32, device=device)
@@ -664,15 +632,16 @@ def collect_head_activations(
             for bi in range(done, len(batches)):
                 idx = batches[bi]
                 if keys[idx[0]] and len({keys[i] for i in idx}) < len(idx):
-                    idx = _forward_shared(model, hooks, state, encoded, keys, idx, pad_id, device)
+                    idx = _forward_shared(model, hooks, state, encoded, keys, idx, pad_id)
                 else:
-                    ids, mask, pos = _pad_batch([encoded[i] for i in idx], pad_id, padding_side)
+                    batch = pad_batch([encoded[i].input_ids for i in idx], pad_id, padding_side)
+                    pos = batch.offsets + torch.tensor([encoded[i].position for i in idx])
                     state["pos"], state["capture"] = pos.to(device), True
-                    kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
+                    kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask.to(device)}
                     if padding_side == "left":
-                        kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+                        kwargs["position_ids"] = batch.position_ids.to(device)
                     with contextlib.suppress(_StopForwardError):
-                        model.run_with_hooks(ids.to(device), fwd_hooks=hooks, **kwargs)
+                        model.run_with_hooks(batch.input_ids.to(device), fwd_hooks=hooks, **kwargs)
                 acts[idx] = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)
                 if out is not None:
                     acts.flush()
@@ -699,51 +668,34 @@ def _forward_shared(
     keys: Sequence[tuple[int, ...]],
     idx: np.ndarray,
     pad_id: int,
-    device: torch.device,
 ) -> np.ndarray:
-    """Run a batch whose examples share prefixes: each distinct prefix once (left-padded, to the
-    last layer's attention, which fills the key/value cache), then every example's own tokens on
-    its prefix's cache. Returns the example order of the captured rows."""
-    from transformers import DynamicCache
-
+    """Run a batch whose examples share prefixes: each distinct prefix once (to the last layer's
+    attention, which fills the key/value cache), then every example's own tokens on its prefix's
+    cache (:mod:`lineage_lens.batching`). Returns the example order of the captured rows."""
     if any(not keys[i] for i in idx):
         raise ConfigError("every example of a shared-prefix batch needs a prefix.")
-    groups = _group_by_prefix(keys, idx)
+    groups = group_by_prefix(keys, idx)
     order = [i for members in groups.values() for i in members]
-    row = torch.tensor([g for g, members in enumerate(groups.values()) for _ in members])
-    prefixes = [encoded[m[0]].input_ids[: len(keys[m[0]])] for m in groups.values()]
-    p_ids, p_mask, _ = _pad_batch(
-        [EncodedPrompt(list(p), len(p) - 1, (0, 0), (0, 0)) for p in prefixes], pad_id, "left"
-    )
-    cache = DynamicCache()
+    rows = [g for g, members in enumerate(groups.values()) for _ in members]
+
+    def forward(ids: Tensor, **kwargs: Any) -> None:
+        with contextlib.suppress(_StopForwardError):
+            model.run_with_hooks(ids, fwd_hooks=hooks, **kwargs)
+
     state["capture"] = False
-    with contextlib.suppress(_StopForwardError):
-        model.run_with_hooks(
-            p_ids.to(device),
-            fwd_hooks=hooks,
-            attention_mask=p_mask.to(device),
-            position_ids=(p_mask.cumsum(1) - 1).clamp(min=0).to(device),
-            past_key_values=cache,
-        )
-    cache.batch_select_indices(row.to(device))
-    suffixes = [
-        EncodedPrompt(
-            encoded[i].input_ids[len(keys[i]) :], encoded[i].position - len(keys[i]), (0, 0), (0, 0)
-        )
-        for i in order
-    ]
-    s_ids, s_mask, s_pos = _pad_batch(suffixes, pad_id, "right")
-    n_prefix = p_mask.sum(dim=1)[row]
-    positions = n_prefix[:, None] + torch.arange(s_ids.shape[1])[None, :]
-    state["pos"], state["capture"] = s_pos.to(device), True
-    with contextlib.suppress(_StopForwardError):
-        model.run_with_hooks(
-            s_ids.to(device),
-            fwd_hooks=hooks,
-            attention_mask=torch.cat([p_mask[row], s_mask], dim=1).to(device),
-            position_ids=positions.to(device),
-            past_key_values=cache,
-        )
+    prefix = fill_prefix_cache(
+        model, [keys[m[0]] for m in groups.values()], pad_id, forward=forward
+    )
+    suffix_pos = torch.tensor([encoded[i].position - len(keys[i]) for i in order])
+    state["pos"], state["capture"] = suffix_pos.to(model_device(model)), True
+    run_on_prefix_cache(
+        model,
+        prefix,
+        rows,
+        [encoded[i].input_ids[len(keys[i]) :] for i in order],
+        pad_id,
+        forward=forward,
+    )
     return np.array(order)
 
 

@@ -39,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._io import atomic_path
+from lineage_lens.batching import model_device, pad_batch, pad_token_id
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.models import attn_hook_name, head_geometry, model_label
 
@@ -341,13 +342,6 @@ class EvidenceAttention:
 # --------------------------------------------------------------------------------------------
 
 
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
 def image_token_id(model: Any) -> int:
     """The id of the image placeholder token of a LLaVA-type model."""
     cfg = getattr(getattr(model, "original_model", None), "config", None)
@@ -496,8 +490,8 @@ def evidence_attention(
         masks.append(mask)
         qpos.append(q)
 
-    device = _model_device(model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = model_device(model)
+    pad_id = pad_token_id(tok)
     per_example = np.zeros((n, L, H), dtype=np.float64)
     n_img = img_pos[0].size if img_pos else 0
     image_att = np.zeros((n, L, H, n_img), dtype=np.float32) if keep_image_attention else None
@@ -505,15 +499,10 @@ def evidence_attention(
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="evidence attention", disable=not progress, leave=False):
         idx = list(range(start, min(n, start + batch_size)))
-        width = max(len(ids_list[i]) for i in idx)
-        ids_t = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        att_mask = torch.zeros((len(idx), width), dtype=torch.long)
-        ev = torch.zeros((len(idx), width), dtype=torch.float32)
+        ids_t, att_mask, _, _ = pad_batch([ids_list[i] for i in idx], pad_id, "right")
+        ev = torch.zeros(ids_t.shape, dtype=torch.float32)
         for j, i in enumerate(idx):
-            m = len(ids_list[i])
-            ids_t[j, :m] = torch.tensor(ids_list[i])
-            att_mask[j, :m] = 1
-            ev[j, :m] = torch.from_numpy(masks[i].astype(np.float32))
+            ev[j, : len(ids_list[i])] = torch.from_numpy(masks[i].astype(np.float32))
         q_t = torch.tensor([qpos[i] for i in idx])
         rows = torch.arange(len(idx))
         img_t = (

@@ -168,7 +168,7 @@ def test_binary_metrics_auroc_is_threshold_free() -> None:
 
 def test_shared_prefix_length_and_summary(tiny_gqa) -> None:
     """The shared-prefix path itself is checked on every architecture in test_kv_cache.py."""
-    from lineage_lens.evals._common import shared_prefix_length
+    from lineage_lens.batching import shared_prefix_length
 
     assert shared_prefix_length([(1, 2, 3), (1, 2, 4, 5), (1, 2, 3, 9)]) == 2
     assert shared_prefix_length([(1, 2), (1, 2, 3)]) == 1  # one own token is always left

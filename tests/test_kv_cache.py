@@ -15,12 +15,8 @@ import pytest
 import torch
 
 from lineage_lens import kvcache
-from lineage_lens.activations import (
-    MIN_SHARED_PREFIX,
-    _prefix_keys,
-    collect_head_activations,
-    encode_examples,
-)
+from lineage_lens.activations import collect_head_activations, encode_examples, prefix_keys
+from lineage_lens.batching import MIN_SHARED_PREFIX
 from lineage_lens.data import ProbeExample
 from lineage_lens.evals._common import PromptItem, run_prompts
 from lineage_lens.gating import TruthGate
@@ -136,12 +132,12 @@ def test_shared_prefix_capture_equals_run_with_cache(arch_model, gated, monkeypa
 
     _, model = arch_model
     calls = []
-    real = activations._forward_shared
+    real = activations.run_on_prefix_cache
     monkeypatch.setattr(
-        activations, "_forward_shared", lambda *a, **k: calls.append(1) or real(*a, **k)
+        activations, "run_on_prefix_cache", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     examples = _paired_examples()
-    keys = _prefix_keys(encode_examples(model.tokenizer, examples))
+    keys = prefix_keys(encode_examples(model.tokenizer, examples))
     assert sum(len(k) >= MIN_SHARED_PREFIX for k in keys) == 8 and keys[-1] == ()
     gate = _gate(model) if gated else None
     with gate.applied(model) if gate else _nullcontext():

@@ -21,7 +21,6 @@ run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -34,11 +33,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._io import atomic_open
+from lineage_lens.batching import (
+    MIN_SHARED_PREFIX,
+    fill_prefix_cache,
+    model_device,
+    pad_batch,
+    pad_token_id,
+    run_on_prefix_cache,
+    shared_prefix_length,
+)
 from lineage_lens.errors import ConfigError, DataError, OutputError
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import model_label
@@ -57,9 +65,6 @@ MODES: tuple[str, ...] = ("logprob", "generate")
 
 YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
-
-#: Shortest common token prefix worth caching once in :func:`run_prompts`.
-MIN_SHARED_PREFIX = 16
 
 
 def check_mode(mode: str) -> Mode:
@@ -130,52 +135,6 @@ class PromptItem:
     key: str
     input_ids: tuple[int, ...]
     image: str | None = None
-
-
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device(getattr(model.cfg, "device", None) or "cpu")
-
-
-def pad_batch(
-    seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "left"
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """``(input_ids, attention_mask, position_ids)`` of a batch padded on ``side``; positions
-    restart at each row's first real token (0 on padding)."""
-    if not seqs or any(len(s) == 0 for s in seqs):
-        raise DataError("cannot batch an empty prompt.")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
-        ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, cols] = 1
-    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
-
-
-def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common token prefix, leaving every sequence at least one token."""
-    if not seqs:
-        return 0
-    first, n = seqs[0], min(len(s) for s in seqs) - 1
-    length = 0
-    while length < n and all(s[length] == first[length] for s in seqs):
-        length += 1
-    return length
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id
-    if pad is None:
-        raise ConfigError(
-            "the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token."
-        )
-    return int(pad)
 
 
 def gate_context(
@@ -258,7 +217,7 @@ def run_prompts(
     if not todo:
         return results
     tok = model.tokenizer
-    pad = _pad_id(tok)
+    pad = pad_token_id(tok)
     device = model_device(model)
     yes_ids, no_ids = yes_no_token_ids(tok)
     eos = tok.eos_token_id
@@ -274,22 +233,28 @@ def run_prompts(
     try:
         with gate_context(model, gate), torch.inference_mode():
             if use_prefix:
-                prefix_ids = torch.tensor([todo[0].input_ids[:n_prefix]], device=device)
-                _, prefix_cache = model(prefix_ids, return_type="logits_and_cache")
+                prefix_cache = fill_prefix_cache(model, [todo[0].input_ids[:n_prefix]], pad)
                 log.info("%s: %d shared prefix tokens computed once", desc, n_prefix)
             for batch in batches:
                 if use_prefix:
-                    recs = _logprob_after_prefix(
-                        model, [it.input_ids[n_prefix:] for it in batch], prefix_cache, n_prefix,
-                        pad, yes_ids, no_ids, device,
-                    )  # fmt: skip
+                    logits, suffixes = run_on_prefix_cache(
+                        model,
+                        prefix_cache,
+                        [0] * len(batch),
+                        [it.input_ids[n_prefix:] for it in batch],
+                        pad,
+                        keep_prefix=True,
+                    )
+                    last = (suffixes.attention_mask.sum(dim=1) - 1).to(device)
+                    rows = torch.arange(len(batch), device=device)
+                    recs = _yes_no_records(logits[rows, last], yes_ids, no_ids)
                     for it, rec in zip(batch, recs, strict=True):
                         results[it.key] = rec
                         if cache is not None:
                             cache.put(f"{prefix}:{it.key}", rec)
                     bar.update(len(batch))
                     continue
-                ids, mask, pos = pad_batch([it.input_ids for it in batch], pad)
+                ids, mask, pos, _ = pad_batch([it.input_ids for it in batch], pad)
                 kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
                 images = [it.image for it in batch]
                 if any(im is not None for im in images):
@@ -336,33 +301,6 @@ def _yes_no_records(
         {"log_p_yes": float(y), "log_p_no": float(n), "answer": "yes" if y > n else "no"}
         for y, n in zip(p_yes, p_no, strict=True)
     ]
-
-
-def _logprob_after_prefix(
-    model: TransformerBridge,
-    suffixes: Sequence[Sequence[int]],
-    prefix_cache: Any,
-    n_prefix: int,
-    pad: int,
-    yes_ids: list[int],
-    no_ids: list[int],
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    """Yes/no records of ``prefix + suffix`` prompts from the prefix's key/value cache."""
-    ids, mask, _ = pad_batch(suffixes, pad, side="right")
-    batch, width = ids.shape
-    past = copy.deepcopy(prefix_cache)  # the forward appends to the cache it is given
-    past.batch_repeat_interleave(batch)
-    full_mask = torch.cat([torch.ones(batch, n_prefix, dtype=torch.long), mask], dim=1)
-    positions = (n_prefix + torch.arange(width)).expand(batch, width)
-    logits = model(
-        ids.to(device),
-        attention_mask=full_mask.to(device),
-        position_ids=positions.to(device),
-        past_key_values=past,
-    )
-    last = (mask.sum(dim=1) - 1).to(device)
-    return _yes_no_records(logits[torch.arange(batch, device=device), last], yes_ids, no_ids)
 
 
 # ------------------------------------------------------------------------------ cache
