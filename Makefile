@@ -13,7 +13,7 @@ LATEST := .venv-latest
 TORCH_SPEC ?= torch==2.13.0
 PIP := -m pip install -q
 
-.PHONY: setup demo test lint format figures reproduce benchmarks clean lock test-latest
+.PHONY: setup demo test test-fast lint format figures reproduce benchmarks clean lock test-latest
 
 # Installs exactly the locked set: every requirement is resolved under the lock's pins.
 $(STAMP): pyproject.toml Makefile $(LOCK)
@@ -45,6 +45,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The fast tier alone (tests that build or load no model; under 2 minutes): for the edit-test loop.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not model"
 
 # Regenerates the lock from $(LOCK_FROM) (default .venv); run it only from an environment in which
 # `make test` (or `make test-latest`) has just passed, then commit constraints.txt.

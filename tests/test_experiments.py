@@ -26,6 +26,9 @@ from lineage_lens.cka import head_cka
 from lineage_lens.lineage import compare_scores, published_cross_dataset_scores
 from lineage_lens.weights import weight_drift as library_weight_drift
 
+#: Builds or loads models: the model tier (make test-fast skips it).
+pytestmark = pytest.mark.model
+
 FIGURE_NAMES = (
     "inheritance_published",
     "inheritance_zoo",

@@ -131,6 +131,7 @@ def _head_contributions(model, tokens, layer):
     return cache, contrib
 
 
+@pytest.mark.model  # the fixture is looked up by name
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gqa"])
 def test_gating_one_head_scales_only_its_contribution(request, model_name):
     model = request.getfixturevalue(model_name)

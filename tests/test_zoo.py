@@ -30,6 +30,9 @@ from lineage_lens.zoo.images import (
 from lineage_lens.zoo.recipes import profile_specs, recipe_hash
 from lineage_lens.zoo.world import INSTRUCT_TEMPLATE, World, world_probe_examples
 
+#: Builds or loads models: the model tier (make test-fast skips it).
+pytestmark = pytest.mark.model
+
 TINY = ["base", "instruct", "vlm", "control"]
 
 
