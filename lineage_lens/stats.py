@@ -5,7 +5,8 @@
 * :func:`proportion_ci` -- a rate with its Wilson score interval (``scipy.stats.binomtest``);
 * :func:`paired_bootstrap_delta` -- the change of any statistic between two settings scored on the
   same examples, with a paired bootstrap interval (``scipy.stats.bootstrap(paired=True)``);
-* :func:`paired_auroc_delta` -- the same for an AUROC, one or several settings per side.
+* :func:`paired_auroc_delta` -- the same for an AUROC, one or several settings per side;
+* :func:`chair_i_of_counts` -- CHAIR_i from per-caption counts (for bootstraps over captions).
 
 Inheritance statistics between Truth Score maps (correlations with CIs, permutation tests, top-k
 overlap) live in :mod:`lineage_lens.lineage`.
@@ -184,3 +185,11 @@ def proportion_ci(
         raise DataError(f"a proportion needs 0 <= successes <= n and n > 0, got {successes}/{n}.")
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level, method="wilson")
     return successes / n, float(ci.low), float(ci.high)
+
+
+def chair_i_of_counts(hallucinated: Sequence[float], mentioned: Sequence[float]) -> float:
+    """CHAIR_i of a set of captions from their per-caption counts (a CHAIR result's
+    ``per_caption`` ``n_hallucinated`` and ``n_mentions``): total hallucinated / total mentions,
+    0 without mentions. For bootstrapping over captions (:func:`paired_bootstrap_delta`)."""
+    total = float(np.sum(mentioned))
+    return float(np.sum(hallucinated)) / total if total else 0.0

@@ -13,6 +13,7 @@ from lineage_lens.evals.chair import (
     Caption,
     ChairResult,
     ObjectVocabulary,
+    coco_ground_truth,
     compute_chair,
     evaluate_chair,
     generate_captions,
@@ -25,6 +26,7 @@ from lineage_lens.evals.pope import evaluate_pope, load_pope
 from lineage_lens.evals.runner import plot_sweep, run_sweep
 from lineage_lens.stats import (
     binary_metrics,
+    chair_i_of_counts,
     paired_auroc_delta,
     paired_bootstrap_delta,
     proportion_ci,
@@ -37,6 +39,8 @@ __all__ = [
     "ObjectVocabulary",
     "ResultCache",
     "binary_metrics",
+    "chair_i_of_counts",
+    "coco_ground_truth",
     "compute_chair",
     "evaluate_chair",
     "evaluate_halueval",

@@ -49,12 +49,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from lineage_lens._io import atomic_open
 from lineage_lens._resources import resource_path
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.stats import chair_i_of_counts as chair_i_of_counts  # re-exported
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -712,14 +712,6 @@ class ChairResult:
         ax.set_ylim(0, 1)
         ax.set_title(f"CHAIR (n={int(self.metrics['n'])})")
         return ax
-
-
-def chair_i_of_counts(hallucinated: Sequence[float], mentioned: Sequence[float]) -> float:
-    """CHAIR_i of a set of captions from their per-caption counts (``per_caption``'s
-    ``n_hallucinated`` and ``n_mentions``): total hallucinated / total mentions, 0 without
-    mentions. For bootstrapping over captions."""
-    total = float(np.sum(mentioned))
-    return float(np.sum(hallucinated)) / total if total else 0.0
 
 
 def compute_chair(
