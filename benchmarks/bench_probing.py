@@ -24,8 +24,19 @@ For each activation set it reports, with 5 folds and seed 0:
 Synthetic activations: N examples (balanced labels), L=H=32, d_head=128, one head in eight carries
 the label along a random direction. ``--acts DIR`` adds a saved ``HeadActivations`` (real model).
 
+``--authors N:LAYERS,...`` adds the comparison with the authors' own procedure (issue 19): their
+``vectorized_linear_probe`` (TruthProbe, ``probing/probe_vicuna_series.py``) written plainly in
+PyTorch from its description -- one ``W [L, H, d]`` / ``B [L, H]`` tensor pair, zero init, one
+``torch.optim.AdamW`` (lr 1e-2, wd 1e-3) on the mean BCE over ``(batch, layer, head)``, batches of
+512 in index order, 200 epochs, unstratified ``KFold(5, shuffle=True, random_state=42)``, raw
+features, ``sigmoid > 0.5``, scikit-learn metrics per head and fold, mean over folds -- against
+``fit_truth_scores(solver="truthprobe")`` on the same synthetic set (N examples, LAYERS x 32 heads
+of 128 dims, one run each, same torch thread count), and ``solver="adamw"`` beside it. With
+``--tables authors`` only that table is run.
+
     .venv/bin/python -m benchmarks.bench_probing [--sizes 292,2726] [--layers 32]
-        [--acts runs/bench/acts_smollm2_292] [--loop-heads 16]
+        [--acts runs/bench/acts_smollm2_292] [--loop-heads 16] [--authors 292:32,2726:4]
+        [--tables solvers,backends,authors]
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ import time
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from lineage_lens.probing import ADAMW_RECIPE, _standardize, adamw_logistic, fit_truth_scores
 
@@ -92,6 +104,90 @@ def paper_loop(x: np.ndarray, y: np.ndarray, k: int, folds: int = 5) -> tuple[fl
                 pred = (probe(xte).squeeze(1) > 0).numpy()
             acc[g] += (pred == (y[te] == 1)).mean() / folds
     return (time.perf_counter() - start) / k, acc
+
+
+def authors_vectorised(
+    x: np.ndarray, y: np.ndarray, seed: int = 42
+) -> tuple[np.ndarray, float, float]:
+    """The authors' ``vectorized_linear_probe`` procedure, written plainly from its description
+    (see the module docstring): ``(accuracy [L, H] as the mean of fold accuracies, training
+    seconds, metric seconds)``. Precision, recall and F1 are computed too, as theirs does."""
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    n, layers, heads, d = xt.shape
+    lr, wd = float(ADAMW_RECIPE["lr"]), float(ADAMW_RECIPE["weight_decay"])
+    bs, epochs = int(ADAMW_RECIPE["batch_size"]), int(ADAMW_RECIPE["epochs"])
+    folds: dict[str, list[np.ndarray]] = {"accuracy": [], "precision": [], "recall": [], "f1": []}
+    train_s = metric_s = 0.0
+    for tr, va in KFold(5, shuffle=True, random_state=seed).split(list(range(n))):
+        start = time.perf_counter()
+        w = torch.zeros(layers, heads, d, requires_grad=True)
+        b = torch.zeros(layers, heads, requires_grad=True)
+        opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=wd)
+        tr_choice, va_choice = list(tr), list(va)
+        for _ in range(epochs):
+            for s in range(0, len(tr_choice), bs):
+                batch = tr_choice[s : s + bs]
+                xb, yb = xt[batch], yt[batch].float()
+                logits = (xb * w).sum(-1) + b
+                target = yb[:, None, None].expand(-1, layers, heads)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        preds, trues = [], []
+        with torch.inference_mode():
+            for s in range(0, len(va_choice), bs):
+                batch = va_choice[s : s + bs]
+                prob = torch.sigmoid((xt[batch] * w).sum(-1) + b).numpy()
+                preds.append((prob > 0.5).astype(np.int32))
+                trues.append(yt[batch].numpy())
+        y_va, yhat = np.concatenate(trues), np.concatenate(preds)
+        mid = time.perf_counter()
+        per = {m: np.zeros((layers, heads)) for m in folds}
+        for layer in range(layers):
+            for head in range(heads):
+                yp = yhat[:, layer, head]
+                per["accuracy"][layer, head] = accuracy_score(y_va, yp)
+                per["precision"][layer, head] = precision_score(y_va, yp, zero_division=0)
+                per["recall"][layer, head] = recall_score(y_va, yp, zero_division=0)
+                per["f1"][layer, head] = f1_score(y_va, yp, zero_division=0)
+        for m in folds:
+            folds[m].append(per[m])
+        train_s += mid - start
+        metric_s += time.perf_counter() - mid
+    return np.mean(folds["accuracy"], axis=0), train_s, metric_s
+
+
+def versus_authors(n: int, layers: int) -> str:
+    """One row of the authors' table: their procedure vs ``solver="truthprobe"`` (and
+    ``solver="adamw"``) on one synthetic set of ``n`` examples and ``layers`` x 32 heads."""
+    x, y, _ = synthetic(n, layers=layers)
+    fit_truth_scores(x[:20, :1, :2], y[:20], solver="truthprobe", progress=False)  # load kernel
+    start = time.perf_counter()
+    ours = fit_truth_scores(x, y, solver="truthprobe", progress=False)
+    ours_s = time.perf_counter() - start
+    print(f"  authors N={n} L={layers}: truthprobe {ours_s:.1f} s", flush=True)
+    start = time.perf_counter()
+    adamw = fit_truth_scores(x, y, solver="adamw", progress=False)
+    adamw_s = time.perf_counter() - start
+    print(f"  authors N={n} L={layers}: adamw {adamw_s:.1f} s", flush=True)
+    start = time.perf_counter()
+    theirs, train_s, metric_s = authors_vectorised(x, y)
+    theirs_s = time.perf_counter() - start
+    print(
+        f"  authors N={n} L={layers}: theirs {theirs_s:.1f} s "
+        f"(training {train_s:.1f} s, metrics {metric_s:.1f} s)",
+        flush=True,
+    )
+    delta = np.abs(ours.accuracy - theirs)
+    delta_adamw = np.abs(adamw.accuracy - theirs)
+    _, _, h, d = x.shape
+    return (
+        f"| {n} | {layers}x{h}x{d} | {theirs_s:.1f} ({train_s:.1f} + {metric_s:.1f}) | "
+        f"{ours_s:.2f} | **{theirs_s / ours_s:.0f}x** | {delta.mean():.5f} | {delta.max():.4f} | "
+        f"{int((delta > 0).sum())} / {delta.size} | {adamw_s:.2f} | {delta_adamw.mean():.4f} |"
+    )
 
 
 def compare(
@@ -159,23 +255,49 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32, help="synthetic layers (default 32)")
     parser.add_argument("--acts", default=None, help="a saved HeadActivations (real model)")
     parser.add_argument("--loop-heads", type=int, default=0, help="time the per-head loop on K")
+    parser.add_argument(
+        "--authors", default="", help="N:LAYERS,... sets for the authors' procedure (issue 19)"
+    )
+    parser.add_argument(
+        "--tables", default="solvers,backends,authors", help="which tables to run (comma list)"
+    )
     args = parser.parse_args()
+    tables = set(args.tables.split(","))
     print(
         f"Machine: {platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CPU; 5 folds, seed 0.\n"
+        f"{torch.get_num_threads()} threads, CPU; 5 folds, seed 0 (the authors' table: seed 42).\n"
     )
+    if "authors" in tables and args.authors:
+        author_rows = []
+        for spec in args.authors.split(","):
+            n, layers = (int(v) for v in spec.split(":"))
+            author_rows.append(versus_authors(n, layers))
+        print(
+            "\n| N | L x H x d_head | authors' procedure s (training + metrics) | truthprobe s | "
+            "speed-up | mean abs Δacc vs authors | max abs Δacc | heads that differ | adamw s | "
+            "adamw: mean abs Δacc vs authors |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(author_rows))
+    if not tables & {"solvers", "backends"}:
+        return
     rows, backend_rows = [], []
     for n in (int(s) for s in args.sizes.split(",") if s):
         x, y, signal = synthetic(n, layers=args.layers)
-        rows.append(compare(x, y, "synthetic", args.loop_heads, signal))
-        backend_rows.append(backends(x, y, "synthetic"))
+        if "solvers" in tables:
+            rows.append(compare(x, y, "synthetic", args.loop_heads, signal))
+        if "backends" in tables:
+            backend_rows.append(backends(x, y, "synthetic"))
     if args.acts:
         from lineage_lens.activations import HeadActivations
 
         acts = HeadActivations.load(args.acts, mmap=False)
         x = np.asarray(acts.acts, dtype=np.float32)
-        rows.append(compare(x, np.asarray(acts.labels), f"real ({acts.model})", args.loop_heads))
-        backend_rows.append(backends(x, np.asarray(acts.labels), f"real ({acts.model})"))
+        label = f"real ({acts.model})"
+        if "solvers" in tables:
+            rows.append(compare(x, np.asarray(acts.labels), label, args.loop_heads))
+        if "backends" in tables:
+            backend_rows.append(backends(x, np.asarray(acts.labels), label))
     print(
         "\n| activations | N | L x H x d_head | newton s | adamw s | newton speed-up | "
         "newton vs adamw: mean abs Δacc | signal / null heads | max abs Δacc | seed noise | "
