@@ -340,6 +340,9 @@ def test_result_cache_survives_bad_bytes_and_reports_a_full_disk(tmp_path, monke
     )
     cache = ResultCache(path)  # the undecodable and the truncated line are skipped
     assert len(cache) == 1 and cache.get("a") == {"answer": "yes"}
+    with ResultCache(path) as resumed:  # appending after the torn line starts a new line
+        resumed.put("d", {"answer": "no"})
+    assert ResultCache(path).get("d") == {"answer": "no"}
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

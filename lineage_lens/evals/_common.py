@@ -368,6 +368,16 @@ def setting_digest(setting: Mapping[str, Any]) -> str:
     ]
 
 
+def _ends_with_newline(path: Path) -> bool:
+    """Whether a file is empty or its last byte is a newline."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() == 0:
+            return True
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
 class ResultCache:
     """A per-example result cache: one JSON line ``{"key": ..., "record": {...}}`` per result.
 
@@ -397,6 +407,7 @@ class ResultCache:
                 except (ValueError, KeyError, TypeError, RecursionError):  # incl. non-UTF-8
                     log.warning("%s:%d: unreadable cache line ignored", self.path, lineno)
         self._fh: Any = None
+        self._torn = False
 
     def __len__(self) -> int:
         return len(self._data)
@@ -405,13 +416,19 @@ class ResultCache:
         return self._data.get(key)
 
     def put(self, key: str, record: Mapping[str, Any]) -> None:
+        line = json.dumps({"key": key, "record": record}) + "\n"
         try:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._torn = self.path.is_file() and not _ends_with_newline(self.path)
                 self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-            self._fh.write(json.dumps({"key": key, "record": record}) + "\n")
+            # After a torn last line (an interrupted run, a full disk), start on a fresh line so
+            # that only the torn line is lost, not this record too.
+            self._fh.write("\n" + line if self._torn else line)
             self._fh.flush()
+            self._torn = False
         except OSError as exc:  # disk full, no permission, ...: a truncated last line is ignored
+            self._torn = True
             raise OutputError(
                 f"cannot append to the result cache {self.path}: {exc.strerror or exc}; free "
                 "disk space or pass another output directory (finished results stay cached)."
