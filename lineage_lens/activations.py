@@ -812,6 +812,8 @@ def _open_out(
                 )
         log.info("Resuming %s after %d/%d batches (checksums verified)", out, done, total)
         return acts, done
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} is a file; pass a new or empty directory.")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(
             f"{out} exists and is not a resumable capture; pass an empty or new directory."

@@ -494,3 +494,11 @@ def test_batch_size_must_be_a_positive_integer_and_a_huge_one_is_harmless(tiny_l
     huge = collect_head_activations(tiny_llama, examples, batch_size=10**9, **kw)  # no 1e9 buffer
     small = collect_head_activations(tiny_llama, examples, batch_size=1, **kw)
     np.testing.assert_allclose(huge.acts, small.acts, atol=1e-5)
+
+
+def test_capture_out_that_is_a_file(tiny_llama, tmp_path):
+    from lineage_lens.activations import collect_head_activations
+
+    (tmp_path / "acts").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        collect_head_activations(tiny_llama, _examples(2), out=tmp_path / "acts", progress=False)
