@@ -18,6 +18,15 @@ SmolLM2 tokenizer converted from GGUF adds its BOS (``<|im_start|>``), the tiny 
 The answer's last token is the last non-special token whose character span ends at or before the
 end of the answer in the rendered prompt (found through the tokenizer's offset mapping).
 
+Image-grounded Truth Scores (the paper's MLLM scores) probe a multimodal model on image + question
++ answer. The ``condition`` of a capture names the authors' four settings: ``"text"`` (a text
+prompt on an LLM), ``"text_only"`` (a text prompt on an MLLM's language model: no image tokens),
+``"black_image"`` (the image replaced by a black dummy image) and ``"image"`` (each example's own
+image). In the image conditions the template's ``{image}`` becomes the model's image tokens (so
+the answer's position counts them) and each batch gets the model's image inputs
+(:func:`lineage_lens.images.image_inputs`: ``pixel_values`` from its Hugging Face image processor
+for LLaVA-1.5).
+
 Typical use::
 
     model = load_model("smollm2-135m-instruct")
@@ -45,6 +54,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lineage_lens._display import ShortRepr, label
 from lineage_lens._io import atomic_open, atomic_path
 from lineage_lens.batching import (
     MIN_SHARED_PREFIX,
@@ -54,15 +64,18 @@ from lineage_lens.batching import (
     pad_batch,
     pad_token_id,
     run_on_prefix_cache,
+    to_model,
 )
 from lineage_lens.data import (
     DEFAULT_TEMPLATE,
+    LLAVA_PROBE_TEMPLATE,
     ChatPromptTemplate,
     ProbeExample,
     PromptSpans,
     PromptTemplate,
 )
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.images import ImageInputs, image_inputs, image_key, is_multimodal
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import HeadGeometry, attn_hook_name, head_geometry, model_label
 
@@ -70,6 +83,12 @@ log = logging.getLogger(__name__)
 
 Position = Literal["answer_last", "last"]
 POSITIONS: tuple[str, ...] = ("answer_last", "last")
+
+Condition = Literal["text", "text_only", "black_image", "image"]
+#: The authors' four capture conditions (see the module docstring).
+CONDITIONS: tuple[str, ...] = ("text", "text_only", "black_image", "image")
+#: Conditions that feed an image to the model.
+IMAGE_CONDITIONS: tuple[str, ...] = ("black_image", "image")
 
 _NP_DTYPES: dict[torch.dtype, type] = {
     torch.float16: np.float16,
@@ -86,8 +105,8 @@ _PROGRESS_FILE = "progress.json"
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class HeadActivations:
+@dataclass(repr=False)
+class HeadActivations(ShortRepr):
     """Per-head vectors of ``n`` examples at one token position, with their labels.
 
     Attributes:
@@ -177,6 +196,19 @@ class HeadActivations:
             n_tokens=pick(self.n_tokens),
             meta=dict(self.meta),
         )
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        n_true = int(self.labels.sum())
+        kind = "memmap" if isinstance(self.acts, np.memmap) else "in memory"
+        return [
+            ("model", label(self.model)),
+            ("n", str(len(self))),
+            ("shape", f"{self.shape} (d_head {self.d_head})"),
+            ("acts", f"{self.acts.dtype} {kind}"),
+            ("labels", f"{n_true} truthful / {len(self) - n_true} hallucinated"),
+            ("sources", str(len(set(self.source_ids)))),
+            ("position", repr(self.position)),
+        ]
 
     def to_frame(self) -> pd.DataFrame:
         """One row per example: ``label``, ``source_id``, ``token_position``, ``n_tokens``."""
@@ -384,13 +416,17 @@ def encode_examples(
     prompt_template: AnyTemplate | str | None = None,
     position: Position = "answer_last",
     prepend_bos: bool | None = None,
+    image_text: str = "",
 ) -> list[EncodedPrompt]:
-    """Render and tokenize ``examples`` (the tokenization :func:`collect_head_activations` uses)."""
+    """Render and tokenize ``examples`` (the tokenization :func:`collect_head_activations` uses).
+
+    ``image_text`` replaces a template's ``{image}`` (the model's image tokens, see
+    :meth:`lineage_lens.images.ImageInputs.image_text`); empty: no image tokens."""
     tokenizer = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
     template = _as_template(prompt_template)
     out = []
     for ex in examples:
-        text, spans = template.render(ex)
+        text, spans = template.render(ex, image=image_text) if image_text else template.render(ex)
         out.append(
             encode_prompt(tokenizer, text, spans, position=position, prepend_bos=prepend_bos)
         )
@@ -463,19 +499,22 @@ def collect_head_activations(
     sort_by_length: bool = True,
     stop_early: bool = True,
     share_prefix: bool = True,
+    condition: Condition | None = None,
     progress: bool = True,
 ) -> HeadActivations:
     """Capture every head's ``hook_z`` vector at one token of each example.
 
     Args:
         model: a ``TransformerBridge`` (see :func:`lineage_lens.models.load_model`). On multimodal
-            bridges only the language-model blocks are read; prompts are text-only.
+            bridges only the language-model blocks are read.
         examples: the probing examples (labels 1 = truthful, 0 = hallucinated).
         batch_size: examples per forward pass.
         position: ``"answer_last"`` (the answer's last token, the paper's choice) or ``"last"``
             (the prompt's last token).
         prompt_template: a :class:`~lineage_lens.data.PromptTemplate`,
-            :class:`~lineage_lens.data.ChatPromptTemplate` or template string; default the paper's.
+            :class:`~lineage_lens.data.ChatPromptTemplate` or template string; default the paper's
+            (:data:`~lineage_lens.data.LLAVA_PROBE_TEMPLATE` in the image conditions, whose
+            templates must place ``{image}``).
         dtype: dtype of the stored vectors (float16 halves the memory; use float32 for exactness).
         out: a directory to stream into (``acts.npy`` memmap + ``meta.json`` + ``progress.json``,
             flushed after each batch). Calling again with the same ``out`` resumes after the last
@@ -492,7 +531,13 @@ def collect_head_activations(
             its key/value cache is reused for each answer, which then runs alone (right-padded,
             positions continuing after the prefix). The vectors equal those of the full prompts
             up to float rounding; only prefixes of at least :data:`MIN_SHARED_PREFIX` tokens are
-            shared.
+            shared. Image conditions never share prefixes.
+        condition: ``"text"`` (text prompt, any model), ``"text_only"`` (text prompt on a
+            multimodal model; a template's ``{image}`` is left empty), ``"black_image"`` (a black
+            image of the vision tower's size for every example) or ``"image"`` (each example's
+            own ``image``, required). Default: ``"image"`` when any example carries an image,
+            else ``"text_only"`` on a multimodal model and ``"text"`` otherwise. Recorded as
+            ``meta["condition"]``.
         progress: show a tqdm bar.
 
     Returns:
@@ -518,21 +563,46 @@ def collect_head_activations(
         raise ConfigError("the model has no tokenizer; load it with load_model().")
     pad_id = pad_token_id(tokenizer)
 
-    template = _as_template(prompt_template)
+    condition = _resolve_condition(model, examples, condition)
+    img_in: ImageInputs | None = None
+    images: list[Any] = []
+    if condition in IMAGE_CONDITIONS:
+        img_in = image_inputs(model)
+        template = _as_template(
+            LLAVA_PROBE_TEMPLATE if prompt_template is None else prompt_template
+        )
+        if not getattr(template, "has_image", False):
+            raise ConfigError(
+                f"condition {condition!r} needs a PromptTemplate with an {{image}} field (e.g. "
+                "lineage_lens.data.LLAVA_PROBE_TEMPLATE); got "
+                f"{getattr(template, 'name', template)!r}."
+            )
+        black = img_in.black_image() if condition == "black_image" else None
+        images = [ex.image if black is None else black for ex in examples]
+    else:
+        template = _as_template(prompt_template)
     geo = head_geometry(model)
     L, H, D = geo.n_layers, geo.n_heads, geo.d_head
     n = len(examples)
     labels = np.array([ex.label for ex in examples], dtype=np.int64)
     encoded = encode_examples(
-        tokenizer, examples, prompt_template=template, position=position, prepend_bos=prepend_bos
+        tokenizer,
+        examples,
+        prompt_template=template,
+        position=position,
+        prepend_bos=prepend_bos,
+        image_text=img_in.image_text() if img_in is not None else "",
     )
+    if img_in is not None:
+        for i, e in enumerate(encoded):
+            img_in.check_prompt(e.input_ids, f"example {i} ({examples[i].source_id})")
     n_ctx = getattr(model.cfg, "n_ctx", None)
     longest = max(len(e.input_ids) for e in encoded)
     if n_ctx and longest > n_ctx:
         raise DataError(f"a prompt has {longest} tokens, more than the model's n_ctx={n_ctx}.")
 
     lengths = np.array([len(e.input_ids) for e in encoded])
-    keys = prefix_keys(encoded) if share_prefix else [()] * n
+    keys = prefix_keys(encoded) if share_prefix and img_in is None else [()] * n
     if any(keys) and not kv_cache_ok(model):
         keys = [()] * n  # the cache cannot be trusted here: full prompts (lineage_lens.kvcache)
     if any(keys):
@@ -561,6 +631,8 @@ def collect_head_activations(
                 "hook": "blocks.{l}.attn.hook_z",
                 "padding_side": padding_side,
                 "batch_size": batch_size,
+                "condition": condition,
+                "image_inputs": None if img_in is None else img_in.describe(),
             },
         )
 
@@ -574,6 +646,8 @@ def collect_head_activations(
             "batch_size": batch_size,
             "sort": sort_by_length,
             "share_prefix": bool(any(keys)),
+            "condition": condition,
+            "images": [image_key(im) for im in images],
         },
         encoded,
         labels,
@@ -640,6 +714,9 @@ def collect_head_activations(
                     kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask.to(device)}
                     if padding_side == "left":
                         kwargs["position_ids"] = batch.position_ids.to(device)
+                    if img_in is not None:
+                        batch_images = [images[i] for i in idx]
+                        kwargs.update(to_model(img_in.forward_kwargs(batch_images), model))
                     with contextlib.suppress(_StopForwardError):
                         model.run_with_hooks(batch.input_ids.to(device), fwd_hooks=hooks, **kwargs)
                 acts[idx] = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)
@@ -658,6 +735,32 @@ def collect_head_activations(
         del acts
         return HeadActivations.load(out)
     return make_result(acts)
+
+
+def _resolve_condition(model: Any, examples: Sequence[ProbeExample], condition: str | None) -> str:
+    """The capture condition (default from the examples and the model), validated."""
+    multimodal = is_multimodal(model)
+    if condition is None:
+        if any(ex.image is not None for ex in examples):
+            condition = "image"
+        else:
+            condition = "text_only" if multimodal else "text"
+    if condition not in CONDITIONS:
+        raise ConfigError(f"condition must be one of {CONDITIONS}, got {condition!r}.")
+    if condition != "text" and not multimodal:
+        raise ConfigError(
+            f"condition {condition!r} needs a vision-language model; {model_label(model)} has no "
+            "vision tower. Use condition='text'."
+        )
+    if condition == "image":
+        missing = [i for i, ex in enumerate(examples) if ex.image is None]
+        if missing:
+            raise DataError(
+                f"condition 'image' needs an image on every example; {len(missing)} have none "
+                f"(e.g. examples {missing[:5]}). Give them images, or use 'black_image' or "
+                "'text_only'."
+            )
+    return condition
 
 
 def _forward_shared(

@@ -18,7 +18,7 @@ key/value cache are written once:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -61,6 +61,23 @@ def model_device(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device(getattr(getattr(model, "cfg", None), "device", None) or "cpu")
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """The floating dtype of ``model``'s parameters (float32 for a parameterless stub)."""
+    try:
+        return next(p.dtype for p in model.parameters() if p.is_floating_point())
+    except (StopIteration, AttributeError):
+        return torch.float32
+
+
+def to_model(inputs: Mapping[str, Tensor], model: Any) -> dict[str, Tensor]:
+    """Extra forward inputs (e.g. an image batch's ``pixel_values``) on ``model``'s device, floating
+    tensors in its dtype; other tensors keep their dtype."""
+    device, dtype = model_device(model), model_dtype(model)
+    return {
+        k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()
+    }
 
 
 def pad_token_id(tokenizer: Any) -> int:

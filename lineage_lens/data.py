@@ -19,17 +19,24 @@ Typical use::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import numpy as np
 
 from lineage_lens._resources import resource_path
 from lineage_lens.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+#: An image a probing example can carry: a file path or a PIL image.
+ImageLike = Union[str, Path, "Image"]
 
 #: Integer label of a truthful (gold) answer.
 TRUTHFUL = 1
@@ -50,6 +57,8 @@ LABELS: dict[Any, int] = {
 
 HALUEVAL_FIELDS = ("knowledge", "question", "right_answer", "hallucinated_answer")
 TRUTHPROBE_FIELDS = ("context", "question", "answer", "label")
+#: The authors' image layout (``image_path`` relative to the JSON-lines file).
+TRUTHPROBE_IMAGE_FIELDS = ("image_path", "question", "answer", "label")
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,9 @@ class ProbeExample:
         label: ``1`` = truthful (gold), ``0`` = hallucinated.
         source_id: id of the source row; the truthful and hallucinated answers of one HaluEval
             row share it.
+        image: the image the question is about (a file path or a PIL image), or ``None`` for a
+            text-only example; see the ``condition`` of
+            :func:`~lineage_lens.activations.collect_head_activations`.
     """
 
     context: str
@@ -70,6 +82,7 @@ class ProbeExample:
     answer: str
     label: int
     source_id: str
+    image: ImageLike | None = dataclasses.field(default=None, hash=False)
 
     @property
     def is_truthful(self) -> bool:
@@ -206,7 +219,12 @@ def halueval_probe_examples(rows: Iterable[HaluEvalRow]) -> list[ProbeExample]:
 
 
 def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list[ProbeExample]:
-    """Read TruthProbe-style JSON lines: ``context, question, answer, label``.
+    """Read TruthProbe-style JSON lines in either of the authors' two layouts.
+
+    * text: ``context, question, answer, label``;
+    * image: ``image_path, question, answer, label``; ``image_path`` is relative to the file's
+      folder (or absolute) and must exist; the example's ``image`` is the resolved path and its
+      ``context`` is ``""`` (or an optional ``context`` field).
 
     ``label`` is ``"gold"`` (truthful, 1) or ``"hallucinated"`` (0); ``"truthful"`` and the
     integers ``1``/``0`` are accepted too. An optional ``source_id`` (or ``id``) field groups
@@ -217,12 +235,36 @@ def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list
     p = Path(path)
     examples = []
     for lineno, obj in read_json_lines(p, limit):
-        context, question, answer = (
-            _require_str(obj, k, p, lineno, TRUTHPROBE_FIELDS) for k in TRUTHPROBE_FIELDS[:3]
-        )
+        image: Path | None = None
+        if "image_path" in obj:
+            fields = TRUTHPROBE_IMAGE_FIELDS
+            rel = _require_str(obj, "image_path", p, lineno, fields)
+            if not rel.strip():
+                raise DataError("field 'image_path' is empty.", path=p, line=lineno)
+            image = p.parent / rel
+            if not image.is_file():
+                raise DataError(
+                    f"image {rel!r} not found (looked for {image}); image paths are relative to "
+                    "the folder of the JSON-lines file.",
+                    path=p,
+                    line=lineno,
+                )
+            context = _require_str(obj, "context", p, lineno, fields) if "context" in obj else ""
+        else:
+            fields = TRUTHPROBE_FIELDS
+            if "context" not in obj:
+                raise DataError(
+                    "missing field 'context' (or 'image_path'); every line needs the fields "
+                    f"{', '.join(TRUTHPROBE_FIELDS)} or {', '.join(TRUTHPROBE_IMAGE_FIELDS)} "
+                    f"(found: {', '.join(sorted(obj)) or 'none'}).",
+                    path=p,
+                    line=lineno,
+                )
+            context = _require_str(obj, "context", p, lineno, fields)
+        question, answer = (_require_str(obj, k, p, lineno, fields) for k in ("question", "answer"))
         if "label" not in obj:
             raise DataError(
-                f"missing field 'label'; every line needs the fields {', '.join(TRUTHPROBE_FIELDS)}.",
+                f"missing field 'label'; every line needs the fields {', '.join(fields)}.",
                 path=p,
                 line=lineno,
             )
@@ -237,7 +279,7 @@ def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list
         if not answer.strip():
             raise DataError("field 'answer' is empty.", path=p, line=lineno)
         sid = obj.get("source_id", obj.get("id", f"line-{lineno}"))
-        examples.append(ProbeExample(context, question, answer, LABELS[key], str(sid)))
+        examples.append(ProbeExample(context, question, answer, LABELS[key], str(sid), image))
     return examples
 
 
@@ -349,6 +391,11 @@ class PromptTemplate:
     The default is the TruthProbe paper's prompt. :meth:`render` also returns the character spans
     of the fields so that activations can find the answer's last token (via a tokenizer's offset
     mapping) and attention analyses can find the context (the evidence).
+
+    A template for image-grounded examples places the image with an ``{image}`` field (at most
+    once, before the answer), e.g. :data:`LLAVA_PROBE_TEMPLATE`; :meth:`render` fills it with the
+    ``image`` text it is given (the model's image tokens, see :mod:`lineage_lens.images`) or
+    leaves it empty (a text-only prompt).
     """
 
     template: str = PAPER_TEMPLATE
@@ -356,23 +403,37 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
-        unknown = set(fields) - {"context", "question", "answer"}
-        if unknown or fields.count("answer") != 1:
+        unknown = set(fields) - {"context", "question", "answer", "image"}
+        if (
+            unknown
+            or fields.count("answer") != 1
+            or fields.count("image") > 1
+            or ("image" in fields and fields.index("image") > fields.index("answer"))
+        ):
             raise ConfigError(
-                f"template {self.name!r} must contain {{answer}} exactly once and only the fields "
-                f"{{context}}, {{question}}, {{answer}} (found {fields})."
+                f"template {self.name!r} must contain {{answer}} exactly once, {{image}} at most "
+                "once and before the answer, and only the fields {context}, {question}, "
+                f"{{answer}}, {{image}} (found {fields})."
             )
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the template places an image (an ``{image}`` field)."""
+        return any(f == "image" for _, f, _, _ in string.Formatter().parse(self.template))
 
     def format(self, example: ProbeExample) -> str:
         """The prompt text of ``example``."""
         return self.render(example)[0]
 
-    def render(self, example: ProbeExample) -> tuple[str, PromptSpans]:
-        """``(text, spans)``: the prompt and the character spans of context, question, answer."""
+    def render(self, example: ProbeExample, *, image: str = "") -> tuple[str, PromptSpans]:
+        """``(text, spans)``: the prompt and the character spans of context, question, answer.
+
+        ``image`` is the text that replaces ``{image}`` (empty: no image tokens)."""
         values = {
             "context": example.context,
             "question": example.question,
             "answer": example.answer,
+            "image": image,
         }
         parts: list[str] = []
         spans: dict[str, tuple[int, int]] = {}
@@ -442,3 +503,8 @@ class ChatPromptTemplate:
 
 #: The TruthProbe paper's prompt.
 DEFAULT_TEMPLATE = PromptTemplate()
+
+#: LLaVA-1.5's conversation format with an image, a question and the answer (image conditions).
+LLAVA_PROBE_TEMPLATE = PromptTemplate(
+    "USER: {image}\n{question} ASSISTANT: {answer}", name="truthprobe-llava"
+)
