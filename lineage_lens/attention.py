@@ -22,7 +22,6 @@ Typical use::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -32,15 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lineage_lens._io import atomic_path
+from lineage_lens._display import label
 from lineage_lens.batching import model_device, pad_batch, pad_token_id
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.headmap import HeadMap
 from lineage_lens.models import attn_hook_name, head_geometry, model_label
 
 if TYPE_CHECKING:
@@ -144,8 +143,8 @@ def halueval_attention_inputs(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class EvidenceAttention:
+@dataclass(repr=False)
+class EvidenceAttention(HeadMap):
     """Per-head attention mass on evidence tokens.
 
     Attributes:
@@ -169,43 +168,24 @@ class EvidenceAttention:
     model: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.values.shape  # type: ignore[return-value]
-
     def __len__(self) -> int:
         return int(self.per_example.shape[0])
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per head: ``layer, head, attention`` (mean), ``std`` over examples."""
-        L, H = self.shape
-        layers, heads = np.divmod(np.arange(L * H), H)
-        return pd.DataFrame(
-            {
-                "layer": layers,
-                "head": heads,
-                "attention": self.values.ravel(),
-                "std": self.per_example.std(axis=0).ravel(),
-            }
-        )
+    def head_maps(self) -> dict[str, Float[np.ndarray, "layer head"]]:
+        """``attention`` (the mean over examples) and its ``std`` over examples, per head."""
+        return {"attention": self.values, "std": self.per_example.std(axis=0)}
 
-    def correlate_with(self, scores: Any, **kwargs: Any):
-        """Pearson/Spearman (with CIs, p-values, top-k overlap) of these values with ``scores``.
+    def _provenance(self) -> list[tuple[str, str]]:
+        rows = [("model", label(self.model)), ("kind", repr(self.kind)), ("n", str(len(self)))]
+        if self.image_grid is not None:
+            rows.append(("image grid", str(tuple(self.image_grid))))
+        return rows
 
-        ``scores``: TruthScores, an ``[L, H]`` array or a scores file; keyword arguments go to
-        :func:`lineage_lens.lineage.compare_scores`.
-        """
-        from lineage_lens.lineage import compare_scores
-
-        kwargs.setdefault("name_a", f"{self.kind} evidence attention")
-        return compare_scores(self.values, scores, **kwargs)
+    def _correlation_name(self) -> str:
+        return f"{self.kind} evidence attention"
 
     # --- I/O
-    def save(self, path: str | Path) -> Path:
-        """Write a ``.npz`` (atomically)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ConfigError(f"EvidenceAttention.save writes .npz files, got {path.name!r}")
+    def _npz_payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {
             "values": self.values,
             "per_example": self.per_example,
@@ -220,18 +200,12 @@ class EvidenceAttention:
             "model": self.model,
             "meta": self.meta,
         }
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays, meta=np.array(json.dumps(meta)))
-        return path
+        return arrays, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> EvidenceAttention:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files if k != "meta"}
-                meta = json.loads(str(data["meta"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"not an EvidenceAttention file ({exc})", path=path) from exc
+    def _from_npz(
+        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path
+    ) -> EvidenceAttention:
         grid = meta.get("image_grid")
         return cls(
             arrays["values"],
@@ -246,20 +220,13 @@ class EvidenceAttention:
         )
 
     # --- plots
-    def heatmap(self, *, ax: Axes | None = None) -> Axes:
-        """Layer x head heatmap of the (mean) evidence attention."""
-        import matplotlib.pyplot as plt
+    def _title(self, metric: str) -> str:
+        what = "attention to evidence" if metric == "attention" else f"{metric} of attention"
+        return f"{self.kind} {what}: {self.model}"
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(max(3.0, 0.25 * self.shape[1] + 2), 3.5))
-        im = ax.imshow(self.values, aspect="auto", cmap="viridis")
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(f"{self.kind} attention to evidence: {self.model}")
-        ax.figure.colorbar(
-            im, ax=ax, label="attention mass" if self.kind == "absolute" else "ratio"
-        )
-        return ax
+    def _heatmap_style(self, metric: str, values: np.ndarray) -> dict[str, Any]:
+        unit = "attention mass" if self.kind == "absolute" else "ratio"
+        return {"label": unit if metric == "attention" else f"{metric} of {unit}"}
 
     def plot(self, *, ax: Axes | None = None) -> Axes:
         """Same as :meth:`heatmap`."""

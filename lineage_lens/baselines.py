@@ -23,7 +23,6 @@ the model's use of the context only where it clears the floor. Typical use::
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -37,10 +36,12 @@ import torch
 from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
-from lineage_lens._io import atomic_path, tmp_build_dir
+from lineage_lens._display import ShortRepr, label, number
+from lineage_lens._io import tmp_build_dir
 from lineage_lens.activations import AnyTemplate, collect_head_activations
 from lineage_lens.data import ProbeExample, PromptTemplate, check_two_classes
 from lineage_lens.errors import ConfigError, DataError, ModelLoadError
+from lineage_lens.headmap import draw_heatmap, read_npz, write_npz
 from lineage_lens.models import head_geometry, load_model, model_label
 from lineage_lens.probing import Solver, fit_truth_scores
 from lineage_lens.scores import TruthScores
@@ -137,8 +138,8 @@ def _config_class_tokenizer(name_or_path: str | Path) -> tuple[Any, type, Any]:
     return config, model_class, tokenizer
 
 
-@dataclass
-class ProbeBaselines:
+@dataclass(repr=False)
+class ProbeBaselines(ShortRepr):
     """Per-head Truth Score floors of one model on one set of probing examples.
 
     Attributes:
@@ -207,22 +208,21 @@ class ProbeBaselines:
             frame[kind] = self.get(kind, metric).ravel()
         return frame
 
-    def __repr__(self) -> str:
-        means = ", ".join(
-            f"{kind}={self.get(kind).mean():.3f}"
-            for kind in (KINDS if self.scores is not None else KINDS[:3])
-        )
-        return (
-            f"ProbeBaselines(model={self.model!r}, dataset={self.dataset!r}, shape={self.shape}, "
-            f"mean accuracy: {means})"
-        )
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        kinds = KINDS if self.scores is not None else KINDS[:3]
+        return [
+            ("model", label(self.model)),
+            ("dataset", label(self.dataset)),
+            ("shape", str(self.shape)),
+            ("n", number(self.answer_only.n)),
+            ("init_seed", number(self.init_seed)),
+            ("metric", "mean accuracy"),
+            *((kind, f"{self.get(kind).mean():.3f}") for kind in kinds),
+        ]
 
     # -------------------------------------------------------------------- I/O
     def save(self, path: str | Path) -> Path:
         """Write one ``.npz`` (every metric of each part + JSON provenance), atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ConfigError(f"ProbeBaselines.save writes .npz files, got {path.name!r}")
         parts = self._parts()
         arrays = {
             f"{part}__{metric}": values
@@ -237,40 +237,37 @@ class ProbeBaselines:
             "meta": self.meta,
             "parts": {part: scores._meta_dict() for part, scores in parts.items()},
         }
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays, meta=np.array(json.dumps(meta)))
-        return path
+        return write_npz(path, arrays, meta, owner="ProbeBaselines")
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeBaselines:
         """Read a file written by :meth:`save`."""
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                arrays = {k: data[k] for k in data.files if "__" in k}
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"not a lineage-lens probe-baselines file ({exc})", path=path) from exc
+        all_arrays, meta = read_npz(path, "probe-baselines")
+        arrays = {k: v for k, v in all_arrays.items() if "__" in k}
         if meta.get("kind") != "probe_baselines":
             raise DataError(
                 "not a probe-baselines file (written by ProbeBaselines.save)", path=path
             )
         parts: dict[str, TruthScores] = {}
-        for part, part_meta in meta["parts"].items():
-            metrics = {
-                k.split("__", 1)[1]: v for k, v in arrays.items() if k.startswith(part + "__")
-            }
-            extra = part_meta.pop("meta", {})
-            parts[part] = TruthScores(metrics, **part_meta, meta=extra)
-        return cls(
-            parts["answer_only"],
-            parts["random_init"],
-            parts.get("scores"),
-            model=meta.get("model", ""),
-            dataset=meta.get("dataset", ""),
-            init_seed=meta.get("init_seed"),
-            meta=meta.get("meta", {}),
-        )
+        try:
+            for part, part_meta in meta["parts"].items():
+                metrics = {
+                    k.split("__", 1)[1]: v for k, v in arrays.items() if k.startswith(part + "__")
+                }
+                extra = part_meta.pop("meta", {})
+                parts[part] = TruthScores(metrics, **part_meta, meta=extra)
+            return cls(
+                parts["answer_only"],
+                parts["random_init"],
+                parts.get("scores"),
+                model=meta.get("model", ""),
+                dataset=meta.get("dataset", ""),
+                init_seed=meta.get("init_seed"),
+                meta=meta.get("meta", {}),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"not a lineage-lens probe-baselines file ({exc})", path=path) from exc
 
     def _parts(self) -> dict[str, TruthScores]:
         parts = {"answer_only": self.answer_only, "random_init": self.random_init}
@@ -291,24 +288,19 @@ class ProbeBaselines:
         vmax: float | None = None,
     ) -> Axes:
         """Layer x head heatmap of one of :data:`KINDS` (``"margin"``: diverging, centred on 0)."""
-        import matplotlib.pyplot as plt
-
         values = self.get(kind, metric)
-        n_layers, n_heads = self.shape
-        if ax is None:
-            _, ax = plt.subplots(
-                figsize=(max(3.0, 0.25 * n_heads + 2), max(3.0, 0.2 * n_layers + 1))
-            )
         if kind == "margin" and vmin is None and vmax is None:
             bound = float(np.abs(values).max()) or 1.0
             vmin, vmax = -bound, bound
-        cmap = cmap or ("RdBu" if kind == "margin" else "viridis")
-        image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(title if title is not None else f"{self.model or 'model'}: {kind} {metric}")
-        ax.figure.colorbar(image, ax=ax, label=f"{kind} {metric}")
-        return ax
+        return draw_heatmap(
+            values,
+            ax=ax,
+            cmap=cmap or ("RdBu" if kind == "margin" else "viridis"),
+            title=title if title is not None else f"{self.model or 'model'}: {kind} {metric}",
+            label=f"{kind} {metric}",
+            vmin=vmin,
+            vmax=vmax,
+        )
 
     def plot(self, metric: str = "accuracy", *, ax: Axes | None = None) -> Axes:
         """Per layer, the best head of each baseline (and of the model's scores, when held)."""

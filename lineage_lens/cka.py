@@ -26,19 +26,18 @@ Typical use::
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from lineage_lens._io import atomic_path
+from lineage_lens._display import label
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.headmap import HeadMap
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -198,8 +197,8 @@ def _as_2d(a: Any, what: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class HeadCKA:
+@dataclass(repr=False)
+class HeadCKA(HeadMap):
     """``[L, H]`` CKA similarity of each head's activations between two models.
 
     Attributes:
@@ -215,31 +214,25 @@ class HeadCKA:
     model_b: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.values.shape  # type: ignore[return-value]
+    def head_maps(self) -> dict[str, Float[np.ndarray, "layer head"]]:
+        """``cka`` per head."""
+        return {"cka": self.values}
 
     def layer_means(self) -> np.ndarray:
         return self.values.mean(axis=1)
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per head: ``layer, head, cka``."""
-        L, H = self.shape
-        layers, heads = np.divmod(np.arange(L * H), H)
-        return pd.DataFrame({"layer": layers, "head": heads, "cka": self.values.ravel()})
+    def _provenance(self) -> list[tuple[str, str]]:
+        return [
+            ("model_a", label(self.model_a)),
+            ("model_b", label(self.model_b)),
+            ("n", str(self.n)),
+            ("estimator", "debiased" if self.debiased else "linear"),
+        ]
 
-    def correlate_with(self, scores: Any, **kwargs: Any):
-        """:func:`lineage_lens.lineage.compare_scores` of these similarities with ``scores``."""
-        from lineage_lens.lineage import compare_scores
+    def _correlation_name(self) -> str:
+        return f"CKA {self.model_a} vs {self.model_b}"
 
-        kwargs.setdefault("name_a", f"CKA {self.model_a} vs {self.model_b}")
-        return compare_scores(self.values, scores, **kwargs)
-
-    def save(self, path: str | Path) -> Path:
-        """Write a ``.npz`` (atomically)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ConfigError(f"HeadCKA.save writes .npz files, got {path.name!r}")
+    def _npz_payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = {
             "debiased": self.debiased,
             "n": self.n,
@@ -247,20 +240,12 @@ class HeadCKA:
             "model_b": self.model_b,
             "meta": self.meta,
         }
-        with atomic_path(path) as tmp:
-            np.savez(tmp, values=self.values, meta=np.array(json.dumps(meta)))
-        return path
+        return {"values": self.values}, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> HeadCKA:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                values = data["values"]
-                meta = json.loads(str(data["meta"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"not a HeadCKA file ({exc})", path=path) from exc
+    def _from_npz(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path) -> HeadCKA:
         return cls(
-            values,
+            arrays["values"],
             bool(meta["debiased"]),
             int(meta["n"]),
             meta.get("model_a", ""),
@@ -268,19 +253,12 @@ class HeadCKA:
             meta.get("meta", {}),
         )
 
-    def heatmap(self, *, ax: Axes | None = None) -> Axes:
-        """Layer x head heatmap of the CKA values."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(max(3.0, 0.25 * self.shape[1] + 2), 3.5))
-        im = ax.imshow(self.values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
+    def _title(self, metric: str) -> str:
         kind = "debiased CKA" if self.debiased else "linear CKA"
-        ax.set_title(f"{kind}: {self.model_a} vs {self.model_b}")
-        ax.figure.colorbar(im, ax=ax, label="CKA")
-        return ax
+        return f"{kind}: {self.model_a} vs {self.model_b}"
+
+    def _heatmap_style(self, metric: str, values: np.ndarray) -> dict[str, Any]:
+        return {"vmin": 0, "vmax": 1, "label": "CKA"}
 
     def plot(self, *, ax: Axes | None = None) -> Axes:
         """Per-layer mean CKA (line) with the spread over heads (min-max band)."""

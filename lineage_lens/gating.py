@@ -59,7 +59,6 @@ heads with a seed; ``"inverse"``: ``max + min - S``; ``"uniform"``: every head e
 from __future__ import annotations
 
 import contextlib
-import html
 import logging
 import math
 import warnings
@@ -67,17 +66,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lineage_lens._display import label, number
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.headmap import HeadMap
 from lineage_lens.models import head_geometry, model_label
 from lineage_lens.scores import TruthScores
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -248,7 +247,7 @@ class FoldHandle(contextlib.AbstractContextManager):
 
 
 # ------------------------------------------------------------------------------- the gate
-class TruthGate:
+class TruthGate(HeadMap):
     """Per-head soft gates ``g[l, h] = 1 + alpha * norm_l(S)[h]`` built from Truth Scores.
 
     Args:
@@ -342,13 +341,15 @@ class TruthGate:
         """``(n_layers, n_heads)`` of the gates."""
         return self.scores.shape
 
-    @property
-    def n_layers(self) -> int:
-        return self.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.shape[1]
+    def head_maps(self) -> dict[str, Float[np.ndarray, "layer head"]]:
+        """``score`` (the gate's metric), ``normalized``, ``raw_gate`` (before the clamp) and
+        ``gate`` (as applied, float32 values) per head."""
+        return {
+            "score": self.scores.get(self.metric),
+            "normalized": self.normalized,
+            "raw_gate": self.raw_gates,
+            "gate": self.gates.numpy().astype(np.float64),
+        }
 
     @property
     def active_layers(self) -> list[int]:
@@ -592,9 +593,11 @@ class TruthGate:
                 yield model
 
     # ----------------------------------------------------------------- presentation
-    def to_frame(self) -> pd.DataFrame:
-        """One row per head: ``layer, head, score, normalized, raw_gate, gate, gated, clamped``."""
-        layers, heads = np.divmod(np.arange(self.n_layers * self.n_heads), self.n_heads)
+    DEFAULT_METRIC = "gate"
+
+    def _frame_columns(self) -> dict[str, np.ndarray]:
+        """``score, normalized, raw_gate, gate`` and the flags ``gated`` (its layer is gated),
+        ``clamped`` (raised to ``clamp_min``)."""
         gated = np.zeros(self.shape, dtype=bool)
         gated[self.layers] = True
         clamped = (
@@ -602,18 +605,7 @@ class TruthGate:
             if self.clamp_min is None
             else self.raw_gates < self.clamp_min
         )
-        return pd.DataFrame(
-            {
-                "layer": layers,
-                "head": heads,
-                "score": self.scores.get(self.metric).ravel(),
-                "normalized": self.normalized.ravel(),
-                "raw_gate": self.raw_gates.ravel(),
-                "gate": self.gates.numpy().astype(np.float64).ravel(),
-                "gated": gated.ravel(),
-                "clamped": clamped.ravel(),
-            }
-        )
+        return self.head_maps() | {"gated": gated, "clamped": clamped}
 
     def summary(self) -> str:
         """A few lines: parameters, gate range, how many gates were clamped / negative."""
@@ -632,57 +624,53 @@ class TruthGate:
             ]
         )
 
-    def __repr__(self) -> str:
-        return (
-            f"TruthGate(shape={self.shape}, alpha={self.alpha:g}, norm={self.norm!r}, "
-            f"clamp_min={self.clamp_min}, placement={self.placement!r}, "
-            f"gates=[{float(self.gates.min()):.3f}, {float(self.gates.max()):.3f}])"
-        )
-
-    def _repr_html_(self) -> str:
-        g = self.gates.numpy()
-        rows = [
-            (
-                "scores",
-                f"{self.scores.model or '?'} / {self.scores.dataset or '?'} ({self.metric})",
-            ),
-            ("shape", f"{self.n_layers} layers x {self.n_heads} heads"),
+    def _provenance(self) -> list[tuple[str, str]]:
+        return [
+            ("scores", f"{label(self.scores.model)} ({self.metric})"),
             ("alpha", f"{self.alpha:g}"),
-            ("norm", self.norm),
-            ("placement", self.placement),
+            ("norm", repr(self.norm)),
+            ("clamp_min", number(self.clamp_min)),
+            ("placement", repr(self.placement)),
             ("layers", "all" if len(self.layers) == self.n_layers else str(self.layers)),
-            ("gate min / mean / max", f"{g.min():.4f} / {g.mean():.4f} / {g.max():.4f}"),
-            ("clamp_min", str(self.clamp_min)),
             ("clamped", str(self.n_clamped)),
             ("raw gates < 0", str(self.n_negative)),
         ]
-        body = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-            for k, v in rows
-        )
-        return f"<table><caption><b>TruthGate</b></caption>{body}</table>"
 
-    def heatmap(
-        self, *, ax: Axes | None = None, cmap: str = "RdBu_r", title: str | None = None
-    ) -> Axes:
-        """Layer x head heatmap of the gates, coloured around 1 (the identity)."""
-        import matplotlib.pyplot as plt
+    def _correlation_name(self) -> str:
+        return f"gates ({self.scores.model or 'scores'}, alpha={self.alpha:g})"
+
+    def _title(self, metric: str) -> str:
+        what = "gates" if metric == "gate" else metric
+        return f"{what}: alpha={self.alpha:g}, {self.norm} ({self.scores.model or 'scores'})"
+
+    def _heatmap_style(self, metric: str, values: np.ndarray) -> dict[str, Any]:
+        """Gates are coloured around 1 (the identity)."""
+        if metric not in ("gate", "raw_gate"):
+            return {}
         from matplotlib.colors import TwoSlopeNorm
 
-        if ax is None:
-            _, ax = plt.subplots(
-                figsize=(max(3.0, 0.25 * self.n_heads + 2), max(3.0, 0.2 * self.n_layers + 1))
-            )
-        g = self.gates.numpy()
-        lo, hi = float(g.min()), float(g.max())
+        lo, hi = float(values.min()), float(values.max())
         color_norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 1.0 - 1e-6), vmax=max(hi, 1.0 + 1e-6))
-        image = ax.imshow(g, aspect="auto", cmap=cmap, norm=color_norm)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(
-            title
-            if title is not None
-            else f"gates: alpha={self.alpha:g}, {self.norm} ({self.scores.model or 'scores'})"
-        )
-        ax.figure.colorbar(image, ax=ax, label="gate")
-        return ax
+        return {"cmap": "RdBu_r", "norm": color_norm}
+
+    # --------------------------------------------------------------------------- I/O
+    def _npz_payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The scores the gate was built from and its parameters (the gates are rebuilt)."""
+        provenance = self.scores._meta_dict()
+        return {"scores": self.scores.get(self.metric)}, {
+            "kind": "truth_gate",
+            "params": self.params(),
+            "scores": provenance,
+        }
+
+    @classmethod
+    def _from_npz(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Any) -> TruthGate:
+        if meta.get("kind") != "truth_gate":
+            raise DataError("not a TruthGate file (written by TruthGate.save)", path=path)
+        params = dict(meta["params"])
+        provenance = dict(meta["scores"])
+        extra = provenance.pop("meta", {})
+        scores = TruthScores({params["metric"]: arrays["scores"]}, **provenance, meta=extra)
+        if params.get("layers") is None:
+            params.pop("layers", None)
+        return cls(scores, **params)

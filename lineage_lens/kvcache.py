@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lineage_lens._display import ShortRepr
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -51,8 +53,8 @@ class KVCacheWarning(UserWarning):
     """A model's cached forward differs from its uncached one; lineage-lens will not use the cache."""
 
 
-@dataclass(frozen=True)
-class KVCacheCheck:
+@dataclass(frozen=True, repr=False)
+class KVCacheCheck(ShortRepr):
     """The verdict of :func:`check_kv_cache` on one model."""
 
     ok: bool
@@ -60,12 +62,13 @@ class KVCacheCheck:
     tolerance: float
     versions: str
 
-    def __repr__(self) -> str:
-        verdict = "ok" if self.ok else "MISMATCH"
-        return (
-            f"KVCacheCheck({verdict}, max |cached - uncached| {self.max_abs_diff:.2e} "
-            f"(tolerance {self.tolerance:.1e}), {self.versions})"
-        )
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        return [
+            ("verdict", "ok" if self.ok else "MISMATCH"),
+            ("max |cached - uncached|", f"{self.max_abs_diff:.2e}"),
+            ("tolerance", f"{self.tolerance:.1e}"),
+            ("versions", self.versions),
+        ]
 
 
 def library_versions() -> str:

@@ -35,6 +35,7 @@ import pandas as pd
 from jaxtyping import Float
 from scipy import stats
 
+from lineage_lens._display import ShortRepr, label
 from lineage_lens._io import atomic_open
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.scores import TruthScores, load_scores
@@ -109,8 +110,8 @@ def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 _STATISTICS = {"pearson": _pearson, "spearman": _spearman}
 
 
-@dataclass
-class CorrelationEstimate:
+@dataclass(repr=False)
+class CorrelationEstimate(ShortRepr):
     """One correlation coefficient with its bootstrap CI and permutation p-value."""
 
     method: str
@@ -129,6 +130,20 @@ class CorrelationEstimate:
             f"{self.method} r={self.r:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] "
             f"p_perm={self.p_permutation:.2g}"
         )
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        return [
+            ("method", repr(self.method)),
+            ("r", f"{self.r:.4g}"),
+            (
+                f"{self.confidence_level:.0%} {self.ci_method} CI",
+                f"[{self.ci_low:.4g}, {self.ci_high:.4g}]",
+            ),
+            ("p_permutation", f"{self.p_permutation:.3g}"),
+            ("p_parametric", f"{self.p_parametric:.3g}"),
+            ("n", str(self.n)),
+            ("n_resamples", str(self.n_resamples)),
+        ]
 
 
 def correlation_with_ci(
@@ -262,8 +277,8 @@ def layerwise_correlations(a: np.ndarray, b: np.ndarray) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ScoreComparison:
+@dataclass(repr=False)
+class ScoreComparison(ShortRepr):
     """How similarly two models score their heads (see :func:`compare_scores`).
 
     Attributes:
@@ -312,6 +327,21 @@ class ScoreComparison:
 
     def __str__(self) -> str:
         return self.summary()
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        fields = [
+            ("a", label(self.name_a)),
+            ("b", label(self.name_b)),
+            ("metric", repr(self.metric)),
+            ("shape", str(self.shape)),
+            ("n", str(self.pearson.n)),
+        ]
+        for est in (self.pearson, self.spearman):
+            fields.append((est.method, f"{est.r:.3f} [{est.ci_low:.3f}, {est.ci_high:.3f}]"))
+        if len(self.topk):
+            row = self.topk.iloc[0]
+            fields.append((f"top-{int(row['k'])} overlap", f"{int(row['overlap'])}"))
+        return fields
 
     # --- I/O
     def to_dict(self) -> dict[str, Any]:
@@ -445,8 +475,8 @@ def compare_scores(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ScoreMatrix:
+@dataclass(repr=False)
+class ScoreMatrix(ShortRepr):
     """All pairwise :class:`ScoreComparison` of a set of models (see :func:`compare_many`)."""
 
     names: list[str]
@@ -472,6 +502,23 @@ class ScoreMatrix:
                 continue
             out.loc[a, b] = getattr(getattr(self.get(a, b), method), value)
         return out
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        fields = [
+            ("models", str(len(self.names))),
+            ("names", ", ".join(self.names)),
+            ("pairs", str(len(self.comparisons))),
+            ("reference", label(self.reference)),
+        ]
+        if self.comparisons:
+            first = next(iter(self.comparisons.values()))
+            r = [c.pearson.r for c in self.comparisons.values()]
+            fields += [
+                ("metric", repr(first.metric)),
+                ("shape", str(first.shape)),
+                ("pearson r", f"{min(r):.3f} to {max(r):.3f}"),
+            ]
+        return fields
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per (pair, method) with r, CI and p-values."""

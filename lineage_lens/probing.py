@@ -84,6 +84,7 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lineage_lens._display import ShortRepr, label, number
 from lineage_lens.errors import ConfigError, DataError, LineageLensError, ShapeMismatchError
 from lineage_lens.scores import METRICS, TruthScores
 
@@ -868,7 +869,7 @@ def _resolve_seed(solver: str, seed: int | None) -> int:
     return int(seed)
 
 
-class HeadProbe:
+class HeadProbe(ShortRepr):
     """Scikit-learn-style estimator: one logistic probe per attention head.
 
     ``fit(acts, labels)`` cross-validates every head (``scores_``, a
@@ -904,6 +905,27 @@ class HeadProbe:
         self.tol = tol
         self.memory_bytes = memory_bytes
         self.progress = progress
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        fields = [
+            ("folds", str(self.folds)),
+            ("solver", repr(self.solver)),
+            ("l2", number(self.l2)),
+            ("seed", number(self.seed)),
+            ("refit", str(self.refit)),
+        ]
+        scores = getattr(self, "scores_", None)
+        if scores is None:
+            return [*fields, ("fitted", "no")]
+        acc = scores.get(scores.default_metric)
+        return [
+            *fields,
+            ("model", label(scores.model)),
+            ("shape", str(scores.shape)),
+            ("n", str(scores.n)),
+            (f"mean {scores.default_metric}", f"{float(np.nanmean(acc)):.4g}"),
+            (f"max {scores.default_metric}", f"{float(np.nanmax(acc)):.4g}"),
+        ]
 
     def _validate_params(self) -> None:
         if self.solver not in SOLVERS:

@@ -8,21 +8,18 @@ built from and what lineage comparisons read. It also imports the paper's publis
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
-from lineage_lens._io import atomic_open, atomic_path
+from lineage_lens._display import label
+from lineage_lens._io import atomic_open
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
+from lineage_lens.headmap import UNREADABLE, HeadMap
 
 #: Metrics a probe reports per head; ``accuracy`` is the Truth Score.
 METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auroc")
@@ -32,8 +29,8 @@ CSV_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1")
 _META_KEYS = ("model", "dataset", "n", "folds", "solver", "seed")
 
 
-@dataclass
-class TruthScores:
+@dataclass(repr=False)
+class TruthScores(HeadMap):
     """Per-head probe metrics of one model on one dataset.
 
     Attributes:
@@ -52,6 +49,8 @@ class TruthScores:
     seed: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    DEFAULT_METRIC = "accuracy"
+
     def __post_init__(self) -> None:
         if not self.metrics:
             raise ConfigError("TruthScores needs at least one metric array (e.g. 'accuracy').")
@@ -66,18 +65,9 @@ class TruthScores:
         self.metrics = arrays
 
     # ------------------------------------------------------------------ access
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(n_layers, n_heads)``."""
-        return next(iter(self.metrics.values())).shape  # type: ignore[return-value]
-
-    @property
-    def n_layers(self) -> int:
-        return self.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.shape[1]
+    def head_maps(self) -> dict[str, Float[np.ndarray, "layer head"]]:
+        """Every metric's ``[n_layers, n_heads]`` array."""
+        return self.metrics
 
     @property
     def accuracy(self) -> Float[np.ndarray, "layer head"]:
@@ -86,19 +76,11 @@ class TruthScores:
 
     def get(self, metric: str = "accuracy") -> Float[np.ndarray, "layer head"]:
         """The ``[n_layers, n_heads]`` array of ``metric``."""
-        if metric not in self.metrics:
-            raise ConfigError(
-                f"metric {metric!r} is not in these scores; available: {sorted(self.metrics)}"
-            )
-        return self.metrics[metric]
+        return self._map(metric)
 
     def top_k(self, k: int = 10, metric: str = "accuracy") -> list[tuple[int, int]]:
         """The ``k`` best heads as ``(layer, head)``, best first (ties: lower layer, head first)."""
-        values = self.get(metric).ravel()
-        if not 0 < k <= values.size:
-            raise ConfigError(f"k must be in 1..{values.size}, got {k}")
-        order = np.lexsort((np.arange(values.size), -values))[:k]
-        return [divmod(int(i), self.n_heads) for i in order]  # type: ignore[misc]
+        return self.top_heads(k, metric)
 
     def check_shape(self, shape: tuple[int, int], what: str = "model") -> None:
         """Raise :class:`ShapeMismatchError` unless these scores are ``shape`` = (layers, heads)."""
@@ -126,12 +108,8 @@ class TruthScores:
     # ----------------------------------------------------------------- frames
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head`` and every metric, plus the accuracy ``rank`` (1=best)."""
-        layers, heads = np.divmod(np.arange(self.n_layers * self.n_heads), self.n_heads)
-        frame = pd.DataFrame({"layer": layers, "head": heads})
-        for name, arr in self.metrics.items():
-            frame[name] = arr.ravel()
-        key = "accuracy" if "accuracy" in self.metrics else next(iter(self.metrics))
-        frame["rank"] = frame[key].rank(ascending=False, method="min").astype(int)
+        frame = super().to_frame()
+        frame["rank"] = frame[self.default_metric].rank(ascending=False, method="min").astype(int)
         return frame
 
     def summary(self, k: int = 5) -> str:
@@ -153,52 +131,34 @@ class TruthScores:
             lines.append(f"  #{rank} L{layer}H{head}: accuracy={acc[layer, head]:.3f}  {extra}")
         return "\n".join(lines)
 
-    def __repr__(self) -> str:
-        return (
-            f"TruthScores(model={self.model!r}, dataset={self.dataset!r}, shape={self.shape}, "
-            f"n={self.n}, metrics={sorted(self.metrics)})"
-        )
+    def _provenance(self) -> list[tuple[str, str]]:
+        return [
+            ("model", label(self.model)),
+            ("dataset", label(self.dataset)),
+            ("n", str(self.n)),
+            ("folds", str(self.folds)),
+            ("solver", label(self.solver)),
+            ("metrics", ",".join(self.metrics)),
+        ]
 
-    def _repr_html_(self) -> str:
-        top = self.to_frame().sort_values("rank").head(10)
-        return f"<p><b>{self.__repr__()}</b></p>" + top.to_html(index=False, float_format="%.3f")
+    def _correlation_name(self) -> str:
+        return self.model
 
     # -------------------------------------------------------------------- I/O
     def _meta_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _META_KEYS} | {"meta": self.meta}
 
-    def save(self, path: str | Path) -> Path:
-        """Write a ``.npz`` (one array per metric + JSON provenance), atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ConfigError(f"TruthScores.save writes .npz files, got {path.name!r}")
-        arrays = {f"metric_{k}": v for k, v in self.metrics.items()}
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays, meta=np.array(json.dumps(self._meta_dict())))
-        return path
+    def _npz_payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """One array per metric (``metric_<name>``) + JSON provenance."""
+        return {f"metric_{k}": v for k, v in self.metrics.items()}, self._meta_dict()
 
     @classmethod
-    def load(cls, path: str | Path) -> TruthScores:
-        """Read a file written by :meth:`save`."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if not hasattr(data, "files"):
-                    raise DataError("a .npy array, not a .npz archive; rename it", path=path)
-                metrics = {k[7:]: data[k] for k in data.files if k.startswith("metric_")}
-                meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-        except DataError:
-            raise
-        except _UNREADABLE as exc:
-            raise DataError(
-                f"not a readable lineage-lens scores file ({type(exc).__name__}: {exc}); is it "
-                "truncated or of another format?",
-                path=path,
-            ) from exc
+    def _from_npz(
+        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path
+    ) -> TruthScores:
+        metrics = {k[7:]: v for k, v in arrays.items() if k.startswith("metric_")}
         if not metrics:
             raise DataError("no metric arrays (metric_*) in file", path=path)
-        if not isinstance(meta, dict):
-            raise DataError("the 'meta' entry is not a JSON object", path=path)
         extra = meta.pop("meta", {})
         kwargs = {k: meta.get(k) for k in _META_KEYS if k in meta}
         return _build(path, metrics, **kwargs, meta=extra if isinstance(extra, dict) else {})
@@ -285,7 +245,7 @@ class TruthScores:
         path = Path(path)
         try:
             arr = np.load(path, allow_pickle=False)
-        except _UNREADABLE as exc:
+        except UNREADABLE as exc:
             raise DataError(
                 f"cannot read .npy ({type(exc).__name__}: {exc}); is it truncated?", path=path
             ) from exc
@@ -305,33 +265,8 @@ class TruthScores:
         )
 
     # ------------------------------------------------------------------- plot
-    def heatmap(
-        self,
-        metric: str = "accuracy",
-        *,
-        ax: Axes | None = None,
-        cmap: str = "viridis",
-        title: str | None = None,
-        vmin: float | None = None,
-        vmax: float | None = None,
-    ) -> Axes:
-        """Layer x head heatmap of ``metric`` (layers on the y axis, layer 0 at the top)."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(
-                figsize=(max(3.0, 0.25 * self.n_heads + 2), max(3.0, 0.2 * self.n_layers + 1))
-            )
-        image = ax.imshow(self.get(metric), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(title if title is not None else f"{self.model or 'model'}: {metric}")
-        ax.figure.colorbar(image, ax=ax, label=metric)
-        return ax
-
-
-#: What reading a damaged file may raise (truncated zip, empty file, bad header, bad JSON).
-_UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RecursionError)
+    def _title(self, metric: str) -> str:
+        return f"{self.model or 'model'}: {metric}"
 
 
 def _build(path: Path, metrics: dict[str, Any], **kwargs: Any) -> TruthScores:

@@ -40,8 +40,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lineage_lens._io import atomic_path
-from lineage_lens.errors import ConfigError, DataError, ModelLoadError, ShapeMismatchError
+from lineage_lens._display import label
+from lineage_lens.errors import ConfigError, ModelLoadError, ShapeMismatchError
+from lineage_lens.headmap import HeadMap
 from lineage_lens.models import HeadGeometry, head_geometry, model_label
 
 if TYPE_CHECKING:
@@ -289,8 +290,8 @@ def layer_drift(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class WeightDrift:
+@dataclass(repr=False)
+class WeightDrift(HeadMap):
     """Per-head weight drift from an ancestor to a descendant (see :func:`weight_drift`).
 
     Attributes:
@@ -310,9 +311,15 @@ class WeightDrift:
     descendant: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
+    DEFAULT_METRIC = "qk_rel"
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.geometry.shape
+
+    def head_maps(self) -> dict[str, Float[np.ndarray, "layer head"]]:
+        """Every per-query-head quantity (``heads``)."""
+        return self.heads
 
     def get(self, name: str = "qk_rel") -> np.ndarray:
         """One array by name (any key of ``heads``, ``kv_heads`` or ``layers``)."""
@@ -323,15 +330,6 @@ class WeightDrift:
             f"unknown drift quantity {name!r}; available: "
             f"{sorted([*self.heads, *self.kv_heads, *self.layers])}"
         )
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per (layer, query head): every per-head quantity."""
-        L, H = self.shape
-        layers, heads = np.divmod(np.arange(L * H), H)
-        frame = pd.DataFrame({"layer": layers, "head": heads})
-        for k, v in self.heads.items():
-            frame[k] = v.ravel()
-        return frame
 
     def layer_frame(self) -> pd.DataFrame:
         """One row per layer: per-layer means over heads of every quantity (``mean_*``) and the
@@ -356,15 +354,20 @@ class WeightDrift:
             f"QK={lf.mean_qk_rel.mean():.3g} OV={lf.mean_ov_rel.mean():.3g}"
         )
 
-    def __repr__(self) -> str:
-        return f"WeightDrift({self.ancestor!r} -> {self.descendant!r}, shape={self.shape})"
+    def _provenance(self) -> list[tuple[str, str]]:
+        g = self.geometry
+        return [
+            ("ancestor", label(self.ancestor)),
+            ("descendant", label(self.descendant)),
+            ("kv heads", str(g.n_kv_heads)),
+            ("d_head", str(g.d_head)),
+        ]
+
+    def _correlation_name(self) -> str:
+        return f"weight drift {self.ancestor} -> {self.descendant}"
 
     # --- I/O
-    def save(self, path: str | Path) -> Path:
-        """Write a ``.npz`` (atomically)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ConfigError(f"WeightDrift.save writes .npz files, got {path.name!r}")
+    def _npz_payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = {
             "geometry": self.geometry.to_dict(),
             "ancestor": self.ancestor,
@@ -374,22 +377,17 @@ class WeightDrift:
         arrays = {f"heads__{k}": v for k, v in self.heads.items()}
         arrays |= {f"kv__{k}": v for k, v in self.kv_heads.items()}
         arrays |= {f"layers__{k}": v for k, v in self.layers.items()}
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays, meta=np.array(json.dumps(meta)))
-        return path
+        return arrays, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> WeightDrift:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                parts: dict[str, dict[str, np.ndarray]] = {"heads": {}, "kv": {}, "layers": {}}
-                for k in data.files:
-                    if "__" in k:
-                        group, name = k.split("__", 1)
-                        parts[group][name] = data[k]
-                meta = json.loads(str(data["meta"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"not a WeightDrift file ({exc})", path=path) from exc
+    def _from_npz(
+        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path
+    ) -> WeightDrift:
+        parts: dict[str, dict[str, np.ndarray]] = {"heads": {}, "kv": {}, "layers": {}}
+        for k, v in arrays.items():
+            if "__" in k:
+                group, name = k.split("__", 1)
+                parts[group][name] = v
         return cls(
             parts["heads"],
             parts["kv"],
@@ -439,21 +437,22 @@ class WeightDrift:
         ax.legend(fontsize="small", ncol=2)
         return ax
 
-    def heatmap(self, name: str = "qk_rel", *, ax: Axes | None = None) -> Axes:
-        """Layer x head heatmap of one per-head quantity."""
-        import matplotlib.pyplot as plt
+    def heatmap(self, name: str | None = "qk_rel", **kwargs: Any) -> Axes:
+        """Layer x head heatmap of one per-head (or per-kv-head) quantity; ``ax``, ``cmap``,
+        ``title``, ``vmin``, ``vmax`` as in :meth:`HeadMap.heatmap`."""
+        return super().heatmap(name, **kwargs)
 
-        arr = self.get(name)
+    def _heatmap_values(self, metric: str) -> Float[np.ndarray, "layer head"]:
+        arr = self.get(metric)
         if arr.ndim != 2:
-            raise ConfigError(f"{name!r} is not a per-head quantity")
-        if ax is None:
-            _, ax = plt.subplots(figsize=(max(3.0, 0.25 * arr.shape[1] + 2), 3.5))
-        im = ax.imshow(arr, aspect="auto", cmap="magma")
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(f"{name}: {self.ancestor} → {self.descendant}")
-        ax.figure.colorbar(im, ax=ax, label=name)
-        return ax
+            raise ConfigError(f"{metric!r} is not a per-head quantity")
+        return arr
+
+    def _title(self, metric: str) -> str:
+        return f"{metric}: {self.ancestor} → {self.descendant}"
+
+    def _heatmap_style(self, metric: str, values: np.ndarray) -> dict[str, Any]:
+        return {"cmap": "magma"}
 
 
 def _iter_layers(source: AttentionWeightSource, n: int, desc: str) -> Iterator[int]:

@@ -37,6 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lineage_lens._display import ShortRepr, label
 from lineage_lens._io import atomic_open
 from lineage_lens.batching import (
     MIN_SHARED_PREFIX,
@@ -462,8 +463,8 @@ def maybe_cache(cache: ResultCache | str | Path | None) -> Iterator[ResultCache 
 
 
 # ------------------------------------------------------------------------------ results
-@dataclass
-class EvalResult:
+@dataclass(repr=False)
+class EvalResult(ShortRepr):
     """Results of a yes/no evaluation (HaluEval or POPE).
 
     Attributes:
@@ -505,6 +506,20 @@ class EvalResult:
             f"{self.task} ({len(self.metrics)} groups, n={int(s['n'])}, "
             f"unparsed={int(s['n_unparsed'])}): " + ", ".join(parts)
         )
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        fields = [
+            ("task", repr(self.task)),
+            ("model", label(self.config.get("model"))),
+            ("mode", label(self.config.get("mode"))),
+            ("groups", str(len(self.metrics))),
+        ]
+        if self.metrics.empty or not set(METRIC_NAMES) <= set(self.metrics.columns):
+            return fields
+        s = self.summary()
+        fields.append(("n", str(int(s["n"]))))
+        fields += [(k, f"{s[k]:.4f} ± {s[k + '_std']:.4f}") for k in ("accuracy", "f1")]
+        return [*fields, ("unparsed", str(int(s["n_unparsed"])))]
 
     def save(self, path: str | Path) -> Path:
         """Write everything as one JSON file (atomically)."""
