@@ -54,6 +54,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lineage_lens._display import ShortRepr, label
 from lineage_lens._io import atomic_open, atomic_path
 from lineage_lens.batching import (
     MIN_SHARED_PREFIX,
@@ -104,8 +105,8 @@ _PROGRESS_FILE = "progress.json"
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class HeadActivations:
+@dataclass(repr=False)
+class HeadActivations(ShortRepr):
     """Per-head vectors of ``n`` examples at one token position, with their labels.
 
     Attributes:
@@ -195,6 +196,19 @@ class HeadActivations:
             n_tokens=pick(self.n_tokens),
             meta=dict(self.meta),
         )
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        n_true = int(self.labels.sum())
+        kind = "memmap" if isinstance(self.acts, np.memmap) else "in memory"
+        return [
+            ("model", label(self.model)),
+            ("n", str(len(self))),
+            ("shape", f"{self.shape} (d_head {self.d_head})"),
+            ("acts", f"{self.acts.dtype} {kind}"),
+            ("labels", f"{n_true} truthful / {len(self) - n_true} hallucinated"),
+            ("sources", str(len(set(self.source_ids)))),
+            ("position", repr(self.position)),
+        ]
 
     def to_frame(self) -> pd.DataFrame:
         """One row per example: ``label``, ``source_id``, ``token_position``, ``n_tokens``."""

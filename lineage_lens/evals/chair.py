@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from lineage_lens._display import ShortRepr, label
 from lineage_lens._io import atomic_open
 from lineage_lens._resources import resource_path
 from lineage_lens.errors import ConfigError, DataError
@@ -643,8 +644,8 @@ def coco_ground_truth(
 
 
 # ------------------------------------------------------------------------------ metrics
-@dataclass
-class ChairResult:
+@dataclass(repr=False)
+class ChairResult(ShortRepr):
     """CHAIR metrics and per-caption details.
 
     Attributes:
@@ -678,6 +679,16 @@ class ChairResult:
             f"mean length {m['mean_length']:.1f}  n {int(m['n'])}"
             + (f"  (skipped {int(m['n_skipped'])} without ground truth)" if m["n_skipped"] else "")
         )
+
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        m = self.metrics
+        fields = [(k, f"{float(m[k]):.4f}") for k in ("chair_s", "chair_i", "recall") if k in m]
+        fields += [(k, str(int(m[k]))) for k in ("n", "n_skipped") if k in m]
+        return [
+            *fields,
+            ("vocabulary", label(self.config.get("vocabulary"))),
+            ("counting", label(self.config.get("counting"))),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
