@@ -1,8 +1,10 @@
 """Alpha sweeps of TruthProbe gating on the zoo family, with confidence intervals.
 
-The zoo's hallucination test: held-out counterfactual items (a context contradicting the memorised
-fact, triples never trained on); a member *follows the context* when the next-token logit of the
-context's answer beats the memorised one after ``Context: ... Answer:``. For each ``alpha`` the
+The zoo's hallucination test (:mod:`lineage_lens.evals.context`): held-out counterfactual items (a
+context contradicting the memorised fact, triples never trained on); a member *follows the context*
+when the next-token logit of the context's answer beats the memorised one after
+``Context: ... Answer:``. The sweep is the library's (:func:`lineage_lens.sweep.gating_sweep`,
+sources from :func:`lineage_lens.sweep.transfer_sources`). For each ``alpha`` the
 share of items followed is measured with :class:`lineage_lens.gating.TruthGate` (``norm="center"``,
 ``placement="z"``) applied with
 
@@ -12,7 +14,7 @@ share of items followed is measured with :class:`lineage_lens.gating.TruthGate` 
   heads; one curve per control seed of the profile).
 
 Every rate carries a 95 % Wilson interval; every change carries a paired bootstrap interval over
-the same items (:func:`lineage_lens.evals.paired_bootstrap_delta`): against the ungated member
+the same items (:func:`lineage_lens.stats.paired_bootstrap_delta`): against the ungated member
 (``alpha = 0``) and, for the inherited scores, against the random control at the same alpha (the
 control averaged over its seeds item by item) -- the transfer test.
 
@@ -25,10 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Bool
 
 from experiments._common import (
     FIGURES,
@@ -40,11 +39,9 @@ from experiments._common import (
     save_figure,
 )
 from experiments._zoo import ANCESTOR, DESCENDANTS, zoo_lineage
-from lineage_lens.data import PAPER_TEMPLATE
-from lineage_lens.gating import TruthGate, control_scores
+from lineage_lens.evals.context import ContextFollowing, context_following, followed
 from lineage_lens.models import load_model
-from lineage_lens.scores import TruthScores
-from lineage_lens.stats import paired_bootstrap_delta, proportion_ci
+from lineage_lens.sweep import CONTROL, UNGATED, ScoreSource, gating_sweep, transfer_sources
 from lineage_lens.zoo.world import heldout_counterfactual_items
 
 ALPHAS = {"test": (0.0, 2.0, 8.0), "demo": (0.0, 1.0, 2.0, 4.0, 8.0), "full": (0, 1, 2, 4, 8, 16)}
@@ -53,105 +50,57 @@ N_EVAL = {"test": 100, "demo": 300, "full": 1000}
 CONTROL_SEEDS = {"test": (0, 1), "demo": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
 #: Seed of the held-out item sample.
 ITEM_SEED = 1
-CONTROL = "random control"
+#: The CSV's names of the sweep's paired changes of the context-following rate.
+CHANGES = {
+    "context_following_delta": "delta_vs_ungated",
+    "context_following_delta_ci_low": "delta_ci_low",
+    "context_following_delta_ci_high": "delta_ci_high",
+    "context_following_vs_control": "delta_vs_control",
+    "context_following_vs_control_ci_low": "delta_vs_control_ci_low",
+    "context_following_vs_control_ci_high": "delta_vs_control_ci_high",
+}
+COLUMNS = (
+    "member",
+    "scores",
+    "control_seed",
+    "alpha",
+    "n",
+    "context_following",
+    "ci_low",
+    "ci_high",
+    *CHANGES.values(),
+)
 
-
-@torch.no_grad()
-def followed(model, items: list[tuple[str, str, str, str]]) -> Bool[np.ndarray, " item"]:
-    """Per ``(context, question, context answer, prior)`` item: does the context answer get a
-    higher next-token logit than the prior after the paper's prompt (bridge forward)?"""
-    tok = model.tokenizer
-    prompts = [
-        PAPER_TEMPLATE.split("{answer}")[0].format(context=c, question=q) for c, q, _, _ in items
-    ]
-    enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-    logits = model(enc.input_ids, attention_mask=enc.attention_mask)
-    if tok.padding_side == "left":
-        last = torch.full((len(items),), enc.input_ids.shape[1] - 1)
-    else:
-        last = enc.attention_mask.sum(1) - 1
-    rows = torch.arange(len(items))
-    out = logits[rows, last]
-    ctx = torch.tensor([tok.convert_tokens_to_ids(a) for _, _, a, _ in items])
-    prior = torch.tensor([tok.convert_tokens_to_ids(p) for _, _, _, p in items])
-    return (out[rows, ctx] > out[rows, prior]).numpy()
-
-
-def context_following(model, items: list[tuple[str, str, str, str]]) -> float:
-    """Share of items whose context answer wins (see :func:`followed`)."""
-    return float(followed(model, items).mean())
+__all__ = ["context_following", "followed", "run", "sweep"]
 
 
 def sweep(profile: str) -> pd.DataFrame:
     """The plotted numbers: context-following rate per member, score source, seed and alpha,
-    with Wilson intervals and paired-bootstrap changes (see the module docstring)."""
+    with Wilson intervals and paired-bootstrap changes (see the module docstring;
+    :func:`lineage_lens.sweep.gating_sweep`, one row per source and alpha, alpha 0 ungated)."""
     lineage = zoo_lineage(profile)
     items = heldout_counterfactual_items(
         lineage.zoo.world(ANCESTOR), N_EVAL[profile], seed=ITEM_SEED
     )
     base = lineage.scores[ANCESTOR]
-    plans: dict[str, list[tuple[str, int | None, TruthScores]]] = {ANCESTOR: [("own", None, base)]}
+    plans = {ANCESTOR: [ScoreSource("own", base)]}
     for name in DESCENDANTS:
-        plans[name] = [("inherited", None, base), ("own", None, lineage.scores[name])]
-        plans[name] += [
-            (CONTROL, s, control_scores(base, "random", seed=s)) for s in CONTROL_SEEDS[profile]
-        ]
-    outcomes: dict[tuple[str, str, int | None, float], np.ndarray] = {}
-    for member, sources in plans.items():
-        model = load_model(lineage.path(member))
-        ungated = followed(model, items)
-        for source, seed, scores in sources:
-            for alpha in ALPHAS[profile]:
-                if alpha == 0:
-                    hits = ungated  # a gate with alpha 0 is the identity
-                else:
-                    with TruthGate(scores, alpha=float(alpha), norm="center").applied(model):
-                        hits = followed(model, items)
-                outcomes[member, source, seed, float(alpha)] = hits
-    return summarise(outcomes, n_resamples=RESAMPLES[profile])
-
-
-def summarise(
-    outcomes: dict[tuple[str, str, int | None, float], np.ndarray], *, n_resamples: int = 2000
-) -> pd.DataFrame:
-    """One row per ``(member, scores, control_seed, alpha)`` of per-item outcomes: the rate with
-    its Wilson CI, the paired change against ``alpha = 0`` and, for inherited scores, against the
-    random control (mean over its seeds per item) at the same alpha."""
-    rows = []
-    for (member, source, seed, alpha), hits in outcomes.items():
-        rate, low, high = proportion_ci(int(hits.sum()), len(hits))
-        ungated = outcomes[member, source, seed, 0.0]
-        d, d_low, d_high = paired_bootstrap_delta(
-            np.mean, ungated, hits, n_resamples=n_resamples, seed=0
+        plans[name] = transfer_sources(
+            base, lineage.scores[name], control_seeds=CONTROL_SEEDS[profile]
         )
-        row = {
-            "member": member,
-            "scores": source,
-            "control_seed": seed,
-            "alpha": alpha,
-            "n": len(hits),
-            "context_following": rate,
-            "ci_low": low,
-            "ci_high": high,
-            "delta_vs_ungated": d,
-            "delta_ci_low": d_low,
-            "delta_ci_high": d_high,
-        }
-        controls = [
-            v for (m, s, _, a), v in outcomes.items() if m == member and s == CONTROL and a == alpha
-        ]
-        if source == "inherited" and controls:
-            control = np.mean(controls, axis=0)
-            d, d_low, d_high = paired_bootstrap_delta(
-                np.mean, control, hits, n_resamples=n_resamples, seed=0
-            )
-            row |= {
-                "delta_vs_control": d,
-                "delta_vs_control_ci_low": d_low,
-                "delta_vs_control_ci_high": d_high,
-            }
-        rows.append(row)
-    return pd.DataFrame(rows)
+    frames = []
+    for member, sources in plans.items():
+        frame = gating_sweep(
+            load_model(lineage.path(member)),
+            ContextFollowing(items),
+            sources,
+            ALPHAS[profile],
+            n_resamples=RESAMPLES[profile],
+        )
+        frame = frame[frame["scores"] != UNGATED].assign(member=member)  # alpha 0 rows hold it
+        frames.append(frame.rename(columns=CHANGES))
+    out = pd.concat(frames, ignore_index=True)[list(COLUMNS)]
+    return out.astype({"control_seed": float})  # NaN where no control seed, as floats
 
 
 def plot_sweep(frame: pd.DataFrame) -> plt.Figure:

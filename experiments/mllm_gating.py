@@ -13,8 +13,9 @@ only) with
 How sure each number is: POPE accuracies and CHAIR_s carry 95 % Wilson intervals, CHAIR_i a
 bootstrap interval over captions; every gated row carries the paired bootstrap change against the
 ungated model on the same questions and captions (pooled POPE accuracy, CHAIR_i), and inherited rows
-also against the random control at the same alpha (averaged over its seeds item by item)
-(:func:`lineage_lens.evals.paired_bootstrap_delta`).
+also against the random control at the same alpha (averaged over its seeds item by item): the
+library sweep (:func:`lineage_lens.sweep.gating_sweep`) with the POPE and CHAIR evaluators of
+:mod:`lineage_lens.evals.outcomes`.
 
 Profiles ``test`` and ``demo`` use the tiny family (``base`` -> ``vlm``, scores from
 :mod:`experiments._zoo`); ``full`` uses ``smollm2-vlm`` with SmolLM2-135M-Instruct's scores
@@ -32,7 +33,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from experiments._common import (
     FIGURES,
@@ -43,25 +43,17 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
-from lineage_lens.errors import DataError
-from lineage_lens.evals.chair import (
-    ChairResult,
-    ObjectVocabulary,
-    chair_i_of_counts,
-    evaluate_chair,
-)
-from lineage_lens.evals.pope import evaluate_pope
-from lineage_lens.gating import TruthGate, control_scores
+from lineage_lens.evals.chair import ObjectVocabulary
+from lineage_lens.evals.outcomes import ChairCaptions, Outcome, PopeAnswers
 from lineage_lens.models import load_model
 from lineage_lens.scores import TruthScores
-from lineage_lens.stats import paired_bootstrap_delta, proportion_ci
+from lineage_lens.sweep import CONTROL, change_columns, gating_sweep, transfer_sources
 from lineage_lens.zoo.images import CAPTION_PROMPT, OBJECTS
 from lineage_lens.zoo.train import VLM_PROMPT
 
 SPLITS = ("random", "popular", "adversarial")
 #: Zoo eval images are ``images/zoo_00007.png`` for image id ``"7"``.
 FILE_PATTERN = "zoo_{image_id:0>5}.png"
-CONTROL = "random control"
 
 
 @dataclass(frozen=True)
@@ -106,161 +98,72 @@ def family(profile: str) -> MllmFamily:
     return MllmFamily(TINY_ANCESTOR, "vlm", lineage.path("vlm"), scores)
 
 
+CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "n")
+#: The CSV's columns of one setting, in order (after ``mllm, scores, alpha, control_seed``); the
+#: paired changes ``pope_accuracy_*`` of the sweep are named ``pope_*`` here.
+METRICS = (
+    *(f"pope_{s}_{k}" for s in SPLITS for k in ("accuracy", "f1", "yes_ratio", "auroc")),
+    *CHAIR_KEYS,
+    "pope_accuracy_ci_low",
+    "pope_accuracy_ci_high",
+    "pope_adversarial_accuracy_ci_low",
+    "pope_adversarial_accuracy_ci_high",
+    "pope_accuracy",
+    "pope_n",
+    "chair_i_ci_low",
+    "chair_i_ci_high",
+)
+
+
+@dataclass(frozen=True)
+class PopeAndChair:
+    """The sweep's evaluator: POPE on the zoo's three splits and CHAIR of its captions, one row."""
+
+    pope: PopeAnswers
+    chair: ChairCaptions
+
+    def __call__(self, model, gate) -> Outcome:
+        pope, chair = self.pope(model, gate), self.chair(model, gate)
+        metrics = pope.metrics | {k: float(chair.metrics[k]) for k in CHAIR_KEYS}
+        metrics |= {k: v for k, v in chair.metrics.items() if k.startswith("chair_i_ci")}
+        return Outcome({k: metrics[k] for k in METRICS if k in metrics}, pope.paired | chair.paired)
+
+
 def evaluate(profile: str) -> pd.DataFrame:
     """The plotted numbers: one row per gate setting (and control seed)."""
     plan = PLANS[profile]
     fam = family(profile)
-    model = load_model(fam.path)
     eval_dir = fam.path / "eval"
-    vocab = ObjectVocabulary.from_classes(OBJECTS, name="zoo")
-    settings: list[tuple[str, float, int | None, TruthScores | None]] = [("none", 0.0, None, None)]
-    controls = {
-        s: control_scores(fam.scores["inherited"], "random", seed=s) for s in plan.control_seeds
-    }
-    for alpha in plan.alphas:
-        settings += [
-            ("inherited", alpha, None, fam.scores["inherited"]),
-            ("own", alpha, None, fam.scores["own"]),
-        ]
-        settings += [(CONTROL, alpha, s, c) for s, c in controls.items()]
-    rows, outcomes = [], []
-    for source, alpha, seed, scores in settings:
-        gate = None if scores is None else TruthGate(scores, alpha=alpha, norm="center")
-        pope = evaluate_pope(
-            model,
+    evaluator = PopeAndChair(
+        PopeAnswers(
             eval_dir / "images",
             [eval_dir / f"pope_{s}.json" for s in SPLITS],
-            gate=gate,
             prompt_template=VLM_PROMPT,
             limit=plan.pope_limit,
-            progress=False,
-        )
-        chair = evaluate_chair(
-            model,
+        ),
+        ChairCaptions(
             eval_dir / "images",
-            vocabulary=vocab,
+            vocabulary=ObjectVocabulary.from_classes(OBJECTS, name="zoo"),
             ground_truth=eval_dir / "gt_objects.json",
             file_pattern=FILE_PATTERN,
             prompt=CAPTION_PROMPT,
             prompt_template=VLM_PROMPT,
             max_new_tokens=plan.max_new_tokens,
-            gate=gate,
             limit=plan.chair_limit,
-            progress=False,
-        )
-        row: dict = {"mllm": fam.mllm, "scores": source, "alpha": alpha, "control_seed": seed}
-        for split, m in zip(SPLITS, pope.metrics.to_dict(orient="records"), strict=True):
-            row |= {f"pope_{split}_{k}": m[k] for k in ("accuracy", "f1", "yes_ratio", "auroc")}
-        row |= {k: float(chair.metrics[k]) for k in CHAIR_KEYS}
-        out = Outcomes.of(pope.examples, chair)
-        row |= out.intervals(RESAMPLES[profile])
-        rows.append(row)
-        outcomes.append(out)
-    return add_changes(pd.DataFrame(rows), outcomes, RESAMPLES[profile])
-
-
-@dataclass(frozen=True)
-class Outcomes:
-    """Per-example results of one setting: POPE correctness (adversarial split and all splits)
-    and per-caption hallucinated / mentioned object counts, in a fixed example order."""
-
-    pope_correct: np.ndarray
-    adversarial: np.ndarray  # bool mask of the adversarial split's questions
-    hallucinated: np.ndarray
-    mentioned: np.ndarray
-    caption_ids: tuple[str, ...]
-
-    @classmethod
-    def of(cls, examples: pd.DataFrame, chair: ChairResult) -> Outcomes:
-        said_yes = examples["answer"] == "yes"
-        caps = chair.per_caption
-        return cls(
-            pope_correct=(said_yes == examples["label"].astype(bool)).to_numpy(dtype=float),
-            adversarial=examples["split"].str.endswith("pope_adversarial.json").to_numpy(),
-            hallucinated=caps["n_hallucinated"].to_numpy(dtype=float),
-            mentioned=caps["n_mentions"].to_numpy(dtype=float),
-            caption_ids=tuple(caps["image_id"].astype(str)),
-        )
-
-    def intervals(self, n_resamples: int) -> dict[str, float]:
-        """The pooled POPE accuracy and adversarial accuracy (Wilson) and CHAIR_i (bootstrap over
-        captions) with their 95 % intervals."""
-        out: dict[str, float] = {}
-        for name, hits in (
-            ("pope_accuracy", self.pope_correct),
-            ("pope_adversarial_accuracy", self.pope_correct[self.adversarial]),
-        ):
-            _, low, high = proportion_ci(int(hits.sum()), len(hits))
-            out |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
-        out["pope_accuracy"] = float(self.pope_correct.mean())  # pooled over the splits
-        out["pope_n"] = len(self.pope_correct)
-        if self.mentioned.sum() > 0 and len(self.mentioned) > 1:
-            ci = stats.bootstrap(
-                (self.hallucinated, self.mentioned),
-                chair_i_of_counts,
-                paired=True,
-                vectorized=False,
-                n_resamples=n_resamples,
-                method="percentile",
-                rng=np.random.default_rng(0),
-            ).confidence_interval
-            out |= {"chair_i_ci_low": float(ci.low), "chair_i_ci_high": float(ci.high)}
-        return out
-
-
-def _changes(base: Outcomes, other: Outcomes, n_resamples: int) -> dict[str, float]:
-    if base.caption_ids != other.caption_ids or len(base.pope_correct) != len(other.pope_correct):
-        raise DataError(
-            f"paired changes need the same examples: {len(base.pope_correct)} vs "
-            f"{len(other.pope_correct)} POPE questions, {len(base.caption_ids)} vs "
-            f"{len(other.caption_ids)} captions; run both settings with the same limits."
-        )
-    out: dict[str, float] = {}
-    d = paired_bootstrap_delta(
-        np.mean, base.pope_correct, other.pope_correct, n_resamples=n_resamples
+            n_resamples=RESAMPLES[profile],
+        ),
     )
-    out |= dict(zip(("pope_delta", "pope_delta_ci_low", "pope_delta_ci_high"), d, strict=True))
-    d = paired_bootstrap_delta(
-        chair_i_of_counts,
-        (base.hallucinated, base.mentioned),
-        (other.hallucinated, other.mentioned),
-        n_resamples=n_resamples,
+    sources = transfer_sources(
+        fam.scores["inherited"], fam.scores["own"], control_seeds=plan.control_seeds
     )
-    out |= dict(
-        zip(("chair_i_delta", "chair_i_delta_ci_low", "chair_i_delta_ci_high"), d, strict=True)
+    frame = gating_sweep(
+        load_model(fam.path), evaluator, sources, plan.alphas, n_resamples=RESAMPLES[profile]
     )
-    return out
-
-
-def add_changes(frame: pd.DataFrame, outcomes: list[Outcomes], n_resamples: int) -> pd.DataFrame:
-    """Paired changes of every gated row against the ungated one (``*_delta``) and of the
-    inherited rows against the random control at the same alpha (``*_vs_control``)."""
-    base = outcomes[0]  # the ungated setting comes first
-    extra: list[dict[str, float]] = [{}]
-    for i in range(1, len(frame)):
-        row = _changes(base, outcomes[i], n_resamples)
-        r = frame.iloc[i]
-        if r["scores"] == "inherited":
-            same = [
-                outcomes[j]
-                for j in range(len(frame))
-                if frame["scores"].iloc[j] == CONTROL and frame["alpha"].iloc[j] == r["alpha"]
-            ]
-            if same:
-                mean = Outcomes(
-                    np.mean([o.pope_correct for o in same], axis=0),
-                    base.adversarial,
-                    np.mean([o.hallucinated for o in same], axis=0),
-                    np.mean([o.mentioned for o in same], axis=0),
-                    base.caption_ids,
-                )
-                vs = _changes(mean, outcomes[i], n_resamples)
-                row |= {k.replace("delta", "vs_control"): v for k, v in vs.items()}
-        extra.append(row)
-    return pd.concat([frame, pd.DataFrame(extra)], axis=1)
-
-
-CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "n")
+    frame = frame.sort_values("alpha", kind="stable", ignore_index=True)  # alpha by alpha
+    delta, vs = change_columns("pope_accuracy")
+    frame = frame.rename(columns={c: c.replace("pope_accuracy", "pope", 1) for c in delta + vs})
+    frame.insert(0, "mllm", fam.mllm)
+    return frame
 
 
 def _label(r) -> str:

@@ -6,6 +6,8 @@
 * :func:`paired_bootstrap_delta` -- the change of any statistic between two settings scored on the
   same examples, with a paired bootstrap interval (``scipy.stats.bootstrap(paired=True)``);
 * :func:`paired_auroc_delta` -- the same for an AUROC, one or several settings per side;
+* :func:`bootstrap_ci` -- a percentile bootstrap interval of any statistic of per-example columns
+  (e.g. CHAIR_i over captions);
 * :func:`chair_i_of_counts` -- CHAIR_i from per-caption counts (for bootstraps over captions).
 
 Inheritance statistics between Truth Score maps (correlations with CIs, permutation tests, top-k
@@ -173,6 +175,39 @@ def paired_bootstrap_delta(
         rng=np.random.default_rng(seed),
     )
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    columns: Sequence[np.ndarray],
+    *,
+    n_resamples: int = 2000,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A percentile bootstrap interval ``(low, high)`` of ``statistic(*columns)``, resampling
+    examples (rows of the 1-D ``columns``, all of one length) with replacement
+    (``scipy.stats.bootstrap(paired=True)``)."""
+    from scipy import stats
+
+    cols = [np.asarray(c, dtype=np.float64) for c in columns]
+    if not cols or any(c.ndim != 1 or len(c) != len(cols[0]) for c in cols):
+        raise ConfigError(
+            f"columns {[c.shape for c in cols]} must be 1-D arrays of one length (at least one)."
+        )
+    if len(cols[0]) < 2:
+        raise DataError(f"a bootstrap needs at least 2 examples, got {len(cols[0])}.")
+    ci = stats.bootstrap(
+        tuple(cols),
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=confidence_level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def proportion_ci(

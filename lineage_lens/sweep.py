@@ -1,0 +1,227 @@
+"""The paper's gating experiment: score sources x alphas x an evaluator, with paired changes.
+
+A model is evaluated ungated once, then gated (:class:`~lineage_lens.gating.TruthGate`) with each
+:class:`ScoreSource` at each alpha; ``alpha == 0`` is the ungated model (reused, never
+re-evaluated). :func:`transfer_sources` builds the paper's transfer set for a descendant: the
+ancestor's scores (``inherited``), its own, and a ``random control`` (the ancestor's scores
+permuted over heads, :func:`~lineage_lens.gating.control_scores`) over several seeds.
+
+The evaluator is any callable ``evaluator(model, gate) -> Outcome``
+(:mod:`lineage_lens.evals.outcomes`: HaluEval, POPE, CHAIR; :mod:`lineage_lens.evals.context`:
+the zoo's context following). For each statistic the evaluator pairs (e.g. ``auroc``,
+``pope_accuracy``, ``chair_i``), every gated row gets
+
+* ``<stat>_delta`` with ``_ci_low``/``_ci_high``: the change against the ungated model on the same
+  examples (paired bootstrap, :mod:`lineage_lens.stats`);
+* for the sources in ``versus_control`` (default ``inherited``): ``<stat>_vs_control`` with its
+  interval, the change against the control at the same alpha -- the control averaged over its
+  seeds example by example (an AUROC: the control's AUROCs averaged) -- the transfer test.
+
+Typical use::
+
+    sources = transfer_sources(ancestor_scores, own_scores, control_seeds=(0, 1, 2))
+    frame = gating_sweep(model, HaluEvalJudgement(seeds=(0,)), sources, alphas=(2.0, 4.5))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lineage_lens.errors import ConfigError
+from lineage_lens.evals.outcomes import Evaluator, Outcome, PerExample
+from lineage_lens.gating import ControlKind, Norm, Placement, TruthGate, control_scores
+from lineage_lens.scores import TruthScores
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+log = logging.getLogger(__name__)
+
+#: The name of the random-control source (:func:`transfer_sources`).
+CONTROL = "random control"
+#: The ``scores`` value of the ungated row.
+UNGATED = "none"
+
+
+@dataclass(frozen=True)
+class ScoreSource:
+    """Truth Scores to gate with, under a name (``inherited``, ``own``, ``random control``, ...);
+    ``control_seed`` tells the seeds of one control apart."""
+
+    name: str
+    scores: TruthScores
+    control_seed: int | None = None
+
+
+def transfer_sources(
+    inherited: TruthScores,
+    own: TruthScores | None = None,
+    *,
+    control_seeds: Sequence[int] = (0,),
+    control: ControlKind = "random",
+) -> list[ScoreSource]:
+    """``inherited`` (the ancestor's scores), ``own`` (if given) and the control of the
+    inherited scores (:func:`~lineage_lens.gating.control_scores`) once per seed, named
+    :data:`CONTROL` for ``"random"`` and ``"<kind> control"`` otherwise."""
+    name = CONTROL if control == "random" else f"{control} control"
+    sources = [ScoreSource("inherited", inherited)]
+    if own is not None:
+        sources.append(ScoreSource("own", own))
+    sources += [
+        ScoreSource(name, control_scores(inherited, control, seed=s), s) for s in control_seeds
+    ]
+    return sources
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The :class:`~lineage_lens.gating.TruthGate` parameters of a sweep besides alpha."""
+
+    norm: Norm = "center"
+    placement: Placement = "z"
+    metric: str = "accuracy"
+    clamp_min: float | None = 0.0
+
+    def gate(self, scores: TruthScores, alpha: float) -> TruthGate:
+        return TruthGate(
+            scores,
+            alpha=alpha,
+            norm=self.norm,
+            placement=self.placement,
+            metric=self.metric,
+            clamp_min=self.clamp_min,
+        )
+
+
+def change_columns(stat: str) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """The columns of ``stat``'s change against the ungated model and against the control."""
+    return (
+        (f"{stat}_delta", f"{stat}_delta_ci_low", f"{stat}_delta_ci_high"),
+        (f"{stat}_vs_control", f"{stat}_vs_control_ci_low", f"{stat}_vs_control_ci_high"),
+    )
+
+
+def _check(sources: Sequence[ScoreSource], alphas: Sequence[float]) -> list[float]:
+    out = []
+    for a in alphas:
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            raise ConfigError(f"alphas must be finite numbers, got {list(alphas)!r}.")
+        out.append(float(a))
+    if not out:
+        raise ConfigError("give at least one alpha (0 is the ungated model).")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"alphas {out} repeat a value; give each alpha once.")
+    keys = [(s.name, s.control_seed) for s in sources]
+    if any(not isinstance(s, ScoreSource) for s in sources):
+        raise ConfigError("sources must be ScoreSource objects (see transfer_sources).")
+    if any(name == UNGATED for name, _ in keys):
+        raise ConfigError(f"the source name {UNGATED!r} is the ungated row's; rename the source.")
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"sources {keys} repeat a (name, control_seed); give each source once.")
+    return out
+
+
+def gating_sweep(
+    model: TransformerBridge,
+    evaluator: Evaluator,
+    sources: Sequence[ScoreSource],
+    alphas: Sequence[float],
+    *,
+    gate: GateSettings | None = None,
+    control: str = CONTROL,
+    versus_control: Sequence[str] = ("inherited",),
+    pool_controls: bool = False,
+    rows: Literal["summary", "groups"] = "summary",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Evaluate ``model`` ungated and gated with every source at every alpha.
+
+    Args:
+        evaluator: ``evaluator(model, gate) -> Outcome``.
+        sources: the Truth Scores to gate with (:func:`transfer_sources`).
+        alphas: gating strengths; ``0`` gives each source a row that reuses the ungated result.
+        gate: the other gate parameters (default :class:`GateSettings`: center, z, clamp at 0).
+        control: the name of the control source the ``versus_control`` sources are compared with.
+        pool_controls: the control's rows carry the change of the control averaged over its seeds
+            (one value, repeated) rather than each seed's own.
+        rows: one row per setting with the evaluator's ``metrics`` (``"summary"``), or one per
+            group of ``Outcome.groups`` (``"groups"``: e.g. per HaluEval answer seed).
+        n_resamples, seed: of the paired bootstraps.
+
+    Returns:
+        a tidy DataFrame: ``scores`` (``"none"`` for the ungated row, first), ``alpha``,
+        ``control_seed``, the metrics, then per paired statistic ``<stat>_delta`` (with
+        ``_ci_low``/``_ci_high``; NaN on the ungated row) and ``<stat>_vs_control`` (with its
+        interval; NaN except on ``versus_control`` rows with a control at the same alpha).
+    """
+    alphas = _check(sources, alphas)
+    gate = gate or GateSettings()
+    gates = {
+        (s.name, s.control_seed, a): gate.gate(s.scores, a) for s in sources for a in alphas if a
+    }
+    log.info("gating sweep: %d sources x alphas %s", len(sources), alphas)
+    ungated = evaluator(model, None)
+    results: list[tuple[str, int | None, float, Outcome]] = [(UNGATED, None, 0.0, ungated)]
+    settings = [(s, a) for s in sources for a in alphas]
+    for src, alpha in tqdm(settings, desc="gating sweep", disable=not progress):
+        if alpha == 0:
+            out = ungated  # a gate with alpha 0 is the identity
+        else:
+            log.info("gate %s (seed %s) alpha %g", src.name, src.control_seed, alpha)
+            out = evaluator(model, gates[src.name, src.control_seed, alpha])
+        results.append((src.name, src.control_seed, alpha, out))
+
+    stats = list(ungated.paired)
+
+    def controls_at(alpha: float, stat: str) -> PerExample | None:
+        parts = [o.paired[stat] for n, _, a, o in results if n == control and a == alpha]
+        return PerExample.average(parts, f"{control} at alpha {alpha:g}") if parts else None
+
+    frame_rows: list[dict[str, Any]] = []
+    for name, control_seed, alpha, out in results:
+        changes: dict[str, float] = {}
+        for stat in stats:
+            delta_cols, vs_cols = change_columns(stat)
+            changes |= dict.fromkeys(delta_cols + vs_cols, math.nan)
+        if name != UNGATED:
+            for stat in stats:
+                delta_cols, vs_cols = change_columns(stat)
+                other = out.paired[stat]
+                if pool_controls and name == control:
+                    other = controls_at(alpha, stat)  # type: ignore[assignment]
+                what = f"{stat} of {name} at alpha {alpha:g}"
+                d = ungated.paired[stat].delta(other, n_resamples=n_resamples, seed=seed, what=what)
+                changes |= dict(zip(delta_cols, d, strict=True))
+                base = controls_at(alpha, stat) if name in versus_control else None
+                if base is not None:
+                    vs = base.delta(out.paired[stat], n_resamples=n_resamples, seed=seed, what=what)
+                    changes |= dict(zip(vs_cols, vs, strict=True))
+        ident = {"scores": name, "alpha": alpha, "control_seed": control_seed}
+        groups = out.groups if rows == "groups" else [out.metrics]
+        frame_rows += [ident | dict(g) | changes for g in groups]
+    # the change columns last: every statistic's change vs ungated, then vs the control
+    frame = pd.DataFrame(frame_rows)
+    delta = [c for s in stats for c in change_columns(s)[0]]
+    vs = [c for s in stats for c in change_columns(s)[1]]
+    rest = [c for c in frame.columns if c not in delta and c not in vs]
+    return frame[rest + delta + vs]
+
+
+__all__ = [
+    "CONTROL",
+    "UNGATED",
+    "GateSettings",
+    "ScoreSource",
+    "change_columns",
+    "gating_sweep",
+    "transfer_sources",
+]
