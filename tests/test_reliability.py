@@ -286,7 +286,7 @@ def test_non_utf8_json_lines_name_file_and_line(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("empty.npz", b"", "not a readable lineage-lens scores file"),
+        ("empty.npz", b"", "not a readable TruthScores file"),
         ("empty.npy", b"", "cannot read .npy"),
         ("empty.csv", b"", "the CSV file is empty"),
         (
