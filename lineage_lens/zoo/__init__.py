@@ -19,6 +19,11 @@ Typical use::
     zoo = build_zoo(profile="test")
     base, vlm = zoo.path("base"), zoo.path("vlm")
     zoo.to_frame()
+
+Probing data: :func:`world_probe_examples` (text: context, question, truthful vs hallucinated
+answer, from the world the tiny members learned) and :func:`scene_probe_examples` (image-grounded:
+a rendered scene, a question about it, truthful vs hallucinated answer; probe the multimodal
+members with :data:`~lineage_lens.zoo.train.VLM_PROBE_TEMPLATE` and ``condition="image"``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from tqdm.auto import tqdm
 
 from lineage_lens._io import atomic_open, publish_dir, sigterm_as_exit, tmp_build_dir
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.zoo.images import scene_probe_examples, write_scene_probe_set
 from lineage_lens.zoo.recipes import (
     ANCESTOR,
     PROFILE_MEMBERS,
@@ -338,5 +344,7 @@ __all__ = [
     "build_zoo",
     "default_zoo_dir",
     "load_zoo",
+    "scene_probe_examples",
     "world_probe_examples",
+    "write_scene_probe_set",
 ]

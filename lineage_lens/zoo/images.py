@@ -8,6 +8,11 @@ multimodal model can follow against the image: object hallucination.
 Everything is numpy (and PIL for files and resizing); no torchvision, no image processor. The
 questions follow POPE ("Is there a cat in the image?" yes/no) and the vendored POPE file layout;
 ground-truth objects follow the vendored CHAIR layout (``{image_id: [objects]}``).
+
+:func:`scene_probe_examples` turns rendered scenes into image-grounded probing examples (a question
+about the scene, a truthful and a hallucinated answer; the hallucination names a usual companion
+object that is absent) and :func:`write_scene_probe_set` writes them in the authors' image layout,
+so the zoo's multimodal members get image-context Truth Scores offline.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from jaxtyping import Float, UInt8
 from torch import Tensor
 
 from lineage_lens._io import atomic_open, atomic_path
+from lineage_lens.data import HALLUCINATED, TRUTHFUL, ProbeExample
 from lineage_lens.errors import ConfigError, DataError
 
 #: Object words (single tokens in the tiny tokenizer, common words for real tokenizers).
@@ -64,6 +70,9 @@ CAPTION_PROMPT = "Describe the image."
 
 PopeKind = Literal["random", "popular", "adversarial"]
 
+#: Question kinds of the image-grounded probing examples (:func:`scene_probe_examples`).
+SCENE_PROBE_KINDS: tuple[str, ...] = ("existence", "caption")
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -82,6 +91,17 @@ class Scene:
             listed = ", ".join(f"a {n}" for n in names[:-1]) + f" and a {names[-1]}"
         return f"There is {listed}."
 
+    @property
+    def layout(self) -> tuple[tuple[int, str], ...]:
+        """``(cell, object)`` pairs in reading order: what the scene shows, whatever its pixels."""
+        return tuple(sorted(zip(self.cells, self.objects, strict=True)))
+
+    def replaced(self, old: str, new: str) -> Scene:
+        """The scene with ``new`` where ``old`` is (same cells, same pixel seed)."""
+        if old not in self.objects or new in self.objects:
+            raise ConfigError(f"cannot replace {old!r} by {new!r} in a scene of {self.layout}.")
+        return Scene(tuple(new if o == old else o for o in self.objects), self.cells, self.seed)
+
 
 def sample_scenes(
     n: int, seed: int = 0, *, p_cooccur: float = 0.8, max_objects: int = 3
@@ -90,20 +110,22 @@ def sample_scenes(
     if n < 1 or not 1 <= max_objects <= 4:
         raise ConfigError(f"need n >= 1 and 1 <= max_objects <= 4 (got n={n}, {max_objects}).")
     rng = np.random.default_rng(seed)
-    scenes = []
-    for _ in range(n):
-        k = int(rng.integers(1, max_objects + 1))
-        objs = [OBJECTS[int(rng.integers(len(OBJECTS)))]]
-        if k >= 2 and rng.random() < p_cooccur:
-            objs.append(COOCCUR[objs[0]])
-        while len(objs) < k:
-            cand = OBJECTS[int(rng.integers(len(OBJECTS)))]
-            # non-pair extras avoid completing a pair, so pairs stay informative
-            if cand not in objs and COOCCUR[cand] not in objs[1:]:
-                objs.append(cand)
-        cells = rng.permutation(4)[:k]
-        scenes.append(Scene(tuple(objs), tuple(int(c) for c in cells), int(rng.integers(2**31))))
-    return scenes
+    return [_draw_scene(rng, p_cooccur, max_objects) for _ in range(n)]
+
+
+def _draw_scene(rng: np.random.Generator, p_cooccur: float, max_objects: int) -> Scene:
+    """One random scene (the draws of :func:`sample_scenes`, in its order)."""
+    k = int(rng.integers(1, max_objects + 1))
+    objs = [OBJECTS[int(rng.integers(len(OBJECTS)))]]
+    if k >= 2 and rng.random() < p_cooccur:
+        objs.append(COOCCUR[objs[0]])
+    while len(objs) < k:
+        cand = OBJECTS[int(rng.integers(len(OBJECTS)))]
+        # non-pair extras avoid completing a pair, so pairs stay informative
+        if cand not in objs and COOCCUR[cand] not in objs[1:]:
+            objs.append(cand)
+    cells = rng.permutation(4)[:k]
+    return Scene(tuple(objs), tuple(int(c) for c in cells), int(rng.integers(2**31)))
 
 
 def _shape_mask(shape: str, size: int) -> np.ndarray:
@@ -253,3 +275,148 @@ def write_eval_set(
     paths["gt_objects"] = out_dir / "gt_objects.json"
     paths["synonyms"] = out_dir / "synonyms.txt"
     return paths
+
+
+#: Scene draws per probing item before :func:`scene_probe_examples` gives up finding a new one.
+_MAX_SCENE_DRAWS = 1000
+
+
+def _absent_companion(scene: Scene, rng: np.random.Generator) -> str:
+    """An object the scene lacks: the usual companion (:data:`COOCCUR`) of a present object when
+    one is absent (the language prior's hallucination, POPE's adversarial case), else any."""
+    partners = [COOCCUR[o] for o in scene.objects if COOCCUR[o] not in scene.objects]
+    pool = list(dict.fromkeys(partners)) or [o for o in OBJECTS if o not in scene.objects]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _scene_item(
+    scene: Scene, kind: str, ask_present: bool, rng: np.random.Generator
+) -> tuple[str, str, str]:
+    """``(question, truthful answer, hallucinated answer)`` about ``scene``."""
+    if kind == "caption":
+        old = scene.objects[int(rng.integers(len(scene.objects)))]
+        wrong = scene.replaced(old, _absent_companion(scene, rng))
+        return CAPTION_PROMPT, scene.caption(), wrong.caption()
+    if ask_present:
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        return POPE_QUESTION.format(obj=obj), "yes", "no"
+    return POPE_QUESTION.format(obj=_absent_companion(scene, rng)), "no", "yes"
+
+
+def scene_probe_examples(
+    n: int = 200,
+    seed: int = 0,
+    *,
+    size: int = 32,
+    kinds: Sequence[str] = SCENE_PROBE_KINDS,
+    image_dir: str | Path | None = None,
+    p_cooccur: float = 0.8,
+    max_objects: int = 3,
+) -> list[ProbeExample]:
+    """Image-grounded probing data from rendered scenes: ``n`` items, two :class:`ProbeExample` each.
+
+    Item ``i`` is one newly drawn scene (:func:`sample_scenes`'s distribution) and one question
+    about it, of kind ``kinds[i % len(kinds)]``:
+
+    * ``"existence"`` -- ``"Is there a {obj} in the image?"``. Every other existence item asks
+      about an object the scene shows (truthful ``"yes"``, hallucinated ``"no"``), the others about
+      an absent object, preferably the usual companion of a present one (truthful ``"no"``,
+      hallucinated ``"yes"``), so the answer word alone says nothing about the label.
+    * ``"caption"`` -- ``"Describe the image."``: truthful the scene's caption (``"There is a cat
+      and a car."``), hallucinated the same caption with one object (at random) replaced by an
+      absent one, the usual companion of a present object when one is absent (``"There is a cat
+      and a dog."``), so both captions name as many objects.
+
+    Both examples of an item carry the same image, ``context=""`` and the source id
+    ``"scene{seed}-{i}"``, so grouped cross-validation keeps them in one fold; labels are balanced
+    (one truthful and one hallucinated answer per item). No two items show the same layout (objects
+    and cells) with the same question: a repeat is drawn again, so no prompt appears in two
+    groups. The examples are meant for the ``"image"`` capture condition; text-only, their prompts
+    repeat across items.
+
+    Args:
+        n: items (scenes).
+        seed: seeds scenes, questions and pixels; the same arguments give the same examples.
+        size: the rendered image's side (the model's image processor resizes it anyway).
+        kinds: question kinds to cycle through (:data:`SCENE_PROBE_KINDS`).
+        image_dir: write each scene as ``scene{seed}_{i:05d}.png`` there and give examples the
+            path; default: the examples carry PIL images.
+        p_cooccur, max_objects: of the scene distribution (:func:`sample_scenes`).
+    """
+    from PIL import Image
+
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}.")
+    kinds = tuple(kinds)
+    unknown = sorted(set(kinds) - set(SCENE_PROBE_KINDS))
+    if not kinds or unknown:
+        raise ConfigError(
+            f"kinds must be a non-empty selection of {SCENE_PROBE_KINDS}, got {list(kinds)}."
+        )
+    if not 1 <= max_objects <= 4:
+        raise ConfigError(f"max_objects must be in 1..4, got {max_objects}.")
+    render_scene(Scene(("cat",), (0,), 0), size)  # checks the size before any work
+    rng = np.random.default_rng(seed)
+    out_dir = Path(image_dir) if image_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seen: set[tuple[Any, ...]] = set()
+    count = dict.fromkeys(kinds, 0)
+    examples: list[ProbeExample] = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        ask_present = count[kind] % 2 == 0
+        count[kind] += 1
+        for _ in range(_MAX_SCENE_DRAWS):
+            scene = _draw_scene(rng, p_cooccur, max_objects)
+            question, truthful, hallucinated = _scene_item(scene, kind, ask_present, rng)
+            key = (scene.layout, question)
+            if key not in seen:
+                break
+        else:
+            raise ConfigError(
+                f"ran out of distinct scenes after {i} of {n} items ({kind} questions); ask for "
+                "fewer items or more kinds."
+            )
+        seen.add(key)
+        pixels = Image.fromarray(render_scene(scene, size))
+        image: Any = pixels
+        if out_dir is not None:
+            image = out_dir / f"scene{seed}_{i:05d}.png"
+            with atomic_path(image) as tmp:
+                pixels.save(tmp, format="PNG")
+        sid = f"scene{seed}-{i}"
+        examples.append(ProbeExample("", question, truthful, TRUTHFUL, sid, image))
+        examples.append(ProbeExample("", question, hallucinated, HALLUCINATED, sid, image))
+    return examples
+
+
+def write_scene_probe_set(
+    out_dir: str | Path,
+    n: int = 200,
+    seed: int = 0,
+    *,
+    size: int = 32,
+    kinds: Sequence[str] = SCENE_PROBE_KINDS,
+) -> Path:
+    """Write :func:`scene_probe_examples` in the authors' image layout; return the JSON-lines file.
+
+    Files: ``images/scene{seed}_{i:05d}.png`` and ``probe.jsonl`` (one line per example:
+    ``image_path`` relative to the file, ``question``, ``answer``, ``label`` ``"gold"`` or
+    ``"hallucinated"``, ``source_id``), readable by
+    :func:`lineage_lens.data.load_truthprobe_jsonl`.
+    """
+    out_dir = Path(out_dir)
+    examples = scene_probe_examples(n, seed, size=size, kinds=kinds, image_dir=out_dir / "images")
+    path = out_dir / "probe.jsonl"
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for ex in examples:
+            row = {
+                "image_path": Path(ex.image).relative_to(out_dir).as_posix(),  # type: ignore[arg-type]
+                "question": ex.question,
+                "answer": ex.answer,
+                "label": "gold" if ex.label == TRUTHFUL else "hallucinated",
+                "source_id": ex.source_id,
+            }
+            fh.write(json.dumps(row) + "\n")
+    return path

@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lineage_lens.data import PromptTemplate
 from lineage_lens.errors import ConfigError
 from lineage_lens.testing import IMAGE_TOKEN
 from lineage_lens.zoo.images import (
@@ -35,6 +36,18 @@ log = logging.getLogger(__name__)
 
 #: Prompt of the zoo's multimodal members: image tokens, the question, the answer.
 VLM_PROMPT = "Question: {question}\n{image}\nAnswer:"
+
+#: Probing template of the zoo's multimodal members for image-grounded examples
+#: (:func:`~lineage_lens.zoo.images.scene_probe_examples`): their training prompt and the answer.
+VLM_PROBE_TEMPLATE = PromptTemplate(VLM_PROMPT + " {answer}", name="zoo-vlm")
+
+#: The TruthProbe paper's prompt (context, question, answer) with the image where the zoo's
+#: multimodal members read it (between question and answer): the black-image condition on text
+#: probing data. Text-only (``{image}`` left empty) it tokenizes like the paper's prompt with the
+#: zoo's word-level tokenizer, which ignores line breaks.
+VLM_CONTEXT_PROBE_TEMPLATE = PromptTemplate(
+    "Context:\n{context}\n\n" + VLM_PROMPT + " {answer}", name="zoo-vlm-context"
+)
 
 Segments = list[tuple[str, bool]]
 

@@ -290,6 +290,10 @@ def heldout_counterfactual_items(
     return [world.context_item(rng, counterfactual=True, heldout=True) for _ in range(n)]
 
 
+#: Draws per probing item before :func:`world_probe_examples` gives up finding a new one.
+_MAX_REDRAWS = 1000
+
+
 def world_probe_examples(
     world: World, n: int = 200, seed: int = 0, *, heldout: bool = True
 ) -> list[ProbeExample]:
@@ -299,16 +303,30 @@ def world_probe_examples(
     Its hallucinated answer (label 0) is the memorised prior when the context is counterfactual
     (every other item), else another object of the same relation. ``heldout=True`` draws the
     counterfactual contexts from triples never seen in training. Both examples share a source id.
+
+    No two items share a context and question: a drawn item that repeats an earlier one is drawn
+    again (a repeat would give two source ids the same truthful prompt, so identical activations
+    could land in training and test folds).
     """
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}.")
     rng = np.random.default_rng(seed)
     out: list[ProbeExample] = []
+    seen: set[tuple[str, str]] = set()
     for i in range(n):
         counterfactual = i % 2 == 0
-        ctx, q, ans, prior = world.context_item(
-            rng, counterfactual=counterfactual, heldout=heldout and counterfactual
-        )
+        for _ in range(_MAX_REDRAWS):
+            ctx, q, ans, prior = world.context_item(
+                rng, counterfactual=counterfactual, heldout=heldout and counterfactual
+            )
+            if (ctx, q) not in seen:
+                break
+        else:
+            raise ConfigError(
+                f"world {world.seed} ({world.n_people} people) ran out of distinct probing items "
+                f"after {i} of {n}; ask for fewer items or use a world with more people."
+            )
+        seen.add((ctx, q))
         if counterfactual:
             wrong = prior
         else:
