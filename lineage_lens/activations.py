@@ -45,7 +45,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -73,11 +73,15 @@ from lineage_lens.data import (
     ProbeExample,
     PromptSpans,
     PromptTemplate,
+    as_probe_examples,
 )
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.images import ImageInputs, image_inputs, image_key, is_multimodal
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import HeadGeometry, attn_hook_name, head_geometry, model_label
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +491,7 @@ def _grouped_batches(
 
 def collect_head_activations(
     model: Any,
-    examples: Sequence[ProbeExample],
+    examples: Sequence[ProbeExample] | Dataset,
     *,
     batch_size: int = 16,
     position: Position = "answer_last",
@@ -507,7 +511,8 @@ def collect_head_activations(
     Args:
         model: a ``TransformerBridge`` (see :func:`lineage_lens.models.load_model`). On multimodal
             bridges only the language-model blocks are read.
-        examples: the probing examples (labels 1 = truthful, 0 = hallucinated).
+        examples: the probing examples (labels 1 = truthful, 0 = hallucinated), or a
+            ``datasets.Dataset`` of them (see :mod:`lineage_lens.hf_datasets`).
         batch_size: examples per forward pass.
         position: ``"answer_last"`` (the answer's last token, the paper's choice) or ``"last"``
             (the prompt's last token).
@@ -555,7 +560,7 @@ def collect_head_activations(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if dtype not in _NP_DTYPES:
         raise ConfigError(f"dtype must be one of {list(_NP_DTYPES)}, got {dtype}.")
-    examples = list(examples)
+    examples = as_probe_examples(examples)
     if not examples:
         raise DataError("no examples to collect activations for; load a dataset first.")
     tokenizer = getattr(model, "tokenizer", None)

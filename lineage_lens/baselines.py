@@ -39,7 +39,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from lineage_lens._display import ShortRepr, label, number
 from lineage_lens._io import tmp_build_dir
 from lineage_lens.activations import AnyTemplate, collect_head_activations
-from lineage_lens.data import ProbeExample, PromptTemplate, check_two_classes
+from lineage_lens.data import ProbeExample, PromptTemplate, as_probe_examples, check_two_classes
 from lineage_lens.errors import ConfigError, DataError, ModelLoadError
 from lineage_lens.headmap import draw_heatmap, read_npz, write_npz
 from lineage_lens.models import head_geometry, load_model, model_label
@@ -47,6 +47,7 @@ from lineage_lens.probing import Solver, fit_truth_scores
 from lineage_lens.scores import TruthScores
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from matplotlib.axes import Axes
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ class ProbeBaselines(ShortRepr):
 
 def probe_baselines(
     model: TransformerBridge,
-    examples: Sequence[ProbeExample],
+    examples: Sequence[ProbeExample] | Dataset,
     *,
     scores: TruthScores | None = None,
     twin: TransformerBridge | None = None,
@@ -341,7 +342,8 @@ def probe_baselines(
 
     Args:
         model: a ``TransformerBridge``.
-        examples: the probing examples the model's Truth Scores come from (both labels).
+        examples: the probing examples the model's Truth Scores come from (both labels), or a
+            ``datasets.Dataset`` of them.
         scores: the model's Truth Scores on these examples, kept for the margin (optional).
         twin: a random-init twin to reuse; default :func:`random_init_model` with ``init_seed``.
         init_seed: seeds the twin's initialisation.
@@ -355,7 +357,7 @@ def probe_baselines(
         capture: further options of :func:`~lineage_lens.activations.collect_head_activations`
             (``position``, ``prepend_bos``, ...); activations are captured in float32.
     """
-    examples = list(examples)
+    examples = as_probe_examples(examples)
     check_two_classes(examples)
     label = model_label(model)
     if scores is not None:

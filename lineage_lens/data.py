@@ -15,6 +15,12 @@ Typical use::
     examples = halueval_probe_examples(probe_rows)  # 584 examples, balanced
     check_two_classes(examples)
     text, spans = DEFAULT_TEMPLATE.render(examples[0])
+
+Every loader takes ``as_dataset=True`` to return a Hugging Face ``datasets.Dataset`` in the same
+columns, and the functions that take rows or examples accept one (see
+:mod:`lineage_lens.hf_datasets`). One validator per record kind checks a JSON line and a Dataset
+row alike (:func:`parse_halueval_row`, :func:`parse_truthprobe_example`); only where the record
+came from differs (a :class:`RecordLocation`: file and line, or dataset row).
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, overload
 
 import numpy as np
 
 from lineage_lens._resources import resource_path
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.hf_datasets import dataset_rows, is_dataset, to_dataset
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from PIL.Image import Image
 
 #: An image a probing example can carry: a file path or a PIL image.
@@ -88,6 +96,23 @@ class ProbeExample:
     def is_truthful(self) -> bool:
         return self.label == TRUTHFUL
 
+    def to_row(self) -> dict[str, Any]:
+        """This example as a row of the TruthProbe columns (for :func:`to_dataset`).
+
+        A PIL image goes to an ``image`` column, an image path to ``image_path``."""
+        row: dict[str, Any] = {
+            "context": self.context,
+            "question": self.question,
+            "answer": self.answer,
+            "label": self.label,
+            "source_id": self.source_id,
+        }
+        if isinstance(self.image, (str, Path)):
+            row["image_path"] = str(self.image)
+        elif self.image is not None:
+            row["image"] = self.image
+        return row
+
 
 @dataclass(frozen=True)
 class HaluEvalRow:
@@ -114,6 +139,34 @@ class HaluEvalRow:
                 self.knowledge, self.question, self.hallucinated_answer, HALLUCINATED, self.row_id
             ),
         )
+
+    def to_row(self) -> dict[str, str]:
+        """This row in the HaluEval QA columns plus ``row_id`` (for :func:`to_dataset`)."""
+        return {"row_id": self.row_id, **{k: getattr(self, k) for k in HALUEVAL_FIELDS}}
+
+
+@dataclass(frozen=True)
+class RecordLocation:
+    """Where a record came from, for error messages: a file and 1-based line, or a dataset row.
+
+    :meth:`error` builds the :class:`DataError`: ``path:line: message`` for a file (with ``path``
+    and ``line`` set on the error), ``dataset row N: message`` for row ``N`` (0-based) of a
+    ``datasets.Dataset``.
+    """
+
+    path: Path | None = None
+    line: int | None = None
+    row: int | None = None
+
+    @property
+    def unit(self) -> str:
+        """``"line"`` for a file, ``"row"`` for a dataset (as messages name it)."""
+        return "line" if self.row is None else "row"
+
+    def error(self, message: str) -> DataError:
+        if self.row is not None:
+            return DataError(f"dataset row {self.row}: {message}")
+        return DataError(message, path=self.path, line=self.line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,55 +223,157 @@ def read_json_lines(path: Path, limit: int | None = None) -> list[tuple[int, dic
     return out
 
 
-def _require_str(obj: dict[str, Any], key: str, path: Path, lineno: int, fields: Sequence[str]):
+def _require_str(
+    obj: dict[str, Any], key: str, where: RecordLocation, fields: Sequence[str]
+) -> str:
     if key not in obj:
-        raise DataError(
-            f"missing field {key!r}; every line needs the fields {', '.join(fields)} "
-            f"(found: {', '.join(sorted(obj)) or 'none'}).",
-            path=path,
-            line=lineno,
+        raise where.error(
+            f"missing field {key!r}; every {where.unit} needs the fields {', '.join(fields)} "
+            f"(found: {', '.join(sorted(obj)) or 'none'})."
         )
     value = obj[key]
     if not isinstance(value, str):
-        raise DataError(
-            f"field {key!r} must be a string, got {type(value).__name__}.", path=path, line=lineno
-        )
+        raise where.error(f"field {key!r} must be a string, got {type(value).__name__}.")
     return value
 
 
+def parse_halueval_row(obj: dict[str, Any], row_id: str, where: RecordLocation) -> HaluEvalRow:
+    """One :class:`HaluEvalRow` from a JSON line or a dataset row, or a :class:`DataError` at
+    ``where`` (a missing or non-string field, an empty answer)."""
+    vals = [_require_str(obj, k, where, HALUEVAL_FIELDS) for k in HALUEVAL_FIELDS]
+    for key, value in zip(("right_answer", "hallucinated_answer"), vals[2:], strict=True):
+        if not value.strip():
+            raise where.error(f"field {key!r} is empty; every row needs both answers.")
+    return HaluEvalRow(row_id, *vals)
+
+
+def parse_truthprobe_example(
+    obj: dict[str, Any],
+    where: RecordLocation,
+    *,
+    image_dir: Path,
+    image_hint: str,
+    image: Any = None,
+) -> ProbeExample:
+    """One :class:`ProbeExample` from a TruthProbe JSON line or dataset row (either layout).
+
+    Args:
+        obj: the fields (``context, question, answer, label`` or ``image_path, question,
+            answer, label``; optional ``source_id`` / ``id``).
+        where: the record's location, for errors and the default ``source_id``.
+        image_dir: the folder relative ``image_path`` values are relative to.
+        image_hint: says, in a "not found" error, what image paths are relative to.
+        image: an image already in hand (a dataset's ``image`` column): the image layout
+            without ``image_path``.
+
+    Raises:
+        DataError: at ``where``: a missing or non-string field, an unknown label, an empty
+            answer, a missing image file.
+    """
+    resolved: ImageLike | None = image
+    if image is not None or "image_path" in obj:
+        fields = TRUTHPROBE_IMAGE_FIELDS
+        if image is None:
+            rel = _require_str(obj, "image_path", where, fields)
+            if not rel.strip():
+                raise where.error("field 'image_path' is empty.")
+            resolved = path = image_dir / rel
+            if not path.is_file():
+                raise where.error(f"image {rel!r} not found (looked for {path}); {image_hint}")
+        context = _require_str(obj, "context", where, fields) if "context" in obj else ""
+    else:
+        fields = TRUTHPROBE_FIELDS
+        if "context" not in obj:
+            raise where.error(
+                f"missing field 'context' (or 'image_path'); every {where.unit} needs the fields "
+                f"{', '.join(TRUTHPROBE_FIELDS)} or {', '.join(TRUTHPROBE_IMAGE_FIELDS)} "
+                f"(found: {', '.join(sorted(obj)) or 'none'})."
+            )
+        context = _require_str(obj, "context", where, fields)
+    question, answer = (_require_str(obj, k, where, fields) for k in ("question", "answer"))
+    if "label" not in obj:
+        raise where.error(
+            f"missing field 'label'; every {where.unit} needs the fields {', '.join(fields)}."
+        )
+    raw = obj["label"]
+    key = raw.strip().lower() if isinstance(raw, str) else raw
+    if isinstance(key, bool) or not isinstance(key, (str, int, float)) or key not in LABELS:
+        raise where.error(f"unknown label {raw!r}; use 'gold' (truthful) or 'hallucinated'.")
+    if not answer.strip():
+        raise where.error("field 'answer' is empty.")
+    default_id = f"line-{where.line}" if where.row is None else f"row-{where.row}"
+    sid = obj.get("source_id", obj.get("id", default_id))
+    return ProbeExample(context, question, answer, LABELS[key], str(sid), resolved)
+
+
+HALUEVAL_LAYOUT = ", ".join(HALUEVAL_FIELDS) + " (optional row_id)"
+TRUTHPROBE_LAYOUT = (
+    f"{', '.join(TRUTHPROBE_FIELDS)} or {', '.join(TRUTHPROBE_IMAGE_FIELDS)} (or an 'image' "
+    "column instead of image_path), optional source_id"
+)
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
+
+
+@overload
 def load_halueval_qa(
-    path: str | Path | None = None, *, limit: int | None = None
-) -> list[HaluEvalRow]:
+    path: str | Path | None = None, *, limit: int | None = None, as_dataset: Literal[False] = False
+) -> list[HaluEvalRow]: ...
+
+
+@overload
+def load_halueval_qa(
+    path: str | Path | None = None, *, limit: int | None = None, as_dataset: Literal[True]
+) -> Dataset: ...
+
+
+def load_halueval_qa(
+    path: str | Path | None = None, *, limit: int | None = None, as_dataset: bool = False
+) -> list[HaluEvalRow] | Dataset:
     """Read HaluEval QA JSON lines (``knowledge, question, right_answer, hallucinated_answer``).
 
     Args:
         path: the file; defaults to the vendored 500-row ``halueval/qa_one-turn_data.json``.
         limit: read only the first ``limit`` rows.
+        as_dataset: return a ``datasets.Dataset`` (the four columns plus ``row_id``) instead.
 
     Returns:
         one :class:`HaluEvalRow` per line; ``row_id`` is the 0-based index among non-blank lines.
     """
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
+    _check_limit(limit)
     p = Path(path) if path is not None else resource_path("halueval", "qa_one-turn_data.json")
-    rows = []
-    for idx, (lineno, obj) in enumerate(read_json_lines(p, limit)):
-        vals = [_require_str(obj, k, p, lineno, HALUEVAL_FIELDS) for k in HALUEVAL_FIELDS]
-        for key, value in zip(("right_answer", "hallucinated_answer"), vals[2:], strict=True):
-            if not value.strip():
-                raise DataError(
-                    f"field {key!r} is empty; every row needs both answers.", path=p, line=lineno
-                )
-        rows.append(HaluEvalRow(str(idx), *vals))
-    return rows
+    rows = [
+        parse_halueval_row(obj, str(idx), RecordLocation(p, lineno))
+        for idx, (lineno, obj) in enumerate(read_json_lines(p, limit))
+    ]
+    return to_dataset(rows) if as_dataset else rows
 
 
-def halueval_probe_examples(rows: Iterable[HaluEvalRow]) -> list[ProbeExample]:
-    """Two :class:`ProbeExample` per row: truthful (label 1) then hallucinated (label 0)."""
-    return [ex for row in rows for ex in row.probe_examples()]
+def halueval_probe_examples(rows: Iterable[HaluEvalRow] | Dataset) -> list[ProbeExample]:
+    """Two :class:`ProbeExample` per row: truthful (label 1) then hallucinated (label 0).
+
+    ``rows`` may be a ``datasets.Dataset`` in the HaluEval QA columns."""
+    return [ex for row in as_halueval_rows(rows) for ex in row.probe_examples()]
 
 
-def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list[ProbeExample]:
+@overload
+def load_truthprobe_jsonl(
+    path: str | Path, *, limit: int | None = None, as_dataset: Literal[False] = False
+) -> list[ProbeExample]: ...
+
+
+@overload
+def load_truthprobe_jsonl(
+    path: str | Path, *, limit: int | None = None, as_dataset: Literal[True]
+) -> Dataset: ...
+
+
+def load_truthprobe_jsonl(
+    path: str | Path, *, limit: int | None = None, as_dataset: bool = False
+) -> list[ProbeExample] | Dataset:
     """Read TruthProbe-style JSON lines in either of the authors' two layouts.
 
     * text: ``context, question, answer, label``;
@@ -229,81 +384,141 @@ def load_truthprobe_jsonl(path: str | Path, *, limit: int | None = None) -> list
     ``label`` is ``"gold"`` (truthful, 1) or ``"hallucinated"`` (0); ``"truthful"`` and the
     integers ``1``/``0`` are accepted too. An optional ``source_id`` (or ``id``) field groups
     examples of the same source item; without one, each line is its own source (``"line-N"``).
+    With ``as_dataset=True`` the examples come as a ``datasets.Dataset`` (``context, question,
+    answer, label, source_id`` and, for images, ``image_path`` holding the resolved path).
     """
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
+    _check_limit(limit)
     p = Path(path)
-    examples = []
-    for lineno, obj in read_json_lines(p, limit):
-        image: Path | None = None
-        if "image_path" in obj:
-            fields = TRUTHPROBE_IMAGE_FIELDS
-            rel = _require_str(obj, "image_path", p, lineno, fields)
-            if not rel.strip():
-                raise DataError("field 'image_path' is empty.", path=p, line=lineno)
-            image = p.parent / rel
-            if not image.is_file():
-                raise DataError(
-                    f"image {rel!r} not found (looked for {image}); image paths are relative to "
-                    "the folder of the JSON-lines file.",
-                    path=p,
-                    line=lineno,
-                )
-            context = _require_str(obj, "context", p, lineno, fields) if "context" in obj else ""
-        else:
-            fields = TRUTHPROBE_FIELDS
-            if "context" not in obj:
-                raise DataError(
-                    "missing field 'context' (or 'image_path'); every line needs the fields "
-                    f"{', '.join(TRUTHPROBE_FIELDS)} or {', '.join(TRUTHPROBE_IMAGE_FIELDS)} "
-                    f"(found: {', '.join(sorted(obj)) or 'none'}).",
-                    path=p,
-                    line=lineno,
-                )
-            context = _require_str(obj, "context", p, lineno, fields)
-        question, answer = (_require_str(obj, k, p, lineno, fields) for k in ("question", "answer"))
-        if "label" not in obj:
-            raise DataError(
-                f"missing field 'label'; every line needs the fields {', '.join(fields)}.",
-                path=p,
-                line=lineno,
-            )
-        raw = obj["label"]
-        key = raw.strip().lower() if isinstance(raw, str) else raw
-        if isinstance(key, bool) or not isinstance(key, (str, int, float)) or key not in LABELS:
-            raise DataError(
-                f"unknown label {raw!r}; use 'gold' (truthful) or 'hallucinated'.",
-                path=p,
-                line=lineno,
-            )
-        if not answer.strip():
-            raise DataError("field 'answer' is empty.", path=p, line=lineno)
-        sid = obj.get("source_id", obj.get("id", f"line-{lineno}"))
-        examples.append(ProbeExample(context, question, answer, LABELS[key], str(sid), image))
-    return examples
+    hint = "image paths are relative to the folder of the JSON-lines file."
+    examples = [
+        parse_truthprobe_example(
+            obj, RecordLocation(p, lineno), image_dir=p.parent, image_hint=hint
+        )
+        for lineno, obj in read_json_lines(p, limit)
+    ]
+    return to_dataset(examples) if as_dataset else examples
 
 
-def load_probe_examples(name_or_path: str | Path = "halueval", *, limit: int | None = None):
+@overload
+def load_probe_examples(
+    name_or_path: str | Path = "halueval",
+    *,
+    limit: int | None = None,
+    as_dataset: Literal[False] = False,
+) -> list[ProbeExample]: ...
+
+
+@overload
+def load_probe_examples(
+    name_or_path: str | Path = "halueval", *, limit: int | None = None, as_dataset: Literal[True]
+) -> Dataset: ...
+
+
+def load_probe_examples(
+    name_or_path: str | Path = "halueval", *, limit: int | None = None, as_dataset: bool = False
+) -> list[ProbeExample] | Dataset:
     """Probing examples by name or path.
 
     ``"halueval"`` gives the vendored HaluEval QA (two examples per row, ``limit`` counting rows);
     any other value is read as a TruthProbe JSON-lines file (``limit`` counting lines).
+    ``as_dataset=True`` returns them as a ``datasets.Dataset`` in the TruthProbe columns.
     """
     if str(name_or_path).lower() == "halueval":
-        return halueval_probe_examples(load_halueval_qa(limit=limit))
-    p = Path(name_or_path)
-    if not p.exists():
-        raise DataError(
-            "no such file, and not a known dataset name (known: 'halueval').", path=name_or_path
+        examples = halueval_probe_examples(load_halueval_qa(limit=limit))
+    else:
+        p = Path(name_or_path)
+        if not p.exists():
+            raise DataError(
+                "no such file, and not a known dataset name (known: 'halueval').",
+                path=name_or_path,
+            )
+        examples = load_truthprobe_jsonl(p, limit=limit)
+    return to_dataset(examples) if as_dataset else examples
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face datasets
+# --------------------------------------------------------------------------------------------
+
+
+def examples_from_dataset(
+    dataset: Dataset, *, image_root: str | Path | None = None
+) -> list[ProbeExample]:
+    """The :class:`ProbeExample` of a ``datasets.Dataset`` in a TruthProbe layout, validated
+    like :func:`load_truthprobe_jsonl` validates lines (errors say ``dataset row N: ...``).
+
+    A Dataset in the HaluEval QA columns gives its two examples per row
+    (:func:`halueval_probe_examples`). An ``image`` column holds PIL images (``datasets.Image()``)
+    or paths; ``image_path`` values and ``image`` paths are relative to ``image_root`` (default:
+    the current folder)."""
+    if is_dataset(dataset) and "right_answer" in getattr(dataset, "column_names", ()):
+        return halueval_probe_examples(dataset)
+    root = Path(image_root) if image_root is not None else Path()
+    hint = (
+        f"image paths are relative to image_root ({root.resolve()}); pass image_root= the "
+        "folder the images are in."
+    )
+    out = []
+    for index, obj in dataset_rows(
+        dataset,
+        what="TruthProbe dataset",
+        columns=("question", "answer", "label"),
+        any_of=("context", "image_path", "image"),
+        layout=TRUTHPROBE_LAYOUT,
+    ):
+        image = obj.pop("image", None)
+        if isinstance(image, str) and "image_path" not in obj:
+            obj["image_path"], image = image, None
+        elif image is not None and not hasattr(image, "convert"):
+            raise DataError(
+                f"dataset row {index}: column 'image' must hold PIL images (datasets.Image()) or "
+                f"paths, got {type(image).__name__}."
+            )
+        where = RecordLocation(row=index)
+        out.append(
+            parse_truthprobe_example(obj, where, image_dir=root, image_hint=hint, image=image)
         )
-    return load_truthprobe_jsonl(p, limit=limit)
+    return out
 
 
-def check_two_classes(examples: Sequence[ProbeExample], what: str = "probing examples") -> None:
+def halueval_rows_from_dataset(dataset: Dataset) -> list[HaluEvalRow]:
+    """The :class:`HaluEvalRow` of a ``datasets.Dataset`` in the HaluEval QA columns, validated
+    like :func:`load_halueval_qa` validates lines; ``row_id`` is the ``row_id`` column when there
+    is one, else the row index."""
+    return [
+        parse_halueval_row(obj, str(obj.get("row_id", index)), RecordLocation(row=index))
+        for index, obj in dataset_rows(
+            dataset, what="HaluEval dataset", columns=HALUEVAL_FIELDS, layout=HALUEVAL_LAYOUT
+        )
+    ]
+
+
+def as_probe_examples(examples: Iterable[ProbeExample] | Dataset) -> list[ProbeExample]:
+    """``examples`` as a list of :class:`ProbeExample`, converting a ``datasets.Dataset``
+    (:func:`examples_from_dataset`); the one call functions that take examples start with."""
+    if is_dataset(examples):
+        return examples_from_dataset(examples)
+    return list(examples)
+
+
+def as_halueval_rows(rows: Iterable[HaluEvalRow] | Dataset) -> list[HaluEvalRow]:
+    """``rows`` as a list of :class:`HaluEvalRow`, converting a ``datasets.Dataset``
+    (:func:`halueval_rows_from_dataset`)."""
+    if is_dataset(rows):
+        return halueval_rows_from_dataset(rows)
+    return list(rows)
+
+
+def check_two_classes(
+    examples: Sequence[ProbeExample] | Dataset, what: str = "probing examples"
+) -> None:
     """Raise :class:`DataError` unless ``examples`` hold both labels (1 = truthful, 0 = halluc.).
 
-    Call this before any model work: a probe cannot be trained on one class.
+    Call this before any model work: a probe cannot be trained on one class. ``examples`` may be
+    a ``datasets.Dataset`` (validated as by :func:`examples_from_dataset`).
     """
+    if is_dataset(examples):
+        examples = examples_from_dataset(examples)
     if len(examples) == 0:
         raise DataError(f"{what}: no examples; load a dataset with both truthful and hallucinated.")
     counts = {TRUTHFUL: 0, HALLUCINATED: 0}
@@ -342,11 +557,20 @@ def split_probe_eval(
     Works on :class:`HaluEvalRow` lists and on :class:`ProbeExample` lists (grouped by
     ``source_id``, so both answers of a row land on the same side). A seeded permutation of the
     distinct source ids picks ``n_probe`` of them for probing; the rest is for evaluation. Each
-    part keeps the input order. The two parts never share a source row.
+    part keeps the input order. The two parts never share a source row. A ``datasets.Dataset``
+    in the HaluEval QA columns is split as its rows, one in a TruthProbe layout as its examples
+    (the parts are then lists of records; :func:`to_dataset` turns one back).
 
     Returns:
         ``(probe_rows, eval_rows)``.
     """
+    if is_dataset(rows):
+        dataset: Any = rows
+        rows = (
+            halueval_rows_from_dataset(dataset)
+            if "right_answer" in dataset.column_names
+            else examples_from_dataset(dataset)
+        )
     sources = list(dict.fromkeys(_source_of(r) for r in rows))
     if not 0 < n_probe <= len(sources):
         raise ConfigError(

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from lineage_lens._resources import resource_path
-from lineage_lens.data import HaluEvalRow, load_halueval_qa, split_probe_eval
+from lineage_lens.data import HaluEvalRow, as_halueval_rows, load_halueval_qa, split_probe_eval
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals._common import (
     EvalResult,
@@ -44,6 +44,7 @@ from lineage_lens.models import model_label
 from lineage_lens.stats import binary_metrics
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformer_lens.model_bridge import TransformerBridge
 
     from lineage_lens.gating import TruthGate
@@ -80,7 +81,7 @@ def shown_answers(rows: Sequence[HaluEvalRow], seed: int) -> np.ndarray:
 
 
 def eval_rows(
-    rows: Sequence[HaluEvalRow] | None = None,
+    rows: Sequence[HaluEvalRow] | Dataset | None = None,
     *,
     n_probe: int = 292,
     split_seed: int = 0,
@@ -95,7 +96,7 @@ def eval_rows(
         excluded = {r.row_id for r in probe} | set(exclude_ids or ())
         rows = rest
     else:
-        rows = list(rows)
+        rows = as_halueval_rows(rows)
         excluded = set(exclude_ids or ())
     if not rows:
         raise DataError("no HaluEval rows to evaluate.")
@@ -111,7 +112,7 @@ def eval_rows(
 
 def evaluate_halueval(
     model: TransformerBridge,
-    rows: Sequence[HaluEvalRow] | None = None,
+    rows: Sequence[HaluEvalRow] | Dataset | None = None,
     *,
     seeds: Sequence[int] = (0, 1, 2),
     mode: Mode = "logprob",
@@ -132,7 +133,8 @@ def evaluate_halueval(
     Args:
         model: a loaded bridge.
         rows: evaluation rows (default: the vendored HaluEval QA minus the ``n_probe`` probing
-            rows of ``split_probe_eval(..., seed=split_seed)``).
+            rows of ``split_probe_eval(..., seed=split_seed)``); a ``datasets.Dataset`` in the
+            HaluEval QA columns works too.
         seeds: each seed picks which answer every row shows; metrics are reported per seed.
         mode: ``"logprob"`` (yes/no next-token comparison) or ``"generate"`` (greedy + parse).
         gate: a :class:`~lineage_lens.gating.TruthGate` applied during the evaluation.

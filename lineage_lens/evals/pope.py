@@ -2,9 +2,9 @@
 
 The vendored COCO question files (``random``, ``popular``, ``adversarial``; JSON lines with
 ``question_id, image, text, label``) are read by :func:`load_pope`; any file in the same schema
-works too (for example the zoo's rendered scenes). Images come from a folder you give (COCO
-val2014 for the vendored files); missing images raise :class:`DataError` with how many and which
-folder, before any model work.
+works too (for example the zoo's rendered scenes), and so does a ``datasets.Dataset`` in these
+columns. Images come from a folder you give (COCO val2014 for the vendored files); missing images
+raise :class:`DataError` with how many and which folder, before any model work.
 
 Answers are scored by yes/no next-token log-probability (default) or greedy generation + parse
 (unparsed outputs counted, see :mod:`lineage_lens.evals._common`). "yes" is the positive class.
@@ -13,16 +13,17 @@ Metrics are reported per split, and their mean by :meth:`EvalResult.summary`.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from lineage_lens._resources import resource_path
-from lineage_lens.data import read_json_lines
+from lineage_lens.data import RecordLocation, read_json_lines
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals._common import (
     EvalResult,
@@ -34,6 +35,7 @@ from lineage_lens.evals._common import (
     maybe_cache,
     run_prompts,
 )
+from lineage_lens.hf_datasets import dataset_rows, is_dataset, to_dataset
 from lineage_lens.images import (
     LLAVA_TEMPLATE,
     encode_image_prompt,
@@ -44,6 +46,7 @@ from lineage_lens.models import model_label
 from lineage_lens.stats import binary_metrics
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformer_lens.model_bridge import TransformerBridge
 
     from lineage_lens.gating import TruthGate
@@ -63,6 +66,28 @@ class PopeQuestion:
     text: str
     label: bool
 
+    def to_row(self) -> dict[str, str]:
+        """This question in the POPE columns (``label`` ``"yes"``/``"no"``), for ``to_dataset``."""
+        return {
+            "question_id": self.question_id,
+            "image": self.image,
+            "text": self.text,
+            "label": "yes" if self.label else "no",
+        }
+
+
+def parse_pope_question(obj: dict[str, Any], where: RecordLocation) -> PopeQuestion:
+    """One :class:`PopeQuestion` from a JSON line or a dataset row, or a ``DataError`` at
+    ``where`` (a missing field, a label other than yes/no)."""
+    if any(k not in obj for k in POPE_FIELDS):
+        raise where.error(f"every {where.unit} needs the fields {', '.join(POPE_FIELDS)}.")
+    label = str(obj["label"]).strip().lower()
+    if label not in ("yes", "no"):
+        raise where.error(f"label {obj['label']!r} is neither 'yes' nor 'no'.")
+    return PopeQuestion(
+        str(obj["question_id"]), str(obj["image"]), str(obj["text"]), label == "yes"
+    )
+
 
 def pope_path(split: str) -> Path:
     """The vendored COCO question file of ``split`` (random, popular or adversarial)."""
@@ -71,42 +96,61 @@ def pope_path(split: str) -> Path:
     return resource_path("pope", f"coco_pope_{split}.json")
 
 
-def load_pope(split_or_path: str | Path, *, limit: int | None = None) -> list[PopeQuestion]:
-    """Read a POPE question file (a vendored split name or a path; JSON lines).
+def load_pope(
+    split_or_path: str | Path | Dataset, *, limit: int | None = None, as_dataset: bool = False
+) -> list[PopeQuestion] | Dataset:
+    """Read a POPE question file (a vendored split name or a path; JSON lines) or Dataset.
 
-    Each line needs ``question_id``, ``image``, ``text`` and ``label`` (``"yes"`` or ``"no"``).
+    Each line (or row of a ``datasets.Dataset``) needs ``question_id``, ``image``, ``text`` and
+    ``label`` (``"yes"`` or ``"no"``). ``as_dataset=True`` returns a ``datasets.Dataset`` in
+    these columns instead of :class:`PopeQuestion` records.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be positive, got {limit}.")
-    name = str(split_or_path)
-    p = pope_path(name) if name in POPE_SPLITS else Path(split_or_path)
-    if not p.is_file():
-        raise DataError(
-            f"POPE question file not found (and not a vendored split: {', '.join(POPE_SPLITS)}).",
-            path=p,
-        )
-    out: list[PopeQuestion] = []
-    for lineno, obj in read_json_lines(p, limit):
-        if any(k not in obj for k in POPE_FIELDS):
+    p: Path | None = None
+    if is_dataset(split_or_path):
+        rows = dataset_rows(split_or_path, what="POPE dataset", columns=POPE_FIELDS)
+        records = ((RecordLocation(row=i), obj) for i, obj in itertools.islice(rows, limit))
+    else:
+        name = str(split_or_path)
+        p = pope_path(name) if name in POPE_SPLITS else Path(split_or_path)
+        if not p.is_file():
             raise DataError(
-                f"every line needs the fields {', '.join(POPE_FIELDS)}.", path=p, line=lineno
+                "POPE question file not found (and not a vendored split: "
+                f"{', '.join(POPE_SPLITS)}).",
+                path=p,
             )
-        label = str(obj["label"]).strip().lower()
-        if label not in ("yes", "no"):
-            raise DataError(
-                f"label {obj['label']!r} is neither 'yes' nor 'no'.", path=p, line=lineno
-            )
-        out.append(
-            PopeQuestion(
-                str(obj["question_id"]), str(obj["image"]), str(obj["text"]), label == "yes"
-            )
-        )
+        records = ((RecordLocation(p, ln), obj) for ln, obj in read_json_lines(p, limit))
+    out = [parse_pope_question(obj, where) for where, obj in records]
     if not out:
         raise DataError("POPE question file holds no questions.", path=p)
     ids = [q.question_id for q in out]
     if len(set(ids)) != len(ids):
-        raise DataError("question_id values repeat; they must be unique per file.", path=p)
-    return out
+        where = "dataset" if p is None else "file"
+        raise DataError(f"question_id values repeat; they must be unique per {where}.", path=p)
+    return to_dataset(out) if as_dataset else out
+
+
+def _named_splits(
+    splits: Sequence[str | Path | Dataset] | Mapping[str, str | Path | Dataset] | Dataset,
+) -> dict[str, str | Path | Dataset]:
+    """Split name -> vendored split, file or Dataset; a Dataset is named by its ``split`` (else
+    ``dataset`` or ``dataset-<i>``)."""
+    if isinstance(splits, Mapping):
+        return {str(k): v for k, v in splits.items()}
+    items = [splits] if is_dataset(splits) else list(splits)
+    named: dict[str, str | Path | Dataset] = {}
+    for i, s in enumerate(items):
+        if not is_dataset(s):
+            named[str(s)] = s
+            continue
+        name = str(getattr(s, "split", None) or ("dataset" if len(items) == 1 else f"dataset-{i}"))
+        if name in named:
+            raise ConfigError(
+                f"two POPE datasets are named {name!r}; pass a mapping {{name: dataset}}."
+            )
+        named[name] = s
+    return named
 
 
 def check_images(questions: Sequence[PopeQuestion], image_dir: str | Path) -> Path:
@@ -132,7 +176,9 @@ def check_images(questions: Sequence[PopeQuestion], image_dir: str | Path) -> Pa
 def evaluate_pope(
     model: TransformerBridge,
     image_dir: str | Path,
-    splits: Sequence[str | Path] = POPE_SPLITS,
+    splits: Sequence[str | Path | Dataset]
+    | Mapping[str, str | Path | Dataset]
+    | Dataset = POPE_SPLITS,
     *,
     mode: Mode = "logprob",
     gate: TruthGate | None = None,
@@ -148,7 +194,9 @@ def evaluate_pope(
     Args:
         model: a LLaVA bridge (see :mod:`lineage_lens.images`).
         image_dir: folder holding the questions' images.
-        splits: vendored split names and/or paths of files in the POPE schema.
+        splits: vendored split names and/or paths of files in the POPE schema, or
+            ``datasets.Dataset`` objects in its columns (named by their ``split``), or a mapping
+            split name -> any of these.
         mode: ``"logprob"`` or ``"generate"``.
         gate: a TruthGate applied to the language model during the evaluation.
         prompt_template: text with ``{image}`` and ``{question}`` (default: LLaVA-1.5's).
@@ -161,7 +209,7 @@ def evaluate_pope(
     mode = check_mode(mode)
     if not splits:
         raise ConfigError("give at least one POPE split or file.")
-    per_split = {str(s): load_pope(s, limit=limit) for s in splits}
+    per_split = {name: load_pope(s, limit=limit) for name, s in _named_splits(splits).items()}
     folder = check_images([q for qs in per_split.values() for q in qs], image_dir)
     settings = vision_settings(model)
     tok = model.tokenizer

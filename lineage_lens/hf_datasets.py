@@ -1,0 +1,221 @@
+"""Hugging Face ``datasets`` in and out: every record list of lineage-lens as a ``Dataset``, and back.
+
+Researchers keep probing and evaluation data as :class:`datasets.Dataset` objects. Each loader
+takes ``as_dataset=True`` to return one, every function that takes examples accepts one, and the
+two functions here convert explicitly::
+
+    from lineage_lens.hf_datasets import from_dataset, to_dataset
+
+    ds = to_dataset(load_probe_examples("halueval", limit=50))  # columns below
+    examples = from_dataset(ds)                                 # list[ProbeExample] again
+    acts = collect_head_activations(model, ds)                  # a Dataset works directly
+
+The columns are those of the JSON-lines files (so ``Dataset.from_json(path)`` of a file the
+loaders read gives a Dataset they accept, and the same rows are valid or rejected with the same
+messages; a dataset row index stands in for the file and line):
+
+* TruthProbe text layout: ``context, question, answer, label`` (``label`` ``"gold"`` /
+  ``"hallucinated"``, ``1`` / ``0``, or a ``ClassLabel`` with those names), optional ``source_id``
+  (or ``id``; default ``"row-N"``);
+* TruthProbe image layout: ``image_path, question, answer, label`` (``image_path`` relative to
+  ``image_root``, default the current folder) or an ``image`` column of PIL images
+  (``datasets.Image()``) instead of ``image_path``; ``context`` optional;
+* HaluEval QA: ``knowledge, question, right_answer, hallucinated_answer``, optional ``row_id``
+  (default: the row index);
+* POPE: ``question_id, image, text, label`` (``label`` ``"yes"`` / ``"no"``).
+
+A missing value (``None``, as ``datasets`` fills in for rows without a field) counts as a missing
+field, exactly like a JSON line without it. This module imports ``datasets`` only when it builds
+a Dataset; recognising one never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from lineage_lens.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+log = logging.getLogger(__name__)
+
+#: The kinds of records a Dataset converts to (see :func:`from_dataset`).
+DatasetKind = Literal["truthprobe", "halueval", "pope"]
+DATASET_KINDS: tuple[str, ...] = ("truthprobe", "halueval", "pope")
+
+
+def is_dataset(obj: Any) -> bool:
+    """Whether ``obj`` is an object of the ``datasets`` library (``Dataset``, ``DatasetDict``, ...).
+
+    Never imports ``datasets``: an object of it can only exist once it is imported.
+    """
+    return type(obj).__module__.split(".")[0] == "datasets"
+
+
+def check_dataset(obj: Any, what: str) -> Dataset:
+    """``obj`` as a map-style ``datasets.Dataset``, or a :class:`DataError` saying what to pass."""
+    import datasets
+
+    if isinstance(obj, datasets.Dataset):
+        return obj
+    if isinstance(obj, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise DataError(
+            f"{what}: got a {type(obj).__name__} with the splits {', '.join(obj)}; pass one "
+            f"split, e.g. ds[{next(iter(obj), 'train')!r}]."
+        )
+    if isinstance(obj, datasets.IterableDataset):
+        raise DataError(
+            f"{what}: got an IterableDataset (streaming); lineage-lens needs a map-style Dataset. "
+            "Load without streaming=True, or use Dataset.from_generator(...)."
+        )
+    raise DataError(f"{what}: expected a datasets.Dataset, got {type(obj).__name__}.")
+
+
+def dataset_rows(
+    dataset: Any,
+    *,
+    what: str,
+    columns: Sequence[str],
+    any_of: Sequence[str] = (),
+    layout: str = "",
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row index, row)`` for each row of ``dataset``, after checking its columns.
+
+    Raises :class:`DataError` before reading any row when ``dataset`` is not a Dataset, holds no
+    rows, lacks one of ``columns`` or has none of ``any_of`` (the missing columns are named). Rows
+    are plain Python values (whatever the Dataset's format); ``None`` values are left out (a
+    missing field) and ``ClassLabel`` integers become their names.
+
+    Args:
+        dataset: a ``datasets.Dataset``.
+        what: what the rows are, for messages ("TruthProbe dataset").
+        columns: the columns every row needs.
+        any_of: columns of which at least one must exist (e.g. ``context`` or ``image_path``).
+        layout: how to describe the needed columns in messages (default: ``columns``).
+    """
+    import datasets
+
+    ds = check_dataset(dataset, what)
+    found = list(ds.column_names)
+    need = layout or ", ".join(columns)
+    missing = [c for c in columns if c not in found]
+    if any_of and not any(c in found for c in any_of):
+        missing.append(" or ".join(repr(c) for c in any_of))
+    if missing:
+        names = ", ".join(m if " or " in m else repr(m) for m in missing)
+        raise DataError(
+            f"{what} is missing the column(s) {names}; it needs the columns {need} "
+            f"(found: {', '.join(found) or 'none'}). Rename or add the columns "
+            "(Dataset.rename_column) to match."
+        )
+    if len(ds) == 0:
+        raise DataError(f"{what} holds no rows; give a Dataset with at least one row.")
+    class_labels = {
+        name: feature
+        for name, feature in ds.features.items()
+        if isinstance(feature, datasets.ClassLabel)
+    }
+    for index, row in enumerate(ds.with_format(None)):
+        out = {}
+        for key, value in row.items():
+            if value is None:
+                continue
+            if key in class_labels and isinstance(value, int) and not isinstance(value, bool):
+                value = class_labels[key].int2str(value)
+            out[key] = value
+        yield index, out
+
+
+def to_dataset(records: Iterable[Any] | Dataset) -> Dataset:
+    """A ``datasets.Dataset`` of ``records`` in the documented columns (see the module docstring).
+
+    ``records`` are :class:`~lineage_lens.data.ProbeExample`, :class:`~lineage_lens.data.HaluEvalRow`
+    or :class:`~lineage_lens.evals.pope.PopeQuestion` objects, all of one kind (each gives its row
+    with ``to_row()``); a Dataset is returned as it is. PIL images become an ``image`` column of
+    ``datasets.Image()``; image paths an ``image_path`` column. :func:`from_dataset` gives the
+    records back (equal to these).
+    """
+    import datasets
+
+    if is_dataset(records):
+        return check_dataset(records, "to_dataset")
+    if isinstance(records, (str, bytes, Mapping)):
+        raise ConfigError(
+            f"to_dataset takes a list of records, got {type(records).__name__}; load them first "
+            "(e.g. load_probe_examples(path))."
+        )
+    items = list(records)
+    if not items:
+        raise DataError("to_dataset: no records; load a dataset with at least one record.")
+    kinds = {type(r) for r in items}
+    if len(kinds) > 1:
+        raise ConfigError(
+            "to_dataset: records of one kind only, got "
+            f"{', '.join(sorted(k.__name__ for k in kinds))}."
+        )
+    if not callable(getattr(items[0], "to_row", None)):
+        raise ConfigError(
+            f"to_dataset: cannot convert {type(items[0]).__name__} records; give ProbeExample, "
+            "HaluEvalRow or PopeQuestion records."
+        )
+    rows = [r.to_row() for r in items]
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    table = {name: [row.get(name) for row in rows] for name in names}
+    features = None
+    if any(_is_pil(v) for v in table.get("image", ())):  # PIL images: an Image() column
+        rest = datasets.Dataset.from_dict({k: v for k, v in table.items() if k != "image"})
+        features = datasets.Features(
+            {k: datasets.Image() if k == "image" else rest.features[k] for k in names}
+        )
+    return datasets.Dataset.from_dict(table, features=features)
+
+
+def _is_pil(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.")
+
+
+def detect_kind(dataset: Any) -> DatasetKind:
+    """The record kind of ``dataset`` from its columns (HaluEval, POPE, else TruthProbe)."""
+    ds = check_dataset(dataset, "dataset")
+    cols = set(ds.column_names)
+    if {"right_answer", "hallucinated_answer"} & cols:
+        return "halueval"
+    if "question_id" in cols and "text" in cols:
+        return "pope"
+    return "truthprobe"
+
+
+def from_dataset(
+    dataset: Any, kind: DatasetKind | None = None, *, image_root: Any = None
+) -> list[Any]:
+    """The records of ``dataset``: validated like the JSON-lines loaders validate lines.
+
+    Args:
+        dataset: a ``datasets.Dataset`` in one of the documented layouts.
+        kind: ``"truthprobe"`` (:class:`~lineage_lens.data.ProbeExample`), ``"halueval"``
+            (:class:`~lineage_lens.data.HaluEvalRow`) or ``"pope"``
+            (:class:`~lineage_lens.evals.pope.PopeQuestion`); default from the columns.
+        image_root: folder that relative ``image_path`` values of a TruthProbe dataset are
+            relative to (default: the current folder).
+
+    Raises:
+        DataError: missing columns (named), or a bad value (``dataset row N: ...``).
+    """
+    if kind is None:
+        kind = detect_kind(dataset)
+    if kind == "truthprobe":
+        from lineage_lens.data import examples_from_dataset
+
+        return examples_from_dataset(dataset, image_root=image_root)
+    if kind == "halueval":
+        from lineage_lens.data import halueval_rows_from_dataset
+
+        return halueval_rows_from_dataset(dataset)
+    if kind == "pope":
+        from lineage_lens.evals.pope import load_pope
+
+        return load_pope(dataset)
+    raise ConfigError(f"unknown dataset kind {kind!r}; use one of {', '.join(DATASET_KINDS)}.")
