@@ -274,3 +274,24 @@ def test_collect_head_activations_on_a_dataset_equals_on_the_list(tiny_llama):
     np.testing.assert_array_equal(
         collect_head_activations(tiny_llama, rows_ds, **kwargs).acts, want.acts
     )
+
+
+def test_evaluate_pope_on_a_dataset_equals_on_the_file(tiny_llava, tmp_path):
+    from lineage_lens.evals.pope import evaluate_pope
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        PILImage.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+            tmp_path / f"im{i}.png"
+        )
+    qs = [{"question_id": q, "image": f"im{q % 2}.png", "text": "a cat ?", "label": lab}
+          for q, lab in enumerate(["yes", "no", "no"])]  # fmt: skip
+    qfile = write_lines(tmp_path / "q.jsonl", qs)
+    kwargs = {"batch_size": 2, "progress": False}
+    want = evaluate_pope(tiny_llava, tmp_path, [qfile], **kwargs).examples
+    ds = load_pope(qfile, as_dataset=True)
+    got = evaluate_pope(tiny_llava, tmp_path, {"mine": ds}, **kwargs).examples
+    assert list(got["split"].unique()) == ["mine"]
+    cols = ["question_id", "label", "log_p_yes", "log_p_no"]
+    assert got[cols].equals(want[cols])
+    assert evaluate_pope(tiny_llava, tmp_path, ds, **kwargs).examples["split"].iloc[0] == "dataset"
