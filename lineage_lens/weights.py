@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 import numpy as np
 import pandas as pd
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -216,11 +217,14 @@ def _heads(w: dict[str, Tensor], g: HeadGeometry) -> dict[str, np.ndarray]:
         if tuple(w[name].shape) != shape:
             raise ShapeMismatchError(f"{name}_proj weight", shape, tuple(w[name].shape))
     f = {k: v.detach().to(device="cpu", dtype=torch.float64).numpy() for k, v in w.items()}
+    heads_out = "(head d_head) d_model -> head d_head d_model"  # q/k/v rows are head-major
     return {
-        "q": f["q"].reshape(H, dh, dm),
-        "k": f["k"].reshape(K, dh, dm),
-        "v": f["v"].reshape(K, dh, dm),
-        "o": np.ascontiguousarray(f["o"].reshape(dm, H, dh).transpose(1, 0, 2)),
+        "q": rearrange(f["q"], heads_out, head=H),
+        "k": rearrange(f["k"], heads_out, head=K),
+        "v": rearrange(f["v"], heads_out, head=K),
+        "o": np.ascontiguousarray(
+            rearrange(f["o"], "d_model (head d_head) -> head d_model d_head", head=H)
+        ),
     }
 
 
