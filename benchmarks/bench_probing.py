@@ -50,7 +50,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from lineage_lens.probing import ADAMW_RECIPE, _standardize, adamw_logistic, fit_truth_scores
+from lineage_lens.probing import ADAMW_RECIPE, adamw_logistic, fit_truth_scores, standardize
 
 
 def synthetic(n: int, layers: int = 32, heads: int = 32, d: int = 128, seed: int = 0):
@@ -232,7 +232,7 @@ def backends(x: np.ndarray, y: np.ndarray, label: str, heads: int = 64) -> str:
     n = len(y)
     tr, _ = next(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(n), y))
     feats = torch.as_tensor(x.reshape(n, -1, x.shape[-1])[tr, :heads].transpose(1, 0, 2).copy())
-    feats = _standardize(feats, feats[:, :0])[0]  # as fit_truth_scores standardises a fold
+    feats = standardize(feats, feats[:, :0])[0]  # as fit_truth_scores standardises a fold
     target = torch.as_tensor(y[tr], dtype=torch.float32)
     timings, weights = {}, {}
     for backend in ("numba", "torch"):

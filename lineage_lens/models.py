@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens._io import publish_dir, tmp_build_dir
+from lineage_lens.adapters import register_adapters
 from lineage_lens.errors import ModelLoadError, ShapeMismatchError
 from lineage_lens.kvcache import install_cache_shim
 
@@ -294,6 +295,7 @@ def load_model(
     else:
         kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
     install_cache_shim()  # transformers >= 5.24 passes the KV cache as cache= (lineage_lens.kvcache)
+    register_adapters()  # Qwen2.5-Omni thinker, InternVL (lineage_lens.adapters)
     try:
         with _no_package_installs():
             model = TransformerBridge.boot_transformers(source, **kwargs)

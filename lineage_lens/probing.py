@@ -298,10 +298,14 @@ def _head_chunk(
     return t
 
 
-def _standardize(
+def standardize(
     x_train: Float[Tensor, "head n d"], x_test: Float[Tensor, "head m d"]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Standardise both with the training statistics; return ``(x_train, x_test, mean, scale)``."""
+    """Standardise both with the training statistics; return ``(x_train, x_test, mean, scale)``.
+
+    Per head and feature (``mean`` and ``scale`` are ``[head, 1, d]``; a constant feature keeps
+    scale 1): what :func:`fit_truth_scores` does to each fold before :func:`newton_logistic` or
+    :func:`adamw_logistic`, so a solver run on its own sees the same features."""
     mean = x_train.mean(dim=1, keepdim=True)
     scale = x_train.std(dim=1, keepdim=True, unbiased=False)
     scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
@@ -757,7 +761,7 @@ def _fit(
                 if exact:  # raw features, as the authors fit them
                     x_tr, x_te = x[:, tr_t], x[:, te_t]
                 else:
-                    x_tr, x_te, _, _ = _standardize(x[:, tr_t], x[:, te_t])
+                    x_tr, x_te, _, _ = standardize(x[:, tr_t], x[:, te_t])
                 w = solve(x_tr, y_all[tr_t], fold)
                 dec = torch.einsum("gnd,gd->gn", x_te, w[:, :-1]) + w[:, -1:]
                 # the authors predict float32 sigmoid(logit) > 0.5 (not quite logit > 0)
@@ -773,7 +777,7 @@ def _fit(
                 if exact:
                     coef[start:stop] = solve(x, y_all, folds).cpu().double().numpy()
                 else:
-                    x_s, _, mean, scale = _standardize(x, x[:, :0])
+                    x_s, _, mean, scale = standardize(x, x[:, :0])
                     w = solve(x_s, y_all, folds)
                     w_orig = w[:, :-1] / scale[:, 0]
                     b_orig = w[:, -1] - (w_orig * mean[:, 0]).sum(dim=1)

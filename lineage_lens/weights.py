@@ -62,6 +62,9 @@ HEAD_KEYS: tuple[str, ...] = tuple(
 KV_KEYS: tuple[str, ...] = ("k_rel_kv", "k_cos_kv", "v_rel_kv", "v_cos_kv")
 #: Whole-matrix relative change per layer (``[L]`` arrays).
 LAYER_KEYS: tuple[str, ...] = tuple(f"{m}_layer_rel" for m in PROJECTIONS)
+#: multi-tower checkpoints: attention weights under these prefixes belong to a tower other than the
+#: language model (LLaVA's vision tower, Qwen2.5-Omni's audio tower and talker decoder).
+_OTHER_TOWER = re.compile(r"vision|visual|audio|talker|token2wav")
 
 ModelLike = Union["TransformerBridge", str, Path]
 
@@ -113,7 +116,8 @@ class SafetensorsWeights:
     """Raw attention weights of a local Hugging Face directory, read lazily from safetensors.
 
     Only the requested layer's four tensors are in memory at any time. Tensors whose name contains
-    ``vision`` (the vision tower of LLaVA-type models) are ignored.
+    ``vision`` (the vision tower of LLaVA-type models) are ignored, as are other towers of
+    multi-tower checkpoints (multi-tower: Qwen2.5-Omni's audio tower and talker).
     """
 
     def __init__(self, directory: str | Path, label: str | None = None):
@@ -131,7 +135,7 @@ class SafetensorsWeights:
             with safe_open(str(path), framework="pt") as fh:
                 for key in fh.keys():  # noqa: SIM118 - safe_open is not a dict
                     m = _LAYER_KEY.match(key)
-                    if m is None or "vision" in key:
+                    if m is None or _OTHER_TOWER.search(m["prefix"]):  # multi-tower
                         continue
                     prefixes.add(m["prefix"])
                     self._where[(int(m["layer"]), m["proj"])] = (path, key)
@@ -167,6 +171,7 @@ def _geometry_from_config(directory: Path) -> HeadGeometry:
         cfg = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {directory / 'config.json'} ({exc})") from exc
+    cfg = cfg.get("thinker_config") or cfg  # multi-tower: Qwen2.5-Omni's language model
     text = cfg.get("text_config") or cfg
     try:
         n_heads = int(text["num_attention_heads"])

@@ -9,13 +9,13 @@ mention counted; recall as the Python 3 ports of it define it.
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 
 import pytest
 from nltk.tokenize import NLTKWordTokenizer
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 from typer.testing import CliRunner
 
-from lineage_lens._resources import resource_path
 from lineage_lens.cli import app
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals.chair import (
@@ -31,6 +31,8 @@ from lineage_lens.evals.chair import (
 )
 
 VENDORED = "captions_llava_instruction1.json"
+#: The data files vendored inside the package (package data, read through importlib.resources).
+VENDORED_DATA = files("lineage_lens").joinpath("resources")
 
 
 # ---------------------------------------------------------------- singularize (pattern.en rules)
@@ -220,7 +222,7 @@ REF_ANIMALS = [
 
 
 def plain_reference_chair(records: list[dict], gt: dict[str, set[str]]) -> dict:
-    lines = resource_path("chair", "synonyms.txt").read_text(encoding="utf-8").splitlines()
+    lines = VENDORED_DATA.joinpath("chair", "synonyms.txt").read_text(encoding="utf-8").splitlines()
     objects: set[str] = set()
     node_of: dict[str, str] = {}
     for line in lines:
@@ -276,7 +278,7 @@ def plain_reference_chair(records: list[dict], gt: dict[str, set[str]]) -> dict:
 
 
 def test_vendored_llava_captions_match_plain_reference(tmp_path) -> None:
-    path = resource_path("chair", VENDORED)
+    path = VENDORED_DATA.joinpath("chair", VENDORED)
     text = path.read_text(encoding="utf-8")
     records, decoder, i = [], json.JSONDecoder(), 0
     while i < len(text):

@@ -23,7 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 from lineage_lens.activations import HeadActivations  # noqa: E402
 from lineage_lens.data import load_halueval_qa, load_truthprobe_jsonl  # noqa: E402
 from lineage_lens.errors import LineageLensError  # noqa: E402
-from lineage_lens.evals._common import ResultCache  # noqa: E402
+from lineage_lens.evals import ResultCache  # noqa: E402
 from lineage_lens.evals.chair import load_ground_truth  # noqa: E402
 from lineage_lens.evals.pope import load_pope  # noqa: E402
 from lineage_lens.scores import TruthScores, load_scores  # noqa: E402

@@ -75,8 +75,9 @@ def test_unit_gates_on_hooked_layers_are_exact(tiny_llama):
     inp = _inputs(tiny_llama)
     gate = TruthGate(_scores((2, 4)), alpha=2.0)
     base = tiny_llama(inp["tokens"])
-    gate.gates = torch.ones(2, 4)  # keep the hooks of a real gate, with gates of 1
-    hooks = [(f"blocks.{layer}.attn.hook_z", gate._z_hook(layer)) for layer in range(2)]
+    hooks = gate.hooks(placement="z")  # the hooks of a real gate (every layer gated) ...
+    assert [name for name, _ in hooks] == [f"blocks.{layer}.attn.hook_z" for layer in range(2)]
+    gate.gates.fill_(1.0)  # ... multiplying by gates of exactly 1 (they read the gates in place)
     assert torch.equal(tiny_llama.run_with_hooks(inp["tokens"], fwd_hooks=hooks), base)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from lineage_lens.data import HaluEvalRow, load_halueval_qa, split_probe_eval
 from lineage_lens.errors import ConfigError, DataError
-from lineage_lens.evals._common import EvalResult, ResultCache, parse_yes_no, yes_no_token_ids
+from lineage_lens.evals import EvalResult, ResultCache, parse_yes_no, yes_no_token_ids
 from lineage_lens.evals.halueval import eval_rows, evaluate_halueval, shown_answers
 from lineage_lens.gating import TruthGate
 from lineage_lens.stats import binary_metrics
@@ -83,7 +83,7 @@ def test_logprob_mode_matches_unbatched_forward(tiny_llama) -> None:
     assert set(ex["answer"]) <= {"yes", "no"}
     assert ((ex["log_p_yes"] > ex["log_p_no"]) == (ex["answer"] == "yes")).all()
     # the batched, left-padded score equals an unpadded forward of the same prompt
-    from lineage_lens.evals._common import encode_chat
+    from lineage_lens.evals import encode_chat
     from lineage_lens.evals.halueval import HALUEVAL_SYSTEM, halueval_user_message
 
     row = ex.iloc[0]

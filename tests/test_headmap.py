@@ -18,7 +18,7 @@ from lineage_lens.attention import EvidenceAttention
 from lineage_lens.baselines import ProbeBaselines
 from lineage_lens.cka import HeadCKA
 from lineage_lens.errors import ConfigError, DataError
-from lineage_lens.evals._common import EvalResult
+from lineage_lens.evals import EvalResult
 from lineage_lens.evals.chair import ChairResult
 from lineage_lens.gating import TruthGate
 from lineage_lens.headmap import HeadMap

@@ -18,7 +18,7 @@ from lineage_lens import kvcache
 from lineage_lens.activations import collect_head_activations, encode_examples, prefix_keys
 from lineage_lens.batching import MIN_SHARED_PREFIX
 from lineage_lens.data import ProbeExample
-from lineage_lens.evals._common import PromptItem, run_prompts
+from lineage_lens.evals import PromptItem, run_prompts
 from lineage_lens.gating import TruthGate
 from lineage_lens.kvcache import KVCacheWarning, check_kv_cache, install_cache_shim, kv_cache_ok
 from lineage_lens.models import attn_hook_name, head_geometry, load_model

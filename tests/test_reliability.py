@@ -30,7 +30,7 @@ def same_name_models(tmp_path_factory):
 
 
 def test_eval_cache_keys_models_by_content_not_directory_name(same_name_models, tmp_path):
-    from lineage_lens.evals._common import PromptItem, ResultCache, model_fingerprint, run_prompts
+    from lineage_lens.evals import PromptItem, ResultCache, model_fingerprint, run_prompts
     from lineage_lens.models import load_model, model_label
 
     a, b, copy_a = same_name_models
@@ -332,7 +332,7 @@ def test_truncated_or_mislabelled_score_archives(tmp_path):
 
 
 def test_result_cache_survives_bad_bytes_and_reports_a_full_disk(tmp_path, monkeypatch):
-    from lineage_lens.evals._common import ResultCache
+    from lineage_lens.evals import ResultCache
 
     path = tmp_path / "cache.jsonl"
     path.write_bytes(
@@ -481,7 +481,7 @@ def test_cli_bad_options_are_one_line_errors(
 
 def test_batch_size_must_be_a_positive_integer_and_a_huge_one_is_harmless(tiny_llama):
     from lineage_lens.activations import collect_head_activations
-    from lineage_lens.evals._common import PromptItem, run_prompts
+    from lineage_lens.evals import PromptItem, run_prompts
 
     examples = _examples(3)
     items = [PromptItem("a", (1, 2, 3))]

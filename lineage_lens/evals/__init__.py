@@ -6,9 +6,21 @@
 * :func:`run_sweep` -- baseline vs gated vs control settings; results JSON/CSV/plot + cache
 * :func:`paired_bootstrap_delta`, :func:`paired_auroc_delta`, :func:`proportion_ci` -- how sure a
   change or a rate is (paired bootstrap over the same examples; Wilson interval)
+* :func:`run_prompts` over :class:`PromptItem` s, :func:`encode_chat`, :func:`yes_no_token_ids`,
+  :func:`model_fingerprint` -- the building blocks of a yes/no evaluator (batched log-prob or
+  greedy runs, gated or not, resumable through a :class:`ResultCache` keyed by the model)
 """
 
-from lineage_lens.evals._common import EvalResult, ResultCache, parse_yes_no
+from lineage_lens.evals._common import (
+    EvalResult,
+    PromptItem,
+    ResultCache,
+    encode_chat,
+    model_fingerprint,
+    parse_yes_no,
+    run_prompts,
+    yes_no_token_ids,
+)
 from lineage_lens.evals.chair import (
     Caption,
     ChairResult,
@@ -37,11 +49,13 @@ __all__ = [
     "ChairResult",
     "EvalResult",
     "ObjectVocabulary",
+    "PromptItem",
     "ResultCache",
     "binary_metrics",
     "chair_i_of_counts",
     "coco_ground_truth",
     "compute_chair",
+    "encode_chat",
     "evaluate_chair",
     "evaluate_halueval",
     "evaluate_pope",
@@ -49,11 +63,14 @@ __all__ = [
     "load_captions",
     "load_ground_truth",
     "load_pope",
+    "model_fingerprint",
     "paired_auroc_delta",
     "paired_bootstrap_delta",
     "parse_yes_no",
     "plot_sweep",
     "proportion_ci",
+    "run_prompts",
     "run_sweep",
     "singularize",
+    "yes_no_token_ids",
 ]
