@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from lineage_lens._io import atomic_open
 from lineage_lens.activations import (
     EncodedPrompt,
     HeadActivations,
@@ -44,6 +43,7 @@ from lineage_lens.activations import (
     encode_examples,
 )
 from lineage_lens.data import halueval_probe_examples, load_halueval_qa
+from lineage_lens.fileio import atomic_open
 from lineage_lens.models import attn_hook_name, head_geometry, load_model, resolve_model_path
 
 log = logging.getLogger("bench_capture")

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from lineage_lens._io import atomic_open
 from lineage_lens.evals.runner import run_sweep
+from lineage_lens.fileio import atomic_open
 from lineage_lens.models import load_model
 from lineage_lens.scores import load_scores
 

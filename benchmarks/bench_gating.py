@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lineage_lens._io import atomic_open
+from lineage_lens.fileio import atomic_open
 from lineage_lens.gating import TruthGate
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import head_geometry, load_model

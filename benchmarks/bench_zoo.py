@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lineage_lens._io import atomic_open
+from lineage_lens.fileio import atomic_open
 from lineage_lens.zoo import build_zoo
 
 

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from lineage_lens._io import atomic_open, atomic_path
+from lineage_lens.fileio import atomic_open, atomic_path
 
 PROFILES = ("test", "demo", "full")
 FIGURES = Path(__file__).resolve().parent.parent / "figures"

@@ -21,7 +21,7 @@ from experiments import (
     weight_drift,
 )
 from experiments._common import FIGURES, PROFILES, Section
-from lineage_lens._io import atomic_open
+from lineage_lens.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._display import ShortRepr, label
-from lineage_lens._io import atomic_open, atomic_path
 from lineage_lens.batching import (
     MIN_SHARED_PREFIX,
     fill_prefix_cache,
@@ -76,6 +75,7 @@ from lineage_lens.data import (
     as_probe_examples,
 )
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.fileio import atomic_open, atomic_path
 from lineage_lens.images import ImageInputs, image_inputs, image_key, is_multimodal
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import HeadGeometry, attn_hook_name, head_geometry, model_label

@@ -37,10 +37,10 @@ from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens._display import ShortRepr, label, number
-from lineage_lens._io import tmp_build_dir
 from lineage_lens.activations import AnyTemplate, collect_head_activations
 from lineage_lens.data import ProbeExample, PromptTemplate, as_probe_examples, check_two_classes
 from lineage_lens.errors import ConfigError, DataError, ModelLoadError
+from lineage_lens.fileio import tmp_build_dir
 from lineage_lens.headmap import draw_heatmap, read_npz, write_npz
 from lineage_lens.models import head_geometry, load_model, model_label
 from lineage_lens.probing import Solver, fit_truth_scores

@@ -29,8 +29,8 @@ import pandas as pd
 from jaxtyping import Float
 
 from lineage_lens._display import ShortRepr, number
-from lineage_lens._io import atomic_path
 from lineage_lens.errors import ConfigError, DataError, LineageLensError
+from lineage_lens.fileio import atomic_path
 
 if TYPE_CHECKING:
     from typing import Self

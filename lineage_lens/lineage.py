@@ -36,8 +36,8 @@ from jaxtyping import Float
 from scipy import stats
 
 from lineage_lens._display import ShortRepr, label
-from lineage_lens._io import atomic_open
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.fileio import atomic_open
 from lineage_lens.scores import TruthScores, load_scores
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ import pandas as pd
 from jaxtyping import Float
 
 from lineage_lens._display import label
-from lineage_lens._io import atomic_open
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.fileio import atomic_open
 from lineage_lens.headmap import UNREADABLE, HeadMap
 
 #: Metrics a probe reports per head; ``accuracy`` is the Truth Score.

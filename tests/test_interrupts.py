@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from lineage_lens._io import (
-    _tmp_prefix,
+from lineage_lens.fileio import (
     sigterm_as_exit,
     sweep_stale_tmp_dirs,
     tmp_build_dir,
+    tmp_prefix,
 )
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -130,7 +130,7 @@ def test_a_killed_build_is_swept_by_the_next_one(tmp_path):
     (stale,) = _tmp_dirs(root)
     assert (stale / "model.safetensors").is_file()
     # another process's build in progress (alive: this one) and a foreign directory are kept
-    live = root / f"{_tmp_prefix('other-123')}abc"
+    live = root / f"{tmp_prefix('other-123')}abc"
     live.mkdir()
     foreign = root / ".other-456.12345678"
     foreign.mkdir()
@@ -154,7 +154,7 @@ def test_a_killed_build_is_swept_by_the_next_one(tmp_path):
 def test_sweep_removes_only_dead_processes_of_this_host(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = _tmp_prefix("x").split(".")[3]
+    host = tmp_prefix("x").split(".")[3]
     stale = tmp_path / f".m-1.tmp.{host}.{dead.pid}.abc_12"
     (stale / "sub").mkdir(parents=True)
     (stale / "sub" / "w.bin").write_bytes(b"0")

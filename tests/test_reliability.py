@@ -215,7 +215,7 @@ def test_unwritable_output_directory(tmp_path):
 
 
 def test_disk_full_leaves_no_partial_file(tmp_path, monkeypatch):
-    from lineage_lens import _io
+    from lineage_lens.fileio import atomic_open
 
     def full_disk(file, *args, **kwargs):
         Path(file).write_bytes(b"PK\x03\x04 half an archive")
@@ -229,7 +229,7 @@ def test_disk_full_leaves_no_partial_file(tmp_path, monkeypatch):
 
     with (
         pytest.raises(OutputError, match="No space left"),
-        _io.atomic_open(tmp_path / "a.txt") as fh,
+        atomic_open(tmp_path / "a.txt") as fh,
     ):
         fh.write("partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

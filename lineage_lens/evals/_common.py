@@ -38,7 +38,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._display import ShortRepr, label
-from lineage_lens._io import atomic_open
 from lineage_lens.batching import (
     MIN_SHARED_PREFIX,
     fill_prefix_cache,
@@ -49,6 +48,7 @@ from lineage_lens.batching import (
     shared_prefix_length,
 )
 from lineage_lens.errors import ConfigError, DataError, OutputError
+from lineage_lens.fileio import atomic_open
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import model_label
 from lineage_lens.stats import METRIC_NAMES

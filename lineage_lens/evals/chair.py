@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from lineage_lens._display import ShortRepr, label
-from lineage_lens._io import atomic_open
 from lineage_lens._resources import resource_path
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.fileio import atomic_open
 from lineage_lens.stats import chair_i_of_counts as chair_i_of_counts  # re-exported
 
 if TYPE_CHECKING:

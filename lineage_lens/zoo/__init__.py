@@ -40,8 +40,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lineage_lens._io import atomic_open, publish_dir, sigterm_as_exit, tmp_build_dir
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.fileio import atomic_open, publish_dir, sigterm_as_exit, tmp_build_dir
 from lineage_lens.zoo.images import scene_probe_examples, write_scene_probe_set
 from lineage_lens.zoo.recipes import (
     ANCESTOR,

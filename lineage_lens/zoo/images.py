@@ -29,9 +29,9 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
-from lineage_lens._io import atomic_open, atomic_path
 from lineage_lens.data import HALLUCINATED, TRUTHFUL, ProbeExample
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.fileio import atomic_open, atomic_path
 
 #: Object words (single tokens in the tiny tokenizer, common words for real tokenizers).
 OBJECTS = ["cat", "dog", "car", "tree", "house", "ball", "bird", "fish", "cup", "book"]

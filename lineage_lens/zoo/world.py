@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from lineage_lens._io import atomic_open
 from lineage_lens.data import HALLUCINATED, PAPER_TEMPLATE, TRUTHFUL, ProbeExample
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.fileio import atomic_open
 
 PEOPLE = [
     "Alice", "Bruno", "Clara", "Dario", "Elena", "Felix", "Greta", "Hugo",
