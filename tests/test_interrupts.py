@@ -39,7 +39,7 @@ def slow(recipe, parent, out):
     time.sleep(120)
     return {}
 
-zoo._builders = lambda: {"tiny_base": slow}
+zoo.member_builders = lambda: {"tiny_base": slow}
 zoo.build_zoo(Path(sys.argv[1]), "test", members=["base"])
 print("FINISHED", flush=True)
 """
@@ -141,12 +141,12 @@ def test_a_killed_build_is_swept_by_the_next_one(tmp_path):
         (out / "model.safetensors").write_bytes(b"1")
         return {}
 
-    original = zoo._builders
-    zoo._builders = lambda: {"tiny_base": quick}
+    original = zoo.member_builders
+    zoo.member_builders = lambda: {"tiny_base": quick}
     try:
         built = build_zoo(root, "test", members=["base"])
     finally:
-        zoo._builders = original
+        zoo.member_builders = original
     assert (built.path("base") / "model.safetensors").read_bytes() == b"1"
     assert sorted(_tmp_dirs(root)) == sorted([live, foreign])
 

@@ -219,7 +219,7 @@ def test_cache_reuses_and_changed_recipe_rebuilds(tmp_path):
 def test_a_member_finished_meanwhile_by_another_process_is_kept(tmp_path):
     """Parallel builders of one address (pytest-xdist workers sharing a cache): the one that
     finishes second must not delete the directory the first one may already be loading."""
-    from lineage_lens.zoo import MEMBER_RECORD, _build_member
+    from lineage_lens.zoo import MEMBER_RECORD, build_member
     from lineage_lens.zoo.recipes import MemberSpec
 
     spec = MemberSpec("toy", "toy", None, {"steps": 1})
@@ -234,12 +234,12 @@ def test_a_member_finished_meanwhile_by_another_process_is_kept(tmp_path):
             (final / MEMBER_RECORD).write_text(json.dumps({**record, "recipe": {}, "hash": "x"}))
         return {}
 
-    member = _build_member(spec, tmp_path, {}, theirs_appears_meanwhile, force=False)
+    member = build_member(spec, tmp_path, theirs_appears_meanwhile, force=False)
     assert member.reused and Path(member.path) == final
     assert (final / "weights.txt").read_text() == "theirs"
     assert not list(tmp_path.glob(".*"))  # our copy is gone, nothing half-written is left
     # force replaces it, by renaming the old one aside first
-    member = _build_member(spec, tmp_path, {}, theirs_appears_meanwhile, force=True)
+    member = build_member(spec, tmp_path, theirs_appears_meanwhile, force=True)
     assert not member.reused and (final / "weights.txt").read_text() == "ours"
     assert json.loads((final / MEMBER_RECORD).read_text())["hash"] == member.hash
     assert not list(tmp_path.glob(".*"))

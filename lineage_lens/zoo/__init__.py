@@ -126,7 +126,13 @@ class Zoo:
         return pd.DataFrame(rows).set_index("member")
 
 
-def _builders() -> dict[str, Callable[[dict[str, Any], Path | None, Path], dict[str, Any]]]:
+#: A member builder: ``(recipe, parent_path or None, out_dir) -> info`` trains the member into
+#: ``out_dir`` and returns its ``trained`` / ``losses`` / ``checks`` records (all optional).
+MemberBuilder = Callable[[dict[str, Any], Path | None, Path], dict[str, Any]]
+
+
+def member_builders() -> dict[str, MemberBuilder]:
+    """The builder of each member kind; :func:`build_zoo` looks them up here at every build."""
     from lineage_lens.zoo import real, synthetic
 
     return {
@@ -244,14 +250,16 @@ def build_zoo(
                 parent = by_name[parent].parent
         specs = [s for s in specs if s.name in wanted]
     root.mkdir(parents=True, exist_ok=True)
-    builders = _builders()
+    builders = member_builders()
     built: dict[str, ZooMember] = {}
     # SIGTERM ends the build through SystemExit, so no temporary file or directory is left
     with sigterm_as_exit(), _threads(threads):
         with tqdm(specs, desc=f"zoo ({profile})", unit="member") as bar:
             for spec in bar:
                 bar.set_postfix(member=spec.name)
-                built[spec.name] = _build_member(spec, root, built, builders[spec.kind], force)
+                built[spec.name] = build_member(
+                    spec, root, builders[spec.kind], built=built, force=force
+                )
         manifest = _read_manifest(root)
         manifest["code_version"] = ZOO_CODE_VERSION
         for name, member in built.items():
@@ -261,13 +269,23 @@ def build_zoo(
     return Zoo(root, built)
 
 
-def _build_member(
+def build_member(
     spec: MemberSpec,
     root: Path,
-    built: dict[str, ZooMember],
-    builder: Callable[[dict[str, Any], Path | None, Path], dict[str, Any]],
-    force: bool,
+    builder: MemberBuilder,
+    *,
+    built: dict[str, ZooMember] | None = None,
+    force: bool = False,
 ) -> ZooMember:
+    """Build (or reuse) one member under ``root``, at its content address ``{name}-{hash}``.
+
+    The member is trained by ``builder`` into a temporary directory, which is renamed into place
+    only when complete (its record written last). A member already at the address is reused
+    unless ``force``; if another process finishes the same address first, its build is kept and
+    ours dropped. ``built`` holds the members built so far (a parent is looked up there, else it
+    must be the ancestor).
+    """
+    built = {} if built is None else built
     parent_path: Path | None = None
     parent_hash: str | None = None
     if spec.parent is not None:
@@ -337,13 +355,17 @@ def load_zoo(out_dir: str | Path | None = None) -> Zoo:
 
 __all__ = [
     "MANIFEST",
+    "MEMBER_RECORD",
     "PROFILES",
+    "MemberBuilder",
     "World",
     "Zoo",
     "ZooMember",
+    "build_member",
     "build_zoo",
     "default_zoo_dir",
     "load_zoo",
+    "member_builders",
     "scene_probe_examples",
     "world_probe_examples",
     "write_scene_probe_set",
