@@ -216,12 +216,12 @@ def test_shim_hands_a_cache_passed_as_cache_to_the_bridge(tiny_gqa):
 @pytest.fixture
 def broken_cache(monkeypatch):
     """Simulate the transformers 5.24 / TransformerLens 4.3.0 bug on any version: every
-    attention bridge ignores the cache it is given (and no verdict is remembered)."""
+    attention bridge ignores the cache it is given. Use it with a freshly loaded model: verdicts
+    are remembered per model object, so a new one has none yet."""
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
     monkeypatch.setattr(AttentionBridge, "_update_kv_cache", lambda self, k, v, **kw: (k, v))
     monkeypatch.setattr(kvcache, "install_cache_shim", lambda: True)  # no repair
-    monkeypatch.setattr(kvcache, "_VERDICTS", type(kvcache._VERDICTS)())
     return AttentionBridge
 
 
