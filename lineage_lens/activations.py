@@ -38,6 +38,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -76,7 +77,13 @@ from lineage_lens.data import (
 )
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.fileio import atomic_open, atomic_path
-from lineage_lens.images import ImageInputs, image_inputs, image_key, is_multimodal
+from lineage_lens.images import (
+    ImageInputs,
+    image_batch_kwargs,
+    image_inputs,
+    image_key,
+    is_multimodal,
+)
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import HeadGeometry, attn_hook_name, head_geometry, model_label
 
@@ -590,17 +597,22 @@ def collect_head_activations(
     L, H, D = geo.n_layers, geo.n_heads, geo.d_head
     n = len(examples)
     labels = np.array([ex.label for ex in examples], dtype=np.int64)
-    encoded = encode_examples(
+    encode = functools.partial(
+        encode_examples,
         tokenizer,
-        examples,
         prompt_template=template,
         position=position,
         prepend_bos=prepend_bos,
-        image_text=img_in.image_text() if img_in is not None else "",
     )
-    if img_in is not None:
+    if img_in is None:
+        encoded = encode(examples)
+    else:  # an image's tokens can depend on its size (LLaVA-NeXT, Qwen-VL): one image at a time
+        encoded = [
+            encode([ex], image_text=img_in.image_text(im))[0]
+            for ex, im in zip(examples, images, strict=True)
+        ]
         for i, e in enumerate(encoded):
-            img_in.check_prompt(e.input_ids, f"example {i} ({examples[i].source_id})")
+            img_in.check_prompt(e.input_ids, f"example {i} ({examples[i].source_id})", images[i])
     n_ctx = getattr(model.cfg, "n_ctx", None)
     longest = max(len(e.input_ids) for e in encoded)
     if n_ctx and longest > n_ctx:
@@ -717,11 +729,12 @@ def collect_head_activations(
                     pos = batch.offsets + torch.tensor([encoded[i].position for i in idx])
                     state["pos"], state["capture"] = pos.to(device), True
                     kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask.to(device)}
-                    if padding_side == "left":
+                    if padding_side == "left" and (img_in is None or img_in.takes_position_ids):
                         kwargs["position_ids"] = batch.position_ids.to(device)
                     if img_in is not None:
                         batch_images = [images[i] for i in idx]
-                        kwargs.update(to_model(img_in.forward_kwargs(batch_images), model))
+                        extra = image_batch_kwargs(img_in, batch_images, batch.input_ids)
+                        kwargs.update(to_model(extra, model))
                     with contextlib.suppress(_StopForwardError):
                         model.run_with_hooks(batch.input_ids.to(device), fwd_hooks=hooks, **kwargs)
                 acts[idx] = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)

@@ -37,9 +37,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._display import label
-from lineage_lens.batching import model_device, pad_batch, pad_token_id
+from lineage_lens.batching import model_device, pad_batch, pad_token_id, to_model
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.headmap import HeadMap
+from lineage_lens.images import image_batch_kwargs, image_inputs
 from lineage_lens.models import attn_hook_name, head_geometry, model_label
 
 if TYPE_CHECKING:
@@ -369,6 +370,7 @@ def evidence_attention(
     keep_image_attention: bool = False,
     batch_size: int = 8,
     progress: bool = True,
+    images: Sequence[Any] | None = None,
 ) -> EvidenceAttention:
     """Per-head attention mass from a query token onto evidence tokens, averaged over prompts.
 
@@ -384,7 +386,12 @@ def evidence_attention(
             token ending at or before it (e.g. the answer's end, as in probing).
         image_evidence: evidence = the image placeholder tokens (LLaVA-type models); with
             ``image_region`` (one flag per image token, or a ``[rows, cols]`` mask) only a region.
-        pixel_values: ``[n, 3, h, w]`` images, one per prompt (multimodal models).
+        pixel_values: ``[n, 3, h, w]`` images, one per prompt (LLaVA-1.5-style models).
+        images: alternatively, one image (path or PIL image) per prompt, turned into the model
+            family's forward inputs by :func:`lineage_lens.images.image_inputs` (every supported
+            vision-language family: ``image_sizes``, ``image_grid_thw``, token types, ...). Each
+            prompt must then hold that image's tokens
+            (:meth:`~lineage_lens.images.ImageInputs.image_text`).
         keep_image_attention: also store the attention on every image token (for overlays).
         batch_size: prompts per forward pass (right-padded; padding never affects real tokens
             under causal attention).
@@ -408,6 +415,11 @@ def evidence_attention(
             raise ShapeMismatchError(name, n, len(seq), "One per prompt.")
     if pixel_values is not None and pixel_values.shape[0] != n:
         raise ShapeMismatchError("pixel_values", n, pixel_values.shape[0], "One image per prompt.")
+    if images is not None and len(images) != n:
+        raise ShapeMismatchError("images", n, len(images), "One image per prompt.")
+    if images is not None and pixel_values is not None:
+        raise ConfigError("pass images or pixel_values, not both")
+    img_in = image_inputs(model) if images is not None else None
     if keep_image_attention and not image_evidence:
         raise ConfigError("keep_image_attention needs image_evidence=True")
 
@@ -426,8 +438,13 @@ def evidence_attention(
             positions = np.flatnonzero(np.asarray(ids) == img_id)
             if positions.size == 0:
                 raise DataError(f"prompt {i} has no image token ({img_id})")
-            if img_pos and positions.size != img_pos[0].size:
-                raise DataError("prompts have different numbers of image tokens")
+            same_size_needed = keep_image_attention or image_region is not None
+            if same_size_needed and img_pos and positions.size != img_pos[0].size:
+                raise DataError(
+                    "prompts have different numbers of image tokens (images of different sizes "
+                    "on an any-resolution model); keep_image_attention and image_region need "
+                    "images of one size"
+                )
             region = _region_mask(image_region, positions.size)
             mask = np.zeros(len(ids), dtype=bool)
             mask[positions[region]] = True
@@ -501,6 +518,9 @@ def evidence_attention(
         kwargs: dict[str, Any] = {"attention_mask": att_mask.to(device)}
         if pixel_values is not None:
             kwargs["pixel_values"] = pixel_values[idx].to(device)
+        if img_in is not None and images is not None:
+            extra = image_batch_kwargs(img_in, [images[i] for i in idx], ids_t)
+            kwargs.update(to_model(extra, model))
         with torch.no_grad():
             model.run_with_hooks(ids_t.to(device), fwd_hooks=hooks, **kwargs)
 

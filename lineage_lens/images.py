@@ -1,31 +1,36 @@
-"""Images and prompts for LLaVA-type bridges: the model's Hugging Face image processor, prompts
-with image tokens, and the extra forward inputs of an image.
+"""Images and prompts for vision-language bridges: each family's Hugging Face image processor
+(PIL backend, no torchvision), prompts with image tokens, and the extra forward inputs of images.
 
-:func:`vision_settings` reads what a LLaVA model needs from its config: the vision tower's image
-size and patch size, the number of image tokens per image (``(image_size // patch_size) ** 2`` for
-the ``"default"`` feature strategy, which drops CLS; one more for ``"full"``), the image token id
-and the normalisation (``image_mean`` / ``image_std`` of a ``preprocessor_config.json`` beside the
-weights, else CLIP's constants).
+Every family is one *image-input builder* (:class:`ImageInputs`), registered by ``model_type`` in
+:data:`IMAGE_INPUT_BUILDERS` and returned by :func:`image_inputs`. It says, per image, which tokens
+stand for it in a prompt (:meth:`~ImageInputs.image_text` / :meth:`~ImageInputs.image_token_ids`:
+the number of image tokens can depend on the image's size), the forward inputs of a batch of
+images (:meth:`~ImageInputs.forward_kwargs`) and of the padded tokens
+(:meth:`~ImageInputs.token_kwargs`), whether callers may pass position ids, and the position of a
+key/value-cached decoding step. Capture (:func:`lineage_lens.activations.collect_head_activations`
+with ``condition="image"`` or ``"black_image"``), attention to evidence
+(:func:`lineage_lens.attention.evidence_attention` with ``images=``), POPE and CHAIR captions all
+use it, and :func:`greedy_generate` decodes image prompts for the evaluators.
 
-Pixels come from the model's own Hugging Face image processor, PIL backend
-(:func:`image_processor`): ``AutoImageProcessor.from_pretrained(model_dir, backend="pil")`` when a
-``preprocessor_config.json`` is saved with the model; otherwise (the zoo's members and models saved
-without one) the documented fallback ``CLIPImageProcessorPil`` with the vision tower's square size
-and no centre crop -- LLaVA-1.5's processor (CLIP's: bicubic resize, rescale, CLIP mean/std),
-which for square images equals its shortest-edge resize plus centre crop.
-:func:`load_pixel_values` turns image files or PIL images into ``[batch, 3, S, S]``, and
-:func:`encode_image_prompt` builds the token ids of a prompt template whose ``{image}`` is replaced
-by the right number of image tokens.
+Families (``docs/architectures.md``):
 
-:func:`image_inputs` returns the per-model-type *image-input builder* that image-grounded
-activation capture uses (:func:`lineage_lens.activations.collect_head_activations` with
-``condition="image"`` or ``"black_image"``): the text that stands for an image in a prompt, a
-check of the tokenized prompt, and the extra forward kwargs of a batch of images
-(``pixel_values`` for LLaVA-1.5; later families add e.g. ``image_sizes`` or ``image_grid_thw``
-by registering a builder in :data:`IMAGE_INPUT_BUILDERS`).
+* ``llava`` (LLaVA-1.5): ``n_image_tokens`` image tokens of one fixed-size image,
+  ``pixel_values`` (:func:`vision_settings`, :func:`load_pixel_values`);
+* ``llava_next`` (LLaVA-NeXT, any resolution): tiles on the best ``image_grid_pinpoints`` grid,
+  ``pixel_values`` ``[batch, tiles, 3, S, S]`` and ``image_sizes``;
+* ``gemma3`` (image+text): ``<start_of_image>`` + ``mm_tokens_per_image`` soft tokens +
+  ``<end_of_image>``, ``pixel_values`` and ``token_type_ids`` (bidirectional attention over the
+  image);
+* ``qwen2_5_vl`` and ``qwen3_vl`` (dynamic resolution): ``<|vision_start|>`` + one
+  ``<|image_pad|>`` per merged patch + ``<|vision_end|>``, ``pixel_values`` (flattened patches),
+  ``image_grid_thw`` and ``mm_token_type_ids``; 3-D mRoPE positions come from the model.
 
-Only LLaVA-1.5-style models (one fixed-size image, ``model_type == "llava"``) are supported;
-LLaVA-NeXT's any-resolution tiling and Qwen-VL's dynamic resolution need their own builders.
+Pixels come from the model's own Hugging Face image processor, PIL backend:
+``AutoImageProcessor.from_pretrained(model_dir, backend="pil")`` when a
+``preprocessor_config.json`` is saved with the model; otherwise each family's documented fallback
+built from the model config (LLaVA-1.5: ``CLIPImageProcessorPil`` with the vision tower's square
+size and no centre crop, which for square images equals its shortest-edge resize plus centre crop;
+``LlavaNextImageProcessorPil``, ``Gemma3ImageProcessorPil``, ``Qwen2VLImageProcessorPil``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from jaxtyping import Float
+import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
@@ -182,50 +188,52 @@ def black_image(settings: VisionSettings) -> Any:
     return Image.new("RGB", (settings.image_size, settings.image_size))
 
 
-def encode_image_prompt(
-    tokenizer: Any, question: str, settings: VisionSettings, template: str = LLAVA_TEMPLATE
-) -> list[int]:
-    """Token ids of ``template`` with ``{question}`` filled in and ``{image}`` replaced by
-    ``settings.n_image_tokens`` image tokens (the text before it gets the tokenizer's BOS)."""
-    if template.count("{image}") != 1 or "{question}" not in template:
-        raise ConfigError(
-            f"the prompt template must contain {{image}} once and {{question}}: {template!r}"
-        )
-    before, after = template.split("{image}")
-    before_ids = list(
-        tokenizer(before.format(question=question), add_special_tokens=True).input_ids
-    )
-    eos = tokenizer.eos_token_id
-    if before_ids and eos is not None and before_ids[-1] == eos and eos != tokenizer.bos_token_id:
-        before_ids = before_ids[:-1]
-    after_ids = list(tokenizer(after.format(question=question), add_special_tokens=False).input_ids)
-    return before_ids + [settings.image_token_id] * settings.n_image_tokens + after_ids
-
-
 # --------------------------------------------------------------------------------------------
 # Image-input builders (one per model type)
 # --------------------------------------------------------------------------------------------
 
 
 class ImageInputs(Protocol):
-    """What image-grounded capture needs from a multimodal model type."""
+    """What a multimodal model type needs to run prompts with images, written once per family and
+    used by capture (:mod:`lineage_lens.activations`), attention to evidence
+    (:mod:`lineage_lens.attention`) and the image evaluators (POPE, CHAIR captions)."""
 
     model_type: str
+    #: Whether callers may pass padding-aware ``position_ids``. ``False`` for mRoPE models
+    #: (Qwen-VL), whose 3-D positions the model derives itself from the tokens, the attention mask
+    #: and ``image_grid_thw``.
+    takes_position_ids: bool
 
     def image_text(self, image: Any | None = None) -> str:
         """The prompt text that stands for ``image`` (replaces ``{image}`` in a template)."""
         ...
 
-    def check_prompt(self, input_ids: Sequence[int], where: str) -> None:
-        """Raise unless the tokenized prompt holds the image tokens the model expects."""
+    def image_token_ids(self, image: Any | None = None) -> list[int]:
+        """The token ids that stand for ``image`` (its markers and image tokens)."""
+        ...
+
+    def check_prompt(self, input_ids: Sequence[int], where: str, image: Any | None = None) -> None:
+        """Raise unless the tokenized prompt holds the image tokens ``image`` needs."""
         ...
 
     def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
         """The extra forward inputs of a batch of images, one per prompt."""
         ...
 
+    def token_kwargs(self, input_ids: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
+        """Extra forward inputs derived from the padded token batch (e.g. Gemma3's
+        ``token_type_ids``, Qwen-VL's ``mm_token_type_ids``); empty for most families."""
+        ...
+
     def black_image(self) -> Any:
         """The black dummy image of the ``"black_image"`` condition."""
+        ...
+
+    def step_position_ids(
+        self, model: Any, attention_mask: Int[Tensor, "batch pos"]
+    ) -> Int[Tensor, "*streams batch 1"]:
+        """Position ids of the last token of ``attention_mask`` in a key/value-cached decoding
+        step after an image prompt (``[batch, 1]``; mRoPE: ``[3, batch, 1]``)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -233,60 +241,369 @@ class ImageInputs(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class LlavaImageInputs:
-    """LLaVA-1.5: ``n_image_tokens`` image tokens per prompt, ``pixel_values`` from the model's
-    image processor."""
+def _model_config(model: Any) -> Any:
+    cfg = getattr(_hf_model(model), "config", None)
+    if cfg is None or getattr(cfg, "vision_config", None) is None:
+        raise ConfigError(
+            f"{type(_hf_model(model)).__name__} is not a vision-language model (no vision_config)."
+        )
+    return cfg
 
-    settings: VisionSettings
+
+def _config_token_id(cfg: Any, *names: str) -> int:
+    for name in names:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return int(value)
+    raise ConfigError(f"the model config has none of {', '.join(names)}.")
+
+
+def _processor_dir(cfg: Any) -> str | None:
+    src = getattr(cfg, "_name_or_path", None) or getattr(cfg, "name_or_path", None)
+    if src and (Path(src) / "preprocessor_config.json").is_file():
+        return str(Path(src).resolve())
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _saved_processor(processor_dir: str) -> Any:
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(processor_dir, backend="pil")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot load the image processor saved in {processor_dir} ({exc}); fix or remove "
+            "its preprocessor_config.json."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _FamilyImageInputs:
+    """Shared machinery: a prompt's image is ``before + image_token * n + after`` (text), pixels
+    come from the model's Hugging Face image processor (PIL backend). Subclasses give the number of
+    image tokens of an image and the forward inputs of a batch."""
+
+    model_type: str
+    tokenizer: Any
+    image_token_id: int
     image_token: str
-    model_type: str = "llava"
+    processor: Any
+    #: Side of the black dummy image.
+    image_size: int
+    processor_dir: str | None
+    before: str = ""
+    after: str = ""
+    takes_position_ids: bool = True
+
+    @staticmethod
+    def _tokenizer(model: Any) -> Any:
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError("the model has no tokenizer; load it with load_model().")
+        return tokenizer
+
+    @staticmethod
+    def _token(tokenizer: Any, token_id: int) -> str:
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        if not isinstance(token, str) or not token:
+            raise ConfigError(f"the tokenizer has no token for the image token id {token_id}.")
+        return token
+
+    def n_image_tokens(self, image: Any | None = None) -> int:
+        raise NotImplementedError
+
+    def image_text(self, image: Any | None = None) -> str:
+        return self.before + self.image_token * self.n_image_tokens(image) + self.after
+
+    def image_token_ids(self, image: Any | None = None) -> list[int]:
+        def ids(text: str) -> list[int]:
+            return list(self.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+
+        n = self.n_image_tokens(image)
+        return ids(self.before) + [self.image_token_id] * n + ids(self.after)
+
+    def check_prompt(self, input_ids: Sequence[int], where: str, image: Any | None = None) -> None:
+        found = sum(1 for t in input_ids if t == self.image_token_id)
+        expected = self.n_image_tokens(image)
+        if found != expected:
+            raise ConfigError(
+                f"{where}: the prompt holds {found} image tokens, the model expects {expected}; "
+                f"the tokenizer must encode {self.image_token!r} as one token and the template "
+                "must contain {image} once."
+            )
+
+    def token_kwargs(self, input_ids: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
+        return {}
+
+    def black_image(self) -> Any:
+        from PIL import Image
+
+        return Image.new("RGB", (self.image_size, self.image_size))
+
+    def step_position_ids(
+        self, model: Any, attention_mask: Int[Tensor, "batch pos"]
+    ) -> Int[Tensor, "batch 1"]:
+        return attention_mask.long().sum(dim=1, keepdim=True) - 1
+
+    def _process(self, images: Sequence[Any]) -> Any:
+        if not images:
+            raise ConfigError("no images given.")
+        return self.processor(images=[_open_image(im) for im in images], return_tensors="pt")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_type": self.model_type,
+            "image_token": self.image_token,
+            "image_processor": type(self.processor).__name__,
+            "processor_dir": self.processor_dir,
+        }
+
+
+@dataclass(frozen=True)
+class LlavaImageInputs(_FamilyImageInputs):
+    """LLaVA-1.5: ``n_image_tokens`` image tokens per prompt, ``pixel_values`` from the model's
+    image processor (one fixed-size image)."""
+
+    settings: VisionSettings | None = None
 
     @classmethod
     def from_model(cls, model: Any) -> LlavaImageInputs:
         settings = vision_settings(model)
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
-            raise ConfigError("the model has no tokenizer; load it with load_model().")
-        token = tokenizer.convert_ids_to_tokens(settings.image_token_id)
-        if not isinstance(token, str) or not token:
-            raise ConfigError(
-                f"the tokenizer has no token for the image token id {settings.image_token_id}."
-            )
-        return cls(settings, token)
+        tok = cls._tokenizer(model)
+        return cls(
+            model_type="llava",
+            tokenizer=tok,
+            image_token_id=settings.image_token_id,
+            image_token=cls._token(tok, settings.image_token_id),
+            processor=image_processor(settings),
+            image_size=settings.image_size,
+            processor_dir=settings.processor_dir,
+            settings=settings,
+        )
 
-    def image_text(self, image: Any | None = None) -> str:
-        return self.image_token * self.settings.n_image_tokens
-
-    def check_prompt(self, input_ids: Sequence[int], where: str) -> None:
-        found = sum(1 for t in input_ids if t == self.settings.image_token_id)
-        if found != self.settings.n_image_tokens:
-            raise ConfigError(
-                f"{where}: the prompt holds {found} image tokens, the model expects "
-                f"{self.settings.n_image_tokens}; the tokenizer must encode {self.image_token!r} "
-                "as one token and the template must contain {image} once."
-            )
+    def n_image_tokens(self, image: Any | None = None) -> int:
+        assert self.settings is not None
+        return self.settings.n_image_tokens
 
     def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
+        assert self.settings is not None
         return {"pixel_values": load_pixel_values(images, self.settings)}
 
-    def black_image(self) -> Any:
-        return black_image(self.settings)
-
     def describe(self) -> dict[str, Any]:
-        proc = image_processor(self.settings)
+        assert self.settings is not None
         return {
-            "model_type": self.model_type,
+            **super().describe(),
             "n_image_tokens": self.settings.n_image_tokens,
             "image_size": self.settings.image_size,
-            "image_processor": type(proc).__name__,
-            "processor_dir": self.settings.processor_dir,
         }
 
 
-#: ``model_type`` -> builder of its :class:`ImageInputs` from a bridge.
+@dataclass(frozen=True)
+class LlavaNextImageInputs(_FamilyImageInputs):
+    """LLaVA-NeXT (any resolution): the image is tiled on the best of ``image_grid_pinpoints``;
+    its image tokens are the base tile's patches plus the unpadded tiles' patches and one newline
+    token per row (Hugging Face's ``LlavaNextProcessor`` count); forward inputs ``pixel_values``
+    ``[batch, tiles, 3, S, S]`` and ``image_sizes`` ``[batch, 2]`` (original height, width)."""
+
+    patch_size: int = 14
+    pinpoints: tuple[tuple[int, int], ...] = ()
+    extra_tokens: int = 0
+
+    @classmethod
+    def from_model(cls, model: Any) -> LlavaNextImageInputs:
+        cfg = _model_config(model)
+        vcfg = cfg.vision_config
+        tok = cls._tokenizer(model)
+        token_id = _config_token_id(cfg, "image_token_index", "image_token_id")
+        size = int(vcfg.image_size)
+        pinpoints = tuple(tuple(int(v) for v in p) for p in cfg.image_grid_pinpoints)
+        pdir = _processor_dir(cfg)
+        if pdir is not None:
+            processor = _saved_processor(pdir)
+        else:
+            from transformers import LlavaNextImageProcessorPil
+
+            processor = LlavaNextImageProcessorPil(
+                size={"shortest_edge": size},
+                crop_size={"height": size, "width": size},
+                image_grid_pinpoints=[list(p) for p in pinpoints],
+                image_mean=list(CLIP_MEAN),
+                image_std=list(CLIP_STD),
+            )
+        strategy = getattr(cfg, "vision_feature_select_strategy", "default")
+        if strategy not in ("default", "full"):
+            raise ConfigError(f"unknown vision_feature_select_strategy {strategy!r}.")
+        return cls(
+            model_type=cfg.model_type,
+            tokenizer=tok,
+            image_token_id=token_id,
+            image_token=cls._token(tok, token_id),
+            processor=processor,
+            image_size=size,
+            processor_dir=pdir,
+            patch_size=int(vcfg.patch_size),
+            pinpoints=pinpoints,
+            extra_tokens=1 if strategy == "full" else 0,
+        )
+
+    def n_image_tokens(self, image: Any | None = None) -> int:
+        from transformers.image_processing_utils import select_best_resolution
+
+        width, height = _open_image(image if image is not None else self.black_image()).size
+        best_h, best_w = select_best_resolution([height, width], [list(p) for p in self.pinpoints])
+        side = self.image_size // self.patch_size
+        cur_h, cur_w = side * (best_h // self.image_size), side * (best_w // self.image_size)
+        if width / height > cur_w / cur_h:
+            new_h = int(round(height * (cur_w / width), 7))
+            cur_h -= 2 * ((cur_h - new_h) // 2)
+        else:
+            new_w = int(round(width * (cur_h / height), 7))
+            cur_w -= 2 * ((cur_w - new_w) // 2)
+        return cur_h * cur_w + cur_h + side * side + self.extra_tokens
+
+    def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
+        out = self._process(images)
+        return {"pixel_values": out["pixel_values"].float(), "image_sizes": out["image_sizes"]}
+
+
+@dataclass(frozen=True)
+class Gemma3ImageInputs(_FamilyImageInputs):
+    """Gemma3 image+text: ``\\n\\n<start_of_image>`` + ``mm_tokens_per_image`` soft tokens +
+    ``<end_of_image>\\n\\n`` (Hugging Face's ``Gemma3Processor`` sequence, no pan-and-scan);
+    ``pixel_values`` ``[batch, 3, S, S]``; ``token_type_ids`` (1 on image tokens) so image tokens
+    attend to each other bidirectionally, as with HF's processor."""
+
+    n_tokens: int = 256
+
+    @classmethod
+    def from_model(cls, model: Any) -> Gemma3ImageInputs:
+        cfg = _model_config(model)
+        tok = cls._tokenizer(model)
+        token_id = _config_token_id(cfg, "image_token_index", "image_token_id")
+        boi = cls._token(tok, _config_token_id(cfg, "boi_token_index", "boi_token_id"))
+        eoi = cls._token(tok, _config_token_id(cfg, "eoi_token_index", "eoi_token_id"))
+        size = int(cfg.vision_config.image_size)
+        pdir = _processor_dir(cfg)
+        if pdir is not None:
+            processor = _saved_processor(pdir)
+        else:
+            from transformers import Gemma3ImageProcessorPil
+
+            processor = Gemma3ImageProcessorPil(size={"height": size, "width": size})
+        return cls(
+            model_type=cfg.model_type,
+            tokenizer=tok,
+            image_token_id=token_id,
+            image_token=cls._token(tok, token_id),
+            processor=processor,
+            image_size=size,
+            processor_dir=pdir,
+            before=f"\n\n{boi}",
+            after=f"{eoi}\n\n",
+            n_tokens=int(cfg.mm_tokens_per_image),
+        )
+
+    def n_image_tokens(self, image: Any | None = None) -> int:
+        return self.n_tokens
+
+    def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
+        out = self._process(images)
+        return {"pixel_values": out["pixel_values"].float()}
+
+    def token_kwargs(self, input_ids: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
+        return {"token_type_ids": (input_ids == self.image_token_id).long()}
+
+
+@dataclass(frozen=True)
+class QwenVLImageInputs(_FamilyImageInputs):
+    """Qwen2.5-VL and Qwen3-VL (dynamic resolution): ``<|vision_start|>`` + one ``<|image_pad|>``
+    per merged patch + ``<|vision_end|>``; forward inputs ``pixel_values`` (flattened patches of
+    the batch) and ``image_grid_thw`` ``[batch, 3]`` from ``Qwen2VLImageProcessor`` (PIL backend),
+    and ``mm_token_type_ids`` from the tokens, from which the model derives its 3-D mRoPE positions
+    (so callers pass no ``position_ids``)."""
+
+    merge_size: int = 2
+
+    @classmethod
+    def from_model(cls, model: Any) -> QwenVLImageInputs:
+        cfg = _model_config(model)
+        vcfg = cfg.vision_config
+        tok = cls._tokenizer(model)
+        token_id = _config_token_id(cfg, "image_token_id")
+        start = cls._token(tok, _config_token_id(cfg, "vision_start_token_id"))
+        end = cls._token(tok, _config_token_id(cfg, "vision_end_token_id"))
+        merge, patch = int(vcfg.spatial_merge_size), int(vcfg.patch_size)
+        pdir = _processor_dir(cfg)
+        if pdir is not None:
+            processor = _saved_processor(pdir)
+        else:
+            from transformers import Qwen2VLImageProcessorPil
+
+            processor = Qwen2VLImageProcessorPil(
+                patch_size=patch,
+                merge_size=merge,
+                temporal_patch_size=int(getattr(vcfg, "temporal_patch_size", 2)),
+            )
+        if int(processor.patch_size) != patch or int(processor.merge_size) != merge:
+            raise ConfigError(
+                f"the saved image processor's patch_size/merge_size ({processor.patch_size}/"
+                f"{processor.merge_size}) differ from the vision tower's ({patch}/{merge}); fix "
+                "its preprocessor_config.json."
+            )
+        return cls(
+            model_type=cfg.model_type,
+            tokenizer=tok,
+            image_token_id=token_id,
+            image_token=cls._token(tok, token_id),
+            processor=processor,
+            image_size=2 * patch * merge,
+            processor_dir=pdir,
+            before=start,
+            after=end,
+            takes_position_ids=False,
+            merge_size=merge,
+        )
+
+    def n_image_tokens(self, image: Any | None = None) -> int:
+        grid = self._process([image if image is not None else self.black_image()])
+        return int(grid["image_grid_thw"][0].prod()) // self.merge_size**2
+
+    def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
+        out = self._process(images)
+        return {
+            "pixel_values": out["pixel_values"].float(),
+            "image_grid_thw": out["image_grid_thw"],
+        }
+
+    def token_kwargs(self, input_ids: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
+        return {"mm_token_type_ids": (input_ids == self.image_token_id).int()}
+
+    def step_position_ids(
+        self, model: Any, attention_mask: Int[Tensor, "batch pos"]
+    ) -> Int[Tensor, "3 batch 1"]:
+        """The text position plus the prompt's mRoPE offset (``rope_deltas``, which the model
+        stored when it ran the prompt), on all three position streams -- what Hugging Face's own
+        ``generate`` passes."""
+        inner = getattr(_hf_model(model), "model", None)
+        deltas = getattr(inner, "rope_deltas", None)
+        if deltas is None:
+            raise ConfigError(
+                f"{self.model_type}: the model kept no rope_deltas from the image prompt; run the "
+                "prompt through the model (with image_grid_thw and mm_token_type_ids) first."
+            )
+        text = super().step_position_ids(model, attention_mask)
+        pos = text + deltas.to(text.device).reshape(-1, 1)
+        return pos[None].expand(3, -1, -1)
+
+
+#: ``model_type`` -> builder of its :class:`ImageInputs` from a bridge. One entry per family.
 IMAGE_INPUT_BUILDERS: dict[str, Callable[[Any], ImageInputs]] = {
     "llava": LlavaImageInputs.from_model,
+    "llava_next": LlavaNextImageInputs.from_model,
+    "gemma3": Gemma3ImageInputs.from_model,
+    "qwen2_5_vl": QwenVLImageInputs.from_model,
+    "qwen3_vl": QwenVLImageInputs.from_model,
 }
 
 
@@ -307,9 +624,46 @@ def image_inputs(model: Any) -> ImageInputs:
     if builder is None:
         raise ConfigError(
             f"image inputs of model_type {model_type!r} are not supported yet (supported: "
-            f"{', '.join(IMAGE_INPUT_BUILDERS)})."
+            f"{', '.join(IMAGE_INPUT_BUILDERS)}); register a builder in "
+            "lineage_lens.images.IMAGE_INPUT_BUILDERS."
         )
     return builder(model)
+
+
+def encode_image_prompt(
+    tokenizer: Any,
+    question: str,
+    inputs: ImageInputs | VisionSettings,
+    template: str = LLAVA_TEMPLATE,
+    image: Any | None = None,
+) -> list[int]:
+    """Token ids of ``template`` with ``{question}`` filled in and ``{image}`` replaced by the
+    tokens that stand for ``image`` (:meth:`ImageInputs.image_token_ids`; the text before it gets
+    the tokenizer's BOS). A :class:`VisionSettings` gives LLaVA-1.5's fixed image tokens."""
+    if template.count("{image}") != 1 or "{question}" not in template:
+        raise ConfigError(
+            f"the prompt template must contain {{image}} once and {{question}}: {template!r}"
+        )
+    if isinstance(inputs, VisionSettings):
+        image_ids = [inputs.image_token_id] * inputs.n_image_tokens
+    else:
+        image_ids = inputs.image_token_ids(image)
+    before, after = template.split("{image}")
+    before_ids = list(
+        tokenizer(before.format(question=question), add_special_tokens=True).input_ids
+    )
+    eos = tokenizer.eos_token_id
+    if before_ids and eos is not None and before_ids[-1] == eos and eos != tokenizer.bos_token_id:
+        before_ids = before_ids[:-1]
+    after_ids = list(tokenizer(after.format(question=question), add_special_tokens=False).input_ids)
+    return before_ids + image_ids + after_ids
+
+
+def image_batch_kwargs(
+    inputs: ImageInputs, images: Sequence[Any], input_ids: Int[Tensor, "batch pos"]
+) -> dict[str, Tensor]:
+    """Every extra forward input of a padded batch of image prompts (images one per row)."""
+    return {**inputs.forward_kwargs(images), **inputs.token_kwargs(input_ids)}
 
 
 def image_key(image: Any) -> str:
@@ -321,3 +675,69 @@ def image_key(image: Any) -> str:
     h = hashlib.sha256(f"{getattr(image, 'mode', '')}{getattr(image, 'size', '')}".encode())
     h.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
     return h.hexdigest()[:16]
+
+
+def greedy_generate(
+    model: Any,
+    input_ids: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"],
+    inputs: ImageInputs,
+    images: Sequence[Any],
+    max_new_tokens: int,
+    *,
+    eos_token_id: int | None = None,
+    use_cache: bool = True,
+) -> Int[Tensor, "batch new"]:
+    """Greedy continuations of a left-padded batch of image prompts (one image per row).
+
+    lineage-lens decodes image prompts itself instead of calling ``TransformerBridge.generate``,
+    which TransformerLens 4.3 gets wrong for some families: with Qwen2.5-VL and Qwen3-VL images
+    its key/value-cached decoding fails with a size mismatch (it hands the model only the attention
+    mask, from which Hugging Face's mRoPE code derives positions for the whole sequence), and its
+    uncached path passes the image inputs to the first step only. Here the prompt runs once with
+    every image input (:func:`image_batch_kwargs`) into a ``DynamicCache``; each step then runs
+    the new token with the grown attention mask and the family's
+    :meth:`ImageInputs.step_position_ids`. With ``use_cache=False`` (a model whose cache cannot
+    be trusted, see :func:`lineage_lens.kvcache.kv_cache_ok`) every step is a full forward with
+    all image inputs. Hooks on the model (a gate) apply to every step. Rows that reached
+    ``eos_token_id`` keep emitting it.
+    """
+    from transformers import DynamicCache
+
+    from lineage_lens.batching import model_device, to_model
+
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    device = model_device(model)
+    ids, mask = input_ids.to(device), attention_mask.to(device).long()
+    image_kw = to_model(inputs.forward_kwargs(images), model)
+    n_prompt = ids.shape[1]
+    cache = DynamicCache() if use_cache else None
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+    with torch.inference_mode():
+        for step in range(max_new_tokens):
+            if cache is None or step == 0:
+                kw: dict[str, Any] = {"attention_mask": mask, **image_kw}
+                kw.update(to_model(inputs.token_kwargs(ids.cpu()), model))
+                if inputs.takes_position_ids:
+                    kw["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                if cache is not None:
+                    kw.update(past_key_values=cache, use_cache=True)
+                logits = model(ids, **kw)
+            else:
+                logits = model(
+                    ids[:, -1:],
+                    attention_mask=mask,
+                    position_ids=inputs.step_position_ids(model, mask),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+            nxt = logits[:, -1].argmax(dim=-1)
+            if eos_token_id is not None:
+                nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+                finished |= nxt == eos_token_id
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if eos_token_id is not None and bool(finished.all()):
+                break
+    return ids[:, n_prompt:].cpu()

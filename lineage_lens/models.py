@@ -246,6 +246,57 @@ def _no_package_installs() -> Iterator[None]:
         helpers._ensure_torchvision = original
 
 
+#: Libraries TransformerLens adapters list in ``required_libraries`` only for Hugging Face's fast
+#: (torchvision) image processors, which lineage-lens never uses: it preprocesses images with the
+#: PIL backend of the same processors (:mod:`lineage_lens.images`).
+PROCESSOR_ONLY_LIBRARIES: frozenset[str] = frozenset({"torchvision"})
+
+
+@contextlib.contextmanager
+def _processor_only_libraries_optional() -> Iterator[None]:
+    """Let TransformerLens boot adapters that demand torchvision (Qwen2.5-VL, Qwen3-VL) without it.
+
+    TransformerLens 4.3's Qwen2.5-VL and Qwen3-VL adapters list ``torchvision`` in
+    ``required_libraries`` and raise ``ImportError`` at construction when it is missing, although
+    the model itself never imports it: only HF's *fast* image processor does, and TransformerLens
+    merely tries to attach that processor (best effort). During :func:`load_model` the check
+    ignores :data:`PROCESSOR_ONLY_LIBRARIES`; every other required library is still checked, with
+    TransformerLens' own error. torchvision is never installed.
+    """
+    try:
+        from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+    except ImportError:  # another TransformerLens layout: nothing to relax
+        yield
+        return
+    original = ArchitectureAdapter.__dict__.get("_check_required_libraries")
+    if original is None:
+        yield
+        return
+
+    def check_model_libraries(self: Any) -> None:
+        needed = [lib for lib in self.required_libraries if lib not in PROCESSOR_ONLY_LIBRARIES]
+        if needed == list(self.required_libraries):
+            original(self)
+            return
+        skipped = sorted(set(self.required_libraries) - set(needed))
+        log.debug("%s: not requiring %s (image processor only)", type(self).__name__, skipped)
+        saved = self.__dict__.get("required_libraries")
+        self.required_libraries = needed
+        try:
+            original(self)
+        finally:
+            if saved is None:
+                del self.required_libraries
+            else:
+                self.required_libraries = saved
+
+    ArchitectureAdapter._check_required_libraries = check_model_libraries  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ArchitectureAdapter._check_required_libraries = original  # type: ignore[method-assign]
+
+
 def _declared_generic_tokenizer(source: str) -> Any | None:
     """The generic fast tokenizer of a local directory that declares it, else None."""
     config_path = Path(source) / "tokenizer_config.json"
@@ -297,7 +348,7 @@ def load_model(
     install_cache_shim()  # transformers >= 5.24 passes the KV cache as cache= (lineage_lens.kvcache)
     register_adapters()  # Qwen2.5-Omni thinker, InternVL (lineage_lens.adapters)
     try:
-        with _no_package_installs():
+        with _no_package_installs(), _processor_only_libraries_optional():
             model = TransformerBridge.boot_transformers(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(

@@ -20,7 +20,8 @@ layer norms, centering or refactoring), one layer at a time in float64. Models a
 ``TransformerBridge`` objects or as local Hugging Face directories; directories with
 ``.safetensors`` files are read lazily tensor by tensor, so two 7B checkpoints need only a layer's
 worth of host memory. For LLaVA-type models only the language model's blocks are compared (the
-vision tower and projector are skipped).
+vision tower and projector are skipped). A fused ``qkv_proj`` (Phi3) is split into its query, key
+and value rows.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ class BridgeWeights:
 
 
 _LAYER_KEY = re.compile(
-    r"^(?P<prefix>.*?)layers\.(?P<layer>\d+)\.self_attn\.(?P<proj>[qkvo])_proj\.weight$"
-)
+    r"^(?P<prefix>.*?)layers\.(?P<layer>\d+)\.self_attn\.(?P<proj>[qkvo]|qkv)_proj\.weight$"
+)  # qkv: a fused qkv_proj (Phi3)
 
 
 class SafetensorsWeights:
@@ -138,7 +139,9 @@ class SafetensorsWeights:
                     if m is None or _OTHER_TOWER.search(m["prefix"]):  # multi-tower
                         continue
                     prefixes.add(m["prefix"])
-                    self._where[(int(m["layer"]), m["proj"])] = (path, key)
+                    fused = m["proj"] == "qkv"  # Phi3: one tensor holds q, k and v
+                    for proj in ("q", "k", "v") if fused else (m["proj"],):
+                        self._where[(int(m["layer"]), proj)] = (path, key)
         if len(prefixes) > 1:
             raise ModelLoadError(
                 f"{self.directory}: attention weights under several prefixes {sorted(prefixes)}; "
@@ -158,12 +161,29 @@ class SafetensorsWeights:
     def layer(self, index: int) -> dict[str, Tensor]:
         from safetensors import safe_open
 
-        out = {}
+        out: dict[str, Tensor] = {}
         for p in PROJECTIONS:
             path, key = self._where[(index, p)]
             with safe_open(str(path), framework="pt") as fh:
-                out[p] = fh.get_tensor(key)
+                tensor = fh.get_tensor(key)
+            out[p] = self._split_fused(tensor, p, key) if ".qkv_proj." in key else tensor
         return out
+
+    def _split_fused(self, qkv: Tensor, proj: str, key: str) -> Tensor:
+        """The ``proj`` rows of a fused ``[H*d_head + 2*n_kv*d_head, d_model]`` qkv weight
+        (Hugging Face Phi3's layout: query rows, then key rows, then value rows)."""
+        g = self.geometry
+        nq, nkv = g.n_heads * g.d_head, g.n_kv_heads * g.d_head
+        if qkv.shape[0] != nq + 2 * nkv:
+            raise ShapeMismatchError(
+                key,
+                (nq + 2 * nkv, g.d_model),
+                tuple(qkv.shape),
+                "A fused qkv_proj must stack the query, key and value rows of the config's "
+                "num_attention_heads, num_key_value_heads and head_dim.",
+            )
+        start, size = {"q": (0, nq), "k": (nq, nkv), "v": (nq + nkv, nkv)}[proj]
+        return qkv[start : start + size]
 
 
 def _geometry_from_config(directory: Path) -> HeadGeometry:

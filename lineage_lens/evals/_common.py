@@ -46,9 +46,11 @@ from lineage_lens.batching import (
     pad_token_id,
     run_on_prefix_cache,
     shared_prefix_length,
+    to_model,
 )
 from lineage_lens.errors import ConfigError, DataError, OutputError
 from lineage_lens.fileio import atomic_open
+from lineage_lens.images import ImageInputs, greedy_generate, image_batch_kwargs
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import model_label
 from lineage_lens.stats import METRIC_NAMES
@@ -167,12 +169,15 @@ def run_prompts(
     desc: str = "eval",
     pixel_loader: Callable[[Sequence[str]], Tensor] | None = None,
     share_prefix: bool = True,
+    image_inputs: ImageInputs | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score or continue every prompt; return ``{key: record}``.
 
     Records hold ``log_p_yes``, ``log_p_no`` and ``answer`` (``"yes"``/``"no"``) in ``"logprob"``
     mode, and ``text`` plus ``answer`` (``None`` when unparsed) in ``"generate"`` mode. Items with
-    an ``image`` need ``pixel_loader`` (paths -> ``[batch, 3, S, S]``). With a ``cache``, records
+    an ``image`` need ``image_inputs`` (the model family's :class:`~lineage_lens.images.ImageInputs`:
+    every image forward input, e.g. ``image_sizes`` or ``image_grid_thw``) or, for LLaVA-1.5-style
+    models, ``pixel_loader`` (paths -> ``[batch, 3, S, S]``). With a ``cache``, records
     already stored under ``setting`` are reused and new ones appended after each batch.
 
     With ``share_prefix`` (logprob mode, text-only prompts), the longest token prefix common to
@@ -258,26 +263,53 @@ def run_prompts(
                 ids, mask, pos, _ = pad_batch([it.input_ids for it in batch], pad)
                 kwargs: dict[str, Any] = {"attention_mask": mask.to(device)}
                 images = [it.image for it in batch]
+                positions = True
                 if any(im is not None for im in images):
-                    if pixel_loader is None or any(im is None for im in images):
-                        raise ConfigError("prompts with images need a pixel_loader for every item.")
-                    kwargs["pixel_values"] = pixel_loader(images).to(device)  # type: ignore[arg-type]
+                    if (pixel_loader is None and image_inputs is None) or any(
+                        im is None for im in images
+                    ):
+                        raise ConfigError(
+                            "prompts with images need image_inputs (or a pixel_loader) and an "
+                            "image on every item."
+                        )
+                    if image_inputs is not None:  # the family's own inputs (lineage_lens.images)
+                        extra = image_batch_kwargs(image_inputs, images, ids)
+                        kwargs.update(to_model(extra, model))
+                        positions = image_inputs.takes_position_ids
+                    else:
+                        kwargs["pixel_values"] = pixel_loader(images).to(device)  # type: ignore[misc,arg-type]
                 if mode == "logprob":
-                    kwargs["position_ids"] = pos.to(device)
+                    if positions:
+                        kwargs["position_ids"] = pos.to(device)
                     logits = model(ids.to(device), **kwargs)[:, -1]
                     recs = _yes_no_records(logits, yes_ids, no_ids)
                 else:
-                    out = model.generate(
-                        ids.to(device),
-                        max_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        verbose=False,
-                        return_type="tokens",
-                        use_past_kv_cache=use_cache,
-                        **kwargs,
-                    )
+                    if image_inputs is not None and any(im is not None for im in images):
+                        # image prompts decode in lineage_lens.images (TransformerLens' generate
+                        # mishandles some families' image inputs)
+                        new_tokens = greedy_generate(
+                            model,
+                            ids,
+                            mask,
+                            image_inputs,
+                            images,
+                            max_new_tokens,
+                            eos_token_id=eos,
+                            use_cache=use_cache,
+                        )
+                    else:
+                        out = model.generate(
+                            ids.to(device),
+                            max_new_tokens=max_new_tokens,
+                            do_sample=False,
+                            verbose=False,
+                            return_type="tokens",
+                            use_past_kv_cache=use_cache,
+                            **kwargs,
+                        )
+                        new_tokens = out[:, ids.shape[1] :]
                     recs = []
-                    for row in out[:, ids.shape[1] :].tolist():
+                    for row in new_tokens.tolist():
                         if eos is not None and eos in row:
                             row = row[: row.index(eos)]
                         text = tok.decode(row, skip_special_tokens=True)

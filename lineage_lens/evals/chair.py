@@ -837,7 +837,7 @@ def generate_captions(
     cache: Any = None,
     progress: bool = True,
 ) -> list[Caption]:
-    """Greedy captions of images by a LLaVA-type ``model`` (the paper's setting by default).
+    """Greedy captions of images by a vision-language ``model`` (the paper's setting by default).
 
     Args:
         image_dir: folder of the images; file names are ``file_pattern.format(image_id=...)``.
@@ -852,8 +852,7 @@ def generate_captions(
     from lineage_lens.images import (
         LLAVA_TEMPLATE,
         encode_image_prompt,
-        load_pixel_values,
-        vision_settings,
+        image_inputs,
     )
 
     if image_ids is None:
@@ -875,10 +874,16 @@ def generate_captions(
             f"{len(missing)} of {len(files)} images are missing from {folder} "
             f"(e.g. {', '.join(missing[:3])}); pass the right folder or file_pattern."
         )
-    settings = vision_settings(model)
+    img_in = image_inputs(model)  # the family's image tokens and inputs (lineage_lens.images)
     template = prompt_template or LLAVA_TEMPLATE
-    prompt_ids = tuple(encode_image_prompt(model.tokenizer, prompt, settings, template))
-    items = [PromptItem(i, prompt_ids, str(files[i])) for i in ids]
+    items = [
+        PromptItem(
+            i,
+            tuple(encode_image_prompt(model.tokenizer, prompt, img_in, template, image=files[i])),
+            str(files[i]),
+        )
+        for i in ids
+    ]
     setting = {"task": "chair", "prompt": prompt, "template": template, "dir": str(folder)}
     with maybe_cache(cache) as c:
         records = run_prompts(
@@ -892,7 +897,7 @@ def generate_captions(
             setting=setting,
             progress=progress,
             desc="captions",
-            pixel_loader=lambda paths: load_pixel_values(paths, settings),
+            image_inputs=img_in,
         )
     return [Caption(i, records[i]["text"]) for i in ids]
 

@@ -39,8 +39,7 @@ from lineage_lens.hf_datasets import dataset_rows, is_dataset, to_dataset
 from lineage_lens.images import (
     LLAVA_TEMPLATE,
     encode_image_prompt,
-    load_pixel_values,
-    vision_settings,
+    image_inputs,
 )
 from lineage_lens.models import model_label
 from lineage_lens.stats import binary_metrics
@@ -189,10 +188,10 @@ def evaluate_pope(
     cache: ResultCache | str | Path | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate a LLaVA-type ``model`` on POPE question files.
+    """Evaluate a vision-language ``model`` on POPE question files.
 
     Args:
-        model: a LLaVA bridge (see :mod:`lineage_lens.images`).
+        model: a vision-language bridge of a family in :data:`lineage_lens.images.IMAGE_INPUT_BUILDERS`.
         image_dir: folder holding the questions' images.
         splits: vendored split names and/or paths of files in the POPE schema, or
             ``datasets.Dataset`` objects in its columns (named by their ``split``), or a mapping
@@ -211,16 +210,14 @@ def evaluate_pope(
         raise ConfigError("give at least one POPE split or file.")
     per_split = {name: load_pope(s, limit=limit) for name, s in _named_splits(splits).items()}
     folder = check_images([q for qs in per_split.values() for q in qs], image_dir)
-    settings = vision_settings(model)
+    img_in = image_inputs(model)  # the family's image tokens and inputs (lineage_lens.images)
     tok = model.tokenizer
     items: list[PromptItem] = []
     for split, qs in per_split.items():
         for q in qs:
-            ids = encode_image_prompt(tok, q.text, settings, prompt_template)
-            items.append(PromptItem(f"{split}:{q.question_id}", tuple(ids), str(folder / q.image)))
-
-    def loader(paths: Sequence[str]):
-        return load_pixel_values(paths, settings)
+            path = str(folder / q.image)
+            ids = encode_image_prompt(tok, q.text, img_in, prompt_template, image=path)
+            items.append(PromptItem(f"{split}:{q.question_id}", tuple(ids), path))
 
     setting = {"task": "pope", "template": prompt_template, "image_dir": str(folder)}
     with maybe_cache(cache) as c:
@@ -235,7 +232,7 @@ def evaluate_pope(
             setting=setting,
             progress=progress,
             desc=f"POPE {mode}",
-            pixel_loader=loader,
+            image_inputs=img_in,
         )
     ex_rows = []
     for split, qs in per_split.items():
