@@ -109,3 +109,53 @@ def test_booting_a_llava_installs_nothing(tiny_dirs, monkeypatch):
     if importlib.util.find_spec("torchvision") is None:
         assert helpers._ensure_torchvision() is False  # TransformerLens alone runs pip ...
         assert calls and "torchvision" in calls[0][0]  # ... (stopped here by the monkeypatch)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_vl_boots_without_torchvision(tmp_path, monkeypatch, arch):
+    """TransformerLens' Qwen-VL adapters list torchvision in required_libraries (only HF's fast
+    image processor needs it); load_model boots them without it, installs nothing, and restores
+    the adapter check afterwards, which still raises for TransformerLens alone."""
+    import importlib.util
+    import subprocess
+
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+    from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
+        Qwen2_5_VLArchitectureAdapter,
+    )
+
+    from lineage_lens.testing import make_tiny_model
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # torchvision absent, whether or not this machine has it
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torchvision" else real_find_spec(name, *a),
+    )
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: pytest.fail(f"ran {a}"))
+    original = ArchitectureAdapter._check_required_libraries
+    model = load_model(make_tiny_model(tmp_path / arch, arch), device="cpu")  # type: ignore[arg-type]
+    assert is_multimodal(model) and head_geometry(model).n_layers == 2
+    assert ArchitectureAdapter._check_required_libraries is original
+    probe = object.__new__(Qwen2_5_VLArchitectureAdapter)
+    with pytest.raises(ImportError, match="torchvision"):
+        probe._check_required_libraries()
+
+
+@pytest.mark.model
+def test_other_required_libraries_are_still_checked(tiny_dirs, monkeypatch):
+    """Only processor-only libraries are relaxed: an adapter needing another missing library
+    still fails with TransformerLens' own error."""
+    from transformer_lens.model_bridge.supported_architectures.llama import (
+        LlamaArchitectureAdapter,
+    )
+
+    monkeypatch.setattr(
+        LlamaArchitectureAdapter,
+        "required_libraries",
+        ["torchvision", "no_such_library_lineage_lens"],
+        raising=False,
+    )
+    with pytest.raises(ImportError, match="no_such_library_lineage_lens"):
+        load_model(tiny_dirs["llama"], device="cpu")

@@ -192,3 +192,26 @@ def test_cli_drift(lineage_dirs, tmp_path):
     payload = json.loads(res.stdout)
     assert payload["geometry"]["n_kv_heads"] == KV
     assert payload["layers"]["mean_ov_rel"] == [0.0, 0.0]
+
+
+@pytest.mark.model
+def test_phi3_fused_qkv_is_split_like_hugging_face(tmp_path):
+    """A directory with a fused qkv_proj (Phi3) reads as the q, k and v rows HF's Phi3 uses
+    (query, then key, then value rows); a config that disagrees with the tensor is named."""
+    import json
+
+    from lineage_lens.weights import open_weights
+
+    directory = make_tiny_model(tmp_path / "phi3", "phi3", n_kv_heads=2, seed=3)
+    tensors = load_file(str(directory / "model.safetensors"))
+    qkv = tensors["model.layers.1.self_attn.qkv_proj.weight"]
+    layer = open_weights(directory).layer(1)
+    nq, nkv = 4 * 8, 2 * 8
+    assert torch.equal(layer["q"], qkv[:nq]) and torch.equal(layer["k"], qkv[nq : nq + nkv])
+    assert torch.equal(layer["v"], qkv[nq + nkv :])
+    assert torch.equal(layer["o"], tensors["model.layers.1.self_attn.o_proj.weight"])
+    cfg = json.loads((directory / "config.json").read_text())
+    cfg["num_key_value_heads"] = 4
+    (directory / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ShapeMismatchError, match="qkv_proj"):
+        open_weights(directory).layer(0)
