@@ -295,3 +295,37 @@ def test_evaluate_pope_on_a_dataset_equals_on_the_file(tiny_llava, tmp_path):
     cols = ["question_id", "label", "log_p_yes", "log_p_no"]
     assert got[cols].equals(want[cols])
     assert evaluate_pope(tiny_llava, tmp_path, ds, **kwargs).examples["split"].iloc[0] == "dataset"
+
+
+def test_arbitrary_rows_convert_or_raise_a_clean_error():
+    """Whatever the column values, a conversion returns records or raises a LineageLensError."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    from lineage_lens.errors import LineageLensError
+
+    fields = ["context", "question", "answer", "label", "knowledge", "right_answer",
+              "hallucinated_answer", "question_id", "image", "text", "source_id", "image_path"]  # fmt: skip
+    value = st.one_of(
+        st.sampled_from(["gold", "hallucinated", "yes", "no", "", " ", "x.png"]),
+        st.integers(-2, 2),
+        st.booleans(),
+        st.floats(allow_nan=True),
+        st.lists(st.integers(), max_size=2),
+    )
+
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(
+        columns=st.lists(st.sampled_from(fields), min_size=1, max_size=6, unique=True),
+        column_value=st.lists(value, min_size=6, max_size=6),
+        n=st.integers(1, 3),
+    )
+    def convert(columns, column_value, n):
+        ds = Dataset.from_dict({c: [column_value[i]] * n for i, c in enumerate(columns)})
+        for kind in ("truthprobe", "halueval", "pope"):
+            try:
+                from_dataset(ds, kind)
+            except LineageLensError as exc:
+                assert str(exc).strip()
+
+    convert()
