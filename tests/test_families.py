@@ -53,7 +53,7 @@ from lineage_lens.scores import TruthScores
 from lineage_lens.testing import MULTIMODAL_ARCHS, make_tiny_model
 from lineage_lens.weights import weight_drift
 from lineage_lens.zoo.images import render_scene, sample_scenes
-from tests.test_kv_cache import PROMPT, _greedy_full_forward, _paired_examples
+from tests.test_kv_cache import PROMPT, greedy_full_forward, paired_examples
 
 pytestmark = pytest.mark.model
 
@@ -228,11 +228,8 @@ def _scores(model, seed: int = 5) -> TruthScores:
 
 
 def _o_weights(model) -> list[torch.Tensor]:
-    from lineage_lens.gating import _o_linear
-
-    return [
-        _o_linear(model, layer)[0].weight.detach().clone() for layer in range(model.cfg.n_layers)
-    ]
+    """The O-projection weights of every block (what a fold scales), as in tests/test_gating.py."""
+    return [block.attn.o.original_component.weight.detach().clone() for block in model.blocks]
 
 
 # ------------------------------------------------------------------------------ boot, logits
@@ -256,7 +253,7 @@ def test_boots_with_logits_equal_to_hugging_face(fam):
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_text_capture_equals_unbatched_run_with_cache(fam, side):
     model = fam.model
-    examples = _paired_examples(3)
+    examples = paired_examples(3)
     acts = collect_head_activations(
         model,
         examples,
@@ -297,7 +294,7 @@ def test_image_capture_equals_unbatched_run_with_cache(mm, side):
 
 
 def test_truth_scores_fit(fam):
-    examples = _paired_examples(4) * 3
+    examples = paired_examples(4) * 3
     acts = collect_head_activations(
         fam.model, examples, batch_size=8, dtype=torch.float32, progress=False
     )
@@ -363,7 +360,7 @@ def test_cached_generate_equals_greedy_full_forwards(fam, gated):
             use_past_kv_cache=True,
             stop_at_eos=False,
         )
-        assert torch.equal(generated.cpu(), _greedy_full_forward(model, ids, {}, 5))
+        assert torch.equal(generated.cpu(), greedy_full_forward(model, ids, {}, 5))
         if not fam.family.multimodal:
             return
         inputs = image_inputs(model)
@@ -401,7 +398,7 @@ def test_weight_drift_from_directories_equals_from_bridges(fam):
     same = weight_drift(fam.directory, fam.directory)
     assert all((same.heads[f"{p}_rel"] == 0).all() for p in ("q", "k", "v", "o"))
 
-    examples = _paired_examples(3)
+    examples = paired_examples(3)
     kw = dict(batch_size=4, dtype=torch.float32, progress=False)
     cka = head_cka(
         collect_head_activations(fam.model, examples, **kw),
@@ -514,7 +511,7 @@ def test_chair_captions_on_rendered_images(mm, scene_dir):
 def test_bfloat16_captures_gates_and_folds(fam, tmp_path):
     directory = _build(tmp_path, fam.family, seed=11, dtype=torch.bfloat16)
     model = load_model(directory, device="cpu", dtype=torch.bfloat16)
-    examples = _paired_examples(2)
+    examples = paired_examples(2)
     acts = collect_head_activations(model, examples, batch_size=4, progress=False)
     assert np.isfinite(acts.acts).all()
     gate = TruthGate(_scores(model), alpha=4.5)

@@ -62,7 +62,7 @@ def _gate(model, seed: int = 5) -> TruthGate:
     return TruthGate(TruthScores({"accuracy": rng.uniform(0.45, 0.95, size=shape)}), alpha=4.5)
 
 
-def _paired_examples(n_rows: int = 4) -> list[ProbeExample]:
+def paired_examples(n_rows: int = 4) -> list[ProbeExample]:
     """HaluEval-shaped pairs sharing contexts long enough to be run once, plus one loner."""
     out = []
     for r in range(n_rows):
@@ -98,14 +98,14 @@ def _generate_inputs(model, arch: str) -> tuple[torch.Tensor, dict]:
     return torch.tensor([[tok.bos_token_id, *ids]]), {}
 
 
-def _greedy_full_forward(model, tokens: torch.Tensor, kw: dict, n: int) -> torch.Tensor:
+def greedy_full_forward(model, tokens: torch.Tensor, kw: dict, n: int) -> torch.Tensor:
     for _ in range(n):
         logits = model(tokens, **kw)
         tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return tokens
 
 
-def _prompt_items(model) -> list[PromptItem]:
+def prompt_items(model) -> list[PromptItem]:
     rng = np.random.default_rng(0)
     vocab = model.cfg.d_vocab
     special = set(model.tokenizer.all_special_ids)
@@ -136,7 +136,7 @@ def test_shared_prefix_capture_equals_run_with_cache(arch_model, gated, monkeypa
     monkeypatch.setattr(
         activations, "run_on_prefix_cache", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    examples = _paired_examples()
+    examples = paired_examples()
     keys = prefix_keys(encode_examples(model.tokenizer, examples))
     assert sum(len(k) >= MIN_SHARED_PREFIX for k in keys) == 8 and keys[-1] == ()
     gate = _gate(model) if gated else None
@@ -171,14 +171,14 @@ def test_cached_generate_equals_greedy_full_forwards(arch_model, placement):
             stop_at_eos=False,
             **kw,
         )
-        reference = _greedy_full_forward(model, tokens, kw, 6)
+        reference = greedy_full_forward(model, tokens, kw, 6)
     assert torch.equal(generated.cpu(), reference)
 
 
 @pytest.mark.parametrize("gated", [False, True])
 def test_shared_prefix_logprobs_equal_full_prompts(arch_model, gated, caplog):
     _, model = arch_model
-    items = _prompt_items(model)
+    items = prompt_items(model)
     gate = _gate(model, seed=3) if gated else None
     with caplog.at_level(logging.INFO, logger="lineage_lens.evals._common"):
         shared = run_prompts(model, items, batch_size=2, gate=gate, progress=False)
@@ -228,7 +228,7 @@ def broken_cache(monkeypatch):
 @pytest.mark.parametrize("arch", ["llama", "llava"])
 def test_guard_falls_back_when_the_cache_is_ignored(arch, tiny_dirs, broken_cache, caplog):
     model = load_model(tiny_dirs[arch], device="cpu")
-    examples = _paired_examples()
+    examples = paired_examples()
     # The bug is real: the raw cached path is wrong.
     assert not check_kv_cache(model).ok
     with pytest.warns(KVCacheWarning, match="transformers") as record:
@@ -238,7 +238,7 @@ def test_guard_falls_back_when_the_cache_is_ignored(arch, tiny_dirs, broken_cach
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", KVCacheWarning)  # warned once per model, not again
-        items = _prompt_items(model)
+        items = prompt_items(model)
         with caplog.at_level(logging.INFO, logger="lineage_lens.evals._common"):
             guarded = run_prompts(model, items, batch_size=2, progress=False)
         assert "shared prefix tokens" not in caplog.text
@@ -252,7 +252,7 @@ def test_guard_falls_back_when_the_cache_is_ignored(arch, tiny_dirs, broken_cach
         )
     tok = model.tokenizer
     for it in items[:2]:
-        ref = _greedy_full_forward(model, torch.tensor([it.input_ids]), {}, 4)
+        ref = greedy_full_forward(model, torch.tensor([it.input_ids]), {}, 4)
         row = ref[0, len(it.input_ids) :].tolist()
         if tok.eos_token_id in row:
             row = row[: row.index(tok.eos_token_id)]
