@@ -5,21 +5,29 @@ its own evaluation scenes (``<member>/eval/`` of the zoo: rendered images, POPE 
 objects). It runs ungated and gated (``norm="center"``, ``placement="z"``, language-model heads
 only) with
 
-* ``inherited`` -- the ancestor LLM's Truth Scores (the paper's transfer),
-* ``own`` -- the MLLM's own Truth Scores (its language model probed on the same text examples),
+* ``inherited`` -- the ancestor LLM's Truth Scores (the paper's transfer, ``TruthProbe_LLM``),
+* ``own`` -- the MLLM's own text-only Truth Scores (its language model probed on the same text
+  examples),
+* ``own image`` -- the MLLM's own image-context Truth Scores (the paper's ``TruthProbe_MLLM``:
+  rendered scenes with a question and a truthful or hallucinated answer,
+  :func:`experiments.mllm_conditions.image_context_scores`),
 * ``random control`` -- the ancestor's scores permuted over heads
   (:func:`lineage_lens.gating.control_scores`), one row per control seed of the profile.
 
+The CSV's ``paper_scores`` column names each source as the paper's tables do (:data:`PAPER_NAMES`).
+
 How sure each number is: POPE accuracies and CHAIR_s carry 95 % Wilson intervals, CHAIR_i a
 bootstrap interval over captions; every gated row carries the paired bootstrap change against the
-ungated model on the same questions and captions (pooled POPE accuracy, CHAIR_i), and inherited rows
-also against the random control at the same alpha (averaged over its seeds item by item): the
+ungated model on the same questions and captions (pooled POPE accuracy, CHAIR_i), and inherited and
+own-image rows also against the random control at the same alpha (averaged over its seeds item by
+item): the
 library sweep (:func:`lineage_lens.sweep.gating_sweep`) with the POPE and CHAIR evaluators of
 :mod:`lineage_lens.evals.outcomes`.
 
 Profiles ``test`` and ``demo`` use the tiny family (``base`` -> ``vlm``, scores from
-:mod:`experiments._zoo`); ``full`` uses ``smollm2-vlm`` with SmolLM2-135M-Instruct's scores
-(292 HaluEval probing rows, :func:`experiments.real_family.cached_scores`). Writes
+:mod:`experiments._zoo` and :mod:`experiments.mllm_conditions`); ``full`` uses ``smollm2-vlm`` with
+SmolLM2-135M-Instruct's scores (292 HaluEval probing rows,
+:func:`experiments.real_family.cached_scores`) and its own on as many rendered scenes. Writes
 ``mllm_gating.png`` and ``mllm_gating.csv`` (one row per setting: POPE accuracy/F1/yes-ratio/AUROC
 per split, pooled POPE accuracy, CHAIR_s, CHAIR_i, recall, caption length, their intervals and the
 paired changes).
@@ -47,11 +55,19 @@ from lineage_lens.evals.chair import ObjectVocabulary
 from lineage_lens.evals.outcomes import ChairCaptions, Outcome, PopeAnswers
 from lineage_lens.models import load_model
 from lineage_lens.scores import TruthScores
-from lineage_lens.sweep import CONTROL, change_columns, gating_sweep, transfer_sources
+from lineage_lens.sweep import (
+    CONTROL,
+    ScoreSource,
+    change_columns,
+    gating_sweep,
+    transfer_sources,
+)
 from lineage_lens.zoo.images import CAPTION_PROMPT, OBJECTS
 from lineage_lens.zoo.train import VLM_PROMPT
 
 SPLITS = ("random", "popular", "adversarial")
+#: The MLLM's own image-context Truth Scores (the paper's TruthProbe_MLLM) as a score source.
+OWN_IMAGE = "own image"
 #: Zoo eval images are ``images/zoo_00007.png`` for image id ``"7"``.
 FILE_PATTERN = "zoo_{image_id:0>5}.png"
 
@@ -72,16 +88,30 @@ PLANS = {
 }
 
 
+#: The score sources of the sweep as the paper's tables name them.
+PAPER_NAMES = {
+    "none": "ungated",
+    "inherited": "TruthProbe_LLM",
+    "own": "TruthProbe_MLLM (text-only)",
+    OWN_IMAGE: "TruthProbe_MLLM",
+    CONTROL: "random",
+}
+#: Sources whose rows also carry the change against the random control.
+VERSUS_CONTROL = ("inherited", OWN_IMAGE)
+
+
 @dataclass
 class MllmFamily:
     ancestor: str
     mllm: str
     path: Path
-    scores: dict[str, TruthScores]  # "inherited" and "own"
+    scores: dict[str, TruthScores]  # "inherited", "own" and "own image"
 
 
 def family(profile: str) -> MllmFamily:
-    """The MLLM of the profile, its directory and the two score sets."""
+    """The MLLM of the profile, its directory and the three score sets."""
+    from experiments.mllm_conditions import image_context_scores
+
     if profile == "full":
         from experiments.real_family import ANCESTOR, cached_scores, real_family
         from lineage_lens.zoo import build_zoo
@@ -89,17 +119,24 @@ def family(profile: str) -> MllmFamily:
         anc = real_family("full").scores[ANCESTOR]
         path = build_zoo(profile="full", members=["smollm2-vlm"]).path("smollm2-vlm")
         own = cached_scores("smollm2-vlm", path, anc.n // 2)
-        return MllmFamily(ANCESTOR, "smollm2-vlm", path, {"inherited": anc, "own": own})
+        image = image_context_scores(str(path), anc.n // 2, "smollm2-vlm")
+        scores = {"inherited": anc, "own": own, OWN_IMAGE: image}
+        return MllmFamily(ANCESTOR, "smollm2-vlm", path, scores)
     from experiments._zoo import ANCESTOR as TINY_ANCESTOR
-    from experiments._zoo import zoo_lineage
+    from experiments.mllm_conditions import vlm_conditions
 
-    lineage = zoo_lineage(profile)
-    scores = {"inherited": lineage.scores[TINY_ANCESTOR], "own": lineage.scores["vlm"]}
-    return MllmFamily(TINY_ANCESTOR, "vlm", lineage.path("vlm"), scores)
+    cond = vlm_conditions(profile)
+    scores = {
+        "inherited": cond.lineage.scores[TINY_ANCESTOR],
+        "own": cond.scores["a"],  # text-only: the language model on the ancestor's examples
+        OWN_IMAGE: cond.scores["d"],
+    }
+    return MllmFamily(TINY_ANCESTOR, "vlm", cond.lineage.path("vlm"), scores)
 
 
 CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "n")
-#: The CSV's columns of one setting, in order (after ``mllm, scores, alpha, control_seed``); the
+#: The CSV's columns of one setting, in order (after ``mllm, scores, paper_scores, alpha,
+#: control_seed``); the
 #: paired changes ``pope_accuracy_*`` of the sweep are named ``pope_*`` here.
 METRICS = (
     *(f"pope_{s}_{k}" for s in SPLITS for k in ("accuracy", "f1", "yes_ratio", "auroc")),
@@ -156,13 +193,20 @@ def evaluate(profile: str) -> pd.DataFrame:
     sources = transfer_sources(
         fam.scores["inherited"], fam.scores["own"], control_seeds=plan.control_seeds
     )
+    sources.insert(2, ScoreSource(OWN_IMAGE, fam.scores[OWN_IMAGE]))  # after inherited and own
     frame = gating_sweep(
-        load_model(fam.path), evaluator, sources, plan.alphas, n_resamples=RESAMPLES[profile]
+        load_model(fam.path),
+        evaluator,
+        sources,
+        plan.alphas,
+        versus_control=VERSUS_CONTROL,
+        n_resamples=RESAMPLES[profile],
     )
     frame = frame.sort_values("alpha", kind="stable", ignore_index=True)  # alpha by alpha
     delta, vs = change_columns("pope_accuracy")
     frame = frame.rename(columns={c: c.replace("pope_accuracy", "pope", 1) for c in delta + vs})
     frame.insert(0, "mllm", fam.mllm)
+    frame.insert(2, "paper_scores", frame["scores"].map(PAPER_NAMES))
     return frame
 
 
@@ -179,7 +223,7 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), layout="constrained")
     labels = [_label(r) for r in frame.itertuples()]
     x = np.arange(len(frame))
-    colors = {"none": "grey", "inherited": "C0", "own": "C1", CONTROL: "C3"}
+    colors = {"none": "grey", "inherited": "C0", "own": "C1", OWN_IMAGE: "C2", CONTROL: "C3"}
     color = [colors[s] for s in frame["scores"]]
     panels = (
         (
@@ -201,8 +245,8 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
         if "delta" in col:
             ax.axhline(0, color="black", lw=0.6)
     fig.suptitle(
-        f"{frame['mllm'].iloc[0]} gated with its ancestor's Truth Scores vs own and random-control "
-        "scores (bars: 95 % CI)"
+        f"{frame['mllm'].iloc[0]} gated with its ancestor's Truth Scores (TruthProbe_LLM) vs its own "
+        "(text-only; image context: TruthProbe_MLLM) and random-control scores (bars: 95 % CI)"
     )
     return fig
 
@@ -225,7 +269,8 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         gated = r.scores != "none"
         seed = "" if pd.isna(r.control_seed) else int(r.control_seed)
         lines.append(
-            f"| {r.scores} | {r.alpha:g} | {seed} | {r.pope_random_accuracy:.3f} | "
+            f"| {r.scores} ({r.paper_scores}) | {r.alpha:g} | {seed} | "
+            f"{r.pope_random_accuracy:.3f} | "
             f"{r.pope_popular_accuracy:.3f} | {r.pope_adversarial_accuracy:.3f} | "
             f"{r.pope_adversarial_auroc:.3f} | "
             + (fmt_change(r.pope_delta, r.pope_delta_ci_low, r.pope_delta_ci_high) if gated else "")
@@ -245,6 +290,12 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         f"{fmt_change(r.chair_i_vs_control, r.chair_i_vs_control_ci_low, r.chair_i_vs_control_ci_high)}"
         for r in inherited.itertuples()
     ]
+    own_image = [
+        f"alpha {r.alpha:g}: POPE "
+        f"{fmt_change(r.pope_vs_control, r.pope_vs_control_ci_low, r.pope_vs_control_ci_high)}, CHAIR_i "
+        f"{fmt_change(r.chair_i_vs_control, r.chair_i_vs_control_ci_low, r.chair_i_vs_control_ci_high)}"
+        for r in frame[frame["scores"] == OWN_IMAGE].itertuples()
+    ]
     absolute = [
         f"alpha {r.alpha:g}: POPE {fmt_change(r.pope_delta, r.pope_delta_ci_low, r.pope_delta_ci_high)}, "
         f"CHAIR_i {fmt_change(r.chair_i_delta, r.chair_i_delta_ci_low, r.chair_i_delta_ci_high)}"
@@ -263,6 +314,8 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         + "; ".join(transfer)
         + ". Inherited scores against the ungated model: "
         + "; ".join(absolute)
+        + ". The MLLM's own image-context scores (TruthProbe_MLLM) minus the random control: "
+        + "; ".join(own_image)
         + ".",
     ]
     return Section("POPE and CHAIR of the zoo MLLM under TruthProbe gates", "\n".join(lines), files)

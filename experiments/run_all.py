@@ -16,6 +16,7 @@ from experiments import (
     gating,
     heatmaps,
     inheritance,
+    mllm_conditions,
     mllm_gating,
     real_family,
     weight_drift,
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 #: The experiments in report order.
 EXPERIMENTS = (
     inheritance,
+    mllm_conditions,
     heatmaps,
     weight_drift,
     cka,

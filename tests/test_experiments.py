@@ -16,6 +16,7 @@ from experiments import (
     gating,
     heatmaps,
     inheritance,
+    mllm_conditions,
     mllm_gating,
     real_family,
     weight_drift,
@@ -42,6 +43,7 @@ FIGURE_NAMES = (
     "evidence_image_zoo",
     "gating_zoo",
     "mllm_gating",
+    "mllm_conditions",
 )
 
 
@@ -59,6 +61,7 @@ def test_test_profile_regenerates_figures_and_report(report):
     text = path.read_text()
     titles = (
         "Fig. 1",
+        "Fig. 1 a, b, d",
         "heatmaps",
         "Weight drift",
         "CKA",
@@ -228,6 +231,7 @@ def test_gating_csv_holds_the_plotted_rates(report):
 def test_every_module_is_in_run_all_and_exposes_run():
     for module in (
         inheritance,
+        mllm_conditions,
         heatmaps,
         weight_drift,
         cka,
@@ -307,7 +311,14 @@ def test_mllm_gating_csv_holds_the_plotted_metrics(report):
     frame = pd.read_csv(root / "figures" / "mllm_gating.csv")
     plan = mllm_gating.PLANS["test"]
     controls = ["random control"] * len(plan.control_seeds)
-    assert list(frame["scores"]) == ["none"] + ["inherited", "own", *controls] * len(plan.alphas)
+    sources = ["inherited", "own", mllm_gating.OWN_IMAGE, *controls]
+    assert list(frame["scores"]) == ["none"] + sources * len(plan.alphas)
+    assert list(frame["paper_scores"].iloc[:4]) == [
+        "ungated",
+        "TruthProbe_LLM",
+        "TruthProbe_MLLM (text-only)",
+        "TruthProbe_MLLM",
+    ]
     # intervals hold their numbers; paired changes are the differences of the plotted numbers
     for col in ("pope_accuracy", "pope_adversarial_accuracy", "chair_i"):
         assert (frame[f"{col}_ci_low"] <= frame[col] + 1e-9).all(), col
@@ -321,11 +332,17 @@ def test_mllm_gating_csv_holds_the_plotted_metrics(report):
     )
     assert (gated["pope_delta_ci_low"] <= gated["pope_delta"] + 1e-9).all()
     assert (gated["chair_i_delta"] <= gated["chair_i_delta_ci_high"] + 1e-9).all()
-    for r in gated[gated["scores"] == "inherited"].itertuples():
+    for r in gated[gated["scores"].isin(mllm_gating.VERSUS_CONTROL)].itertuples():
         same = gated[(gated["scores"] == "random control") & (gated["alpha"] == r.alpha)]
         assert r.pope_vs_control == pytest.approx(
             r.pope_accuracy - same["pope_accuracy"].mean(), abs=1e-5
         )
+    assert gated.loc[gated["scores"] == "own", "pope_vs_control"].isna().all()
+    # TruthProbe_MLLM: the VLM's own image-context scores, not its text-only ones
+    fam = mllm_gating.family("test")
+    conditions = mllm_conditions.vlm_conditions("test")
+    assert fam.scores[mllm_gating.OWN_IMAGE] is conditions.scores["d"]
+    assert fam.scores["own"] is conditions.scores["a"]
     for col in ("chair_s", "chair_i", "recall", "pope_adversarial_accuracy"):
         assert frame[col].between(0, 1).all(), col
     assert (frame["n"] == plan.chair_limit).all()
@@ -334,7 +351,6 @@ def test_mllm_gating_csv_holds_the_plotted_metrics(report):
     from lineage_lens.models import load_model
     from lineage_lens.zoo.train import VLM_PROMPT
 
-    fam = mllm_gating.family("test")
     eval_dir = fam.path / "eval"
     res = evaluate_pope(
         load_model(fam.path),
@@ -377,3 +393,50 @@ def test_evidence_image_csv_and_cell_share(report):
     share = evidence.cell_share(att, np.array([3, 0]))
     np.testing.assert_allclose(share[0, 0], [1.0, 0.0])
     np.testing.assert_allclose(share[1, 0], [0.0, 1.0])
+
+
+def test_mllm_conditions_csv_holds_the_plotted_correlations(report):
+    _, root = report
+    frame = pd.read_csv(root / "figures" / "mllm_conditions.csv")
+    assert list(frame.columns) == [
+        "set",
+        "condition",
+        "probing_data",
+        "mllm",
+        "reference",
+        "role",
+        "n_examples",
+        "mllm_mean_score",
+        "mllm_max_score",
+        "reference_mean_score",
+        "pearson",
+        "pearson_ci_low",
+        "pearson_ci_high",
+        "pearson_p_perm",
+        "spearman",
+        "spearman_ci_low",
+        "spearman_ci_high",
+        "spearman_p_perm",
+    ]
+    assert list(zip(frame["set"], frame["reference"], strict=True)) == [
+        (s, ref) for s in "abd" for ref in (ANCESTOR, "control")
+    ]
+    assert list(frame["condition"][::2]) == ["text_only", "black_image", "image"]
+    conditions = mllm_conditions.vlm_conditions("test")
+    lineage = zoo_lineage("test")
+    assert (frame["n_examples"] == 2 * lineage.n_items).all()
+    # set a is the VLM's text-only scores of the zoo lineage; set d its image-context scores
+    assert conditions.scores["a"] is lineage.scores["vlm"]
+    assert conditions.scores["d"].n == 2 * lineage.n_items
+    for s, ref in (("d", ANCESTOR), ("b", "control")):
+        row = frame[(frame["set"] == s) & (frame["reference"] == ref)].iloc[0]
+        expected = compare_scores(
+            lineage.scores[ref], conditions.scores[s], n_resamples=200, n_permutations=200, seed=0
+        )
+        assert row["pearson"] == pytest.approx(expected.pearson.r, abs=1e-5)
+        assert row["pearson_ci_low"] == pytest.approx(expected.pearson.ci_low, abs=1e-5)
+        assert row["spearman_p_perm"] == pytest.approx(expected.spearman.p_permutation, abs=1e-5)
+        assert row["mllm_mean_score"] == pytest.approx(conditions.scores[s].accuracy.mean())
+    assert (frame["pearson_ci_low"] <= frame["pearson"] + 1e-9).all()
+    assert (frame["pearson"] <= frame["pearson_ci_high"] + 1e-9).all()
+    assert frame[["mllm_mean_score", "mllm_max_score"]].stack().between(0, 1).all()
