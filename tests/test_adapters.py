@@ -31,6 +31,7 @@ from lineage_lens.adapters.tiny import (
     make_tiny_qwen2_5_omni,
     tiny_internvl_image_tokens,
 )
+from lineage_lens.cka import head_cka
 from lineage_lens.data import ProbeExample
 from lineage_lens.gating import TruthGate
 from lineage_lens.models import (
@@ -83,6 +84,8 @@ FAMILIES: dict[str, tuple[Callable[..., Path], str]] = {
     ),
     "internvl": (make_tiny_internvl, "InternVLForConditionalGeneration"),
 }
+#: Families of the slower gating and generation tests.
+CORE_FAMILIES = ["omni", "internvl"]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,12 @@ def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, family_dirs) -> tuple[str, Any]:
+    return request.param, load_model(family_dirs[request.param], device="cpu")
+
+
+@pytest.fixture(scope="module", params=CORE_FAMILIES)
+def core_family(request, family_dirs) -> tuple[str, Any]:
+    """The families without ``omni_full``, which boots the same thinker as ``omni``."""
     return request.param, load_model(family_dirs[request.param], device="cpu")
 
 
@@ -235,9 +244,9 @@ def test_hook_z_shape_and_edits_reach_the_logits(family):
 
 
 @pytest.mark.parametrize("image", [False, True], ids=["text", "image"])
-def test_gating_identities(family, image):
+def test_gating_identities(core_family, image):
     """alpha 0 leaves logits bit-identical in every placement; z == fold; fold restores exactly."""
-    name, model = family
+    name, model = core_family
     tokens, kw = _image_inputs(name, model) if image else (_text_tokens(model), {})
     with torch.no_grad():
         base = model(tokens, **kw)
@@ -257,6 +266,47 @@ def test_gating_identities(family, image):
         assert torch.equal(model(tokens, **kw), base)
 
 
+def test_weight_access_matches_hf_projections(family):
+    """``W_Q``/``W_K``/``W_V``/``W_O`` are the HF projections split per head (GQA: kv heads)."""
+    _, model = family
+    g = GEOMETRY
+    shapes = {
+        "W_Q": (g.n_layers, g.n_heads, g.d_model, g.d_head),
+        "W_K": (g.n_layers, g.n_kv_heads, g.d_model, g.d_head),
+        "W_V": (g.n_layers, g.n_kv_heads, g.d_model, g.d_head),
+        "W_O": (g.n_layers, g.n_heads, g.d_head, g.d_model),
+    }
+    for name, shape in shapes.items():
+        assert tuple(getattr(model, name).shape) == shape
+    for layer in range(g.n_layers):
+        attn = model.blocks[layer].attn
+        for head in range(g.n_heads):
+            rows = slice(head * g.d_head, (head + 1) * g.d_head)
+            assert torch.equal(model.W_Q[layer, head], attn.q.original_component.weight[rows].T)
+            assert torch.equal(model.W_O[layer, head], attn.o.original_component.weight[:, rows].T)
+        for head in range(g.n_kv_heads):
+            rows = slice(head * g.d_head, (head + 1) * g.d_head)
+            assert torch.equal(model.W_K[layer, head], attn.k.original_component.weight[rows].T)
+            assert torch.equal(model.W_V[layer, head], attn.v.original_component.weight[rows].T)
+
+
+def test_evidence_attention_batched_equals_single(core_family):
+    from lineage_lens.attention import evidence_attention
+
+    _, model = core_family
+    prompts = [
+        "Context : the cat is on the tree . Answer : tree",
+        "Context : the dog is in the big house of a man . Answer : house",
+        "Context : a red car . Answer : car",
+    ]
+    spans = [[(10, 13 + i)] for i in range(len(prompts))]
+    batched = evidence_attention(model, prompts, spans, batch_size=3, progress=False)
+    single = evidence_attention(model, prompts, spans, batch_size=1, progress=False)
+    assert batched.values.shape == GEOMETRY.shape
+    assert np.all(batched.per_example > 0) and np.all(batched.per_example <= 1 + 1e-6)
+    np.testing.assert_allclose(batched.per_example, single.per_example, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ capture
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_capture_batched_equals_unbatched_run_with_cache(family, side):
@@ -268,10 +318,12 @@ def test_capture_batched_equals_unbatched_run_with_cache(family, side):
     )
     assert acts.acts.shape == (len(examples), *GEOMETRY.shape, GEOMETRY.d_head)
     np.testing.assert_allclose(acts.acts, reference, atol=1e-4)
+    cka = head_cka(acts, reference, progress=False)  # CKA of a capture with itself is 1
+    np.testing.assert_allclose(cka.values, 1.0, atol=1e-6)
 
 
-def test_shared_prefix_capture_equals_run_with_cache(family):
-    _, model = family
+def test_shared_prefix_capture_equals_run_with_cache(core_family):
+    _, model = core_family
     examples = _paired_examples()
     reference = _run_with_cache_reference(model, examples)
     shared = collect_head_activations(
@@ -290,8 +342,8 @@ def _greedy_full_forwards(model: Any, tokens: torch.Tensor, kw: dict, n: int) ->
 
 @pytest.mark.parametrize("image", [False, True], ids=["text", "image"])
 @pytest.mark.parametrize("placement", [None, "z", "fold"])
-def test_cached_generate_equals_greedy_full_forwards(family, placement, image):
-    name, model = family
+def test_cached_generate_equals_greedy_full_forwards(core_family, placement, image):
+    name, model = core_family
     tokens, kw = _image_inputs(name, model) if image else (_text_tokens(model), {})
     gate = _gate(model) if placement else None
     with gate.applied(model, placement) if gate else contextlib.nullcontext(), torch.no_grad():
@@ -349,3 +401,59 @@ def test_weight_drift_selects_the_language_model(name, family_dirs, tmp_path):
     from_bridges = weight_drift(load_model(base, device="cpu"), load_model(child, device="cpu"))
     for key in ("q_rel", "qk_rel", "ov_rel", "v_cos"):
         np.testing.assert_allclose(from_bridges.get(key), from_dirs.get(key), atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ image capture
+def _image_examples(n: int = 5) -> list[ProbeExample]:
+    """Examples with images of different sizes (Omni's dynamic resolution: different token
+    counts per image)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        img = Image.fromarray(rng.integers(0, 255, (56 + 8 * (i % 3), 56, 3), dtype=np.uint8))
+        q = "what is in the image ?" + " the" * i
+        answer = "a cat" if i % 2 else "a dog and a car"
+        out.append(ProbeExample("", q, answer, i % 2, f"s{i}", img))
+    return out
+
+
+def _image_reference(model: Any, examples: list[ProbeExample]) -> np.ndarray:
+    """Per example, unbatched ``run_with_cache`` with its image, ``hook_z`` at the probed token."""
+    from lineage_lens.data import LLAVA_PROBE_TEMPLATE
+    from lineage_lens.images import image_batch_kwargs, image_inputs
+
+    inputs = image_inputs(model)
+    rows = []
+    for ex in examples:
+        (enc,) = encode_examples(
+            model.tokenizer,
+            [ex],
+            prompt_template=LLAVA_PROBE_TEMPLATE,
+            image_text=inputs.image_text(ex.image),
+        )
+        tokens = torch.tensor([enc.input_ids])
+        kw = image_batch_kwargs(inputs, [ex.image], tokens)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(tokens, **kw)
+        z = [cache[attn_hook_name(layer)][0, enc.position] for layer in range(GEOMETRY.n_layers)]
+        rows.append(torch.stack(z).float().numpy())
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_image_capture_batched_equals_unbatched(core_family, side):
+    from lineage_lens.images import image_inputs
+
+    name, model = core_family
+    inputs = image_inputs(model)
+    assert inputs.model_type == model.original_model.config.model_type
+    examples = _image_examples()
+    if name == "omni":  # dynamic resolution: the images' token counts differ
+        assert len({inputs.n_image_tokens(ex.image) for ex in examples}) > 1
+    acts = collect_head_activations(
+        model, examples, batch_size=4, padding_side=side, dtype=torch.float32, progress=False
+    )
+    assert acts.meta["condition"] == "image"
+    np.testing.assert_allclose(acts.acts, _image_reference(model, examples), atol=1e-4)

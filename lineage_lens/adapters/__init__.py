@@ -92,4 +92,10 @@ def register_adapters() -> None:
         architectures.MULTIMODAL_ARCHITECTURES.add(name)
     architectures.MULTIMODAL_ARCHITECTURES.add(OMNI_FULL_ARCHITECTURE)
     _patch_autoconfig()
+    # Imported here, not at module import: lineage_lens.images imports the zoo, which loads models.
+    from lineage_lens import images
+    from lineage_lens.adapters.image_inputs import IMAGE_INPUTS
+
+    for model_type, builder in IMAGE_INPUTS.items():
+        images.IMAGE_INPUT_BUILDERS.setdefault(model_type, builder)
     log.debug("lineage-lens adapters registered: %s", ", ".join(ADAPTERS))
