@@ -49,13 +49,18 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
-from lineage_lens.evals.halueval import evaluate_halueval
-from lineage_lens.gating import TruthGate, control_scores
+from lineage_lens.evals.outcomes import HaluEvalJudgement
 from lineage_lens.lineage import ScoreMatrix, compare_many
 from lineage_lens.models import cache_dir, gguf_to_hf_dir, load_model, packaged_model_path
 from lineage_lens.pipeline import probing_examples, score_model
 from lineage_lens.scores import TruthScores
-from lineage_lens.stats import paired_auroc_delta
+from lineage_lens.sweep import (
+    GateSettings,
+    ScoreSource,
+    change_columns,
+    gating_sweep,
+    transfer_sources,
+)
 from lineage_lens.weights import weight_drift
 from lineage_lens.zoo import build_zoo, default_zoo_dir
 from lineage_lens.zoo.recipes import ANCESTOR as ANCESTOR_ALIAS
@@ -204,98 +209,58 @@ def drift_frame(fam: RealFamily) -> pd.DataFrame:
 def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
     """HaluEval judgements per model, gate, control seed and seed (the gating panel).
 
+    The library sweep (:func:`lineage_lens.sweep.gating_sweep`, one row per answer seed): the
+    ancestor with its own scores over ``ancestor_alphas``; each descendant with the inherited
+    (ancestor's) scores, its own and the random control over ``control_seeds``
+    (:func:`lineage_lens.sweep.transfer_sources`) at ``alpha``.
     ``auroc_delta*``: the paired-bootstrap AUROC change vs the same model ungated (for the random
     control: of its mean AUROC over the control seeds, repeated on each of its rows).
     ``auroc_vs_control*`` (inherited rows): ``AUROC(inherited) - mean AUROC(control)``.
     """
     plan = PLANS[profile]
     anc = fam.scores[ANCESTOR]
-    Setting = tuple[str, TruthScores | None, float, int | None]
-    gates: dict[str, list[Setting]] = {
-        ANCESTOR: [("none", None, 0.0, None)]
-        + [("own", anc, a, None) for a in plan.ancestor_alphas]
+    plans: dict[str, tuple[list[ScoreSource], tuple[float, ...]]] = {
+        ANCESTOR: ([ScoreSource("own", anc)], plan.ancestor_alphas)
     }
     for name in plan.descendants:
-        gates[name] = [
-            ("none", None, 0.0, None),
-            ("inherited", anc, plan.alpha, None),
-            ("own", fam.scores[name], plan.alpha, None),
-        ] + [
-            ("random control", control_scores(anc, "random", seed=cs), plan.alpha, cs)
-            for cs in plan.control_seeds
-        ]
-    n_resamples = RESAMPLES[profile]
-    frames = []
-    for name, settings in gates.items():
-        model = load_model(fam.paths[name])
-        rows, margins = [], {}
-        for source, scores, alpha, control_seed in settings:
-            gate = None if scores is None else TruthGate(scores, alpha=alpha, norm="center")
-            res = evaluate_halueval(
-                model,
-                seeds=plan.seeds,
-                gate=gate,
-                exclude_ids=fam.probe_ids,
-                limit=plan.eval_rows,
-                progress=False,
-            )
-            margins[(source, alpha, control_seed)] = distinct_margins(res.examples)
-            for rec in res.metrics.to_dict(orient="records"):
-                rows.append(
-                    {"model": name, "scores": source, "alpha": alpha, "control_seed": control_seed}
-                    | {k: rec[k] for k in ("seed", "n", "accuracy", "yes_ratio", "auroc")}
-                )
-        del model
-        frame = pd.DataFrame(rows)
-        base = margins[("none", 0.0, None)]
-        truth = base.index.get_level_values("hallucinated")
-        gated = dict.fromkeys((k[0], k[1]) for k in margins if k[0] != "none")  # in order
-        for source, alpha in gated:
-            delta = paired_auroc_delta(
-                truth,
-                base.to_numpy(),
-                _stack(margins, base.index, source, alpha),
-                n_resamples=n_resamples,
-            )
-            at = (frame["scores"] == source) & (frame["alpha"] == alpha)
-            frame.loc[at, list(DELTA_COLUMNS)] = delta
-        if ("random control", plan.alpha) in gated:
-            vs = paired_auroc_delta(
-                truth,
-                _stack(margins, base.index, "random control", plan.alpha),
-                _stack(margins, base.index, "inherited", plan.alpha),
-                n_resamples=n_resamples,
-            )
-            at = (frame["scores"] == "inherited") & (frame["alpha"] == plan.alpha)
-            frame.loc[at, list(VS_CONTROL_COLUMNS)] = vs
-        frames.append(frame)
-    out = pd.concat(frames, ignore_index=True)
-    for col in (*DELTA_COLUMNS, *VS_CONTROL_COLUMNS):
-        if col not in out:
-            out[col] = np.nan
-    return out
-
-
-def _stack(margins: dict, index: pd.Index, source: str, alpha: float) -> np.ndarray:
-    """``[settings, prompts]`` margins of every control seed of ``(source, alpha)``."""
-    return np.stack(
-        [m.reindex(index).to_numpy() for key, m in margins.items() if key[:2] == (source, alpha)]
+        sources = transfer_sources(anc, fam.scores[name], control_seeds=plan.control_seeds)
+        plans[name] = (sources, (plan.alpha,))
+    evaluator = HaluEvalJudgement(
+        seeds=plan.seeds, exclude_ids=tuple(fam.probe_ids), limit=plan.eval_rows
     )
+    frames = []
+    for name, (sources, alphas) in plans.items():
+        frame = gating_sweep(
+            load_model(fam.paths[name]),
+            evaluator,
+            sources,
+            alphas,
+            gate=GateSettings(norm="center"),
+            pool_controls=True,
+            rows="groups",
+            n_resamples=RESAMPLES[profile],
+        )
+        frames.append(frame.assign(model=name)[list(COLUMNS)])
+    # the ancestor's rows have no control seed: None there, as floats where a control has one
+    return pd.concat(frames, ignore_index=True)
 
 
 #: Paired-bootstrap AUROC change vs the same model ungated, over the distinct prompts.
-DELTA_COLUMNS = ("auroc_delta", "auroc_delta_ci_low", "auroc_delta_ci_high")
-#: Paired-bootstrap ``AUROC(inherited) - mean AUROC(random control)`` (inherited rows).
-VS_CONTROL_COLUMNS = ("auroc_vs_control", "auroc_vs_control_ci_low", "auroc_vs_control_ci_high")
-
-
-def distinct_margins(examples: pd.DataFrame) -> pd.Series:
-    """``log p(Yes) - log p(No)`` per distinct prompt ``(row_id, hallucinated)`` (seeds that
-    show a row the same answer repeat the same prompt)."""
-    first = examples.drop_duplicates(["row_id", "hallucinated"]).set_index(
-        ["row_id", "hallucinated"]
-    )
-    return (first["log_p_yes"] - first["log_p_no"]).sort_index()
+DELTA_COLUMNS, VS_CONTROL_COLUMNS = change_columns("auroc")
+#: Per model, score source, alpha, control seed and answer seed; then the paired changes.
+COLUMNS = (
+    "model",
+    "scores",
+    "alpha",
+    "control_seed",
+    "seed",
+    "n",
+    "accuracy",
+    "yes_ratio",
+    "auroc",
+    *DELTA_COLUMNS,
+    *VS_CONTROL_COLUMNS,
+)
 
 
 def plot_family(

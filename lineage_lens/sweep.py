@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,16 +67,18 @@ def transfer_sources(
     *,
     control_seeds: Sequence[int] = (0,),
     control: ControlKind = "random",
+    metric: str = "accuracy",
 ) -> list[ScoreSource]:
     """``inherited`` (the ancestor's scores), ``own`` (if given) and the control of the
-    inherited scores (:func:`~lineage_lens.gating.control_scores`) once per seed, named
-    :data:`CONTROL` for ``"random"`` and ``"<kind> control"`` otherwise."""
+    inherited scores' ``metric`` (:func:`~lineage_lens.gating.control_scores`) once per seed,
+    named :data:`CONTROL` for ``"random"`` and ``"<kind> control"`` otherwise."""
     name = CONTROL if control == "random" else f"{control} control"
     sources = [ScoreSource("inherited", inherited)]
     if own is not None:
         sources.append(ScoreSource("own", own))
     sources += [
-        ScoreSource(name, control_scores(inherited, control, seed=s), s) for s in control_seeds
+        ScoreSource(name, control_scores(inherited, control, seed=s, metric=metric), s)
+        for s in control_seeds
     ]
     return sources
 
@@ -90,12 +93,19 @@ class GateSettings:
     clamp_min: float | None = 0.0
 
     def gate(self, scores: TruthScores, alpha: float) -> TruthGate:
+        """The gate of ``scores`` at ``alpha``. Control scores
+        (:func:`~lineage_lens.gating.control_scores`) hold the controlled values of ``metric``
+        under ``accuracy``; they gate by that."""
+        metric = self.metric
+        meta = getattr(scores, "meta", None) or {}
+        if meta.get("control") and meta.get("metric") == metric and metric not in scores.metrics:
+            metric = "accuracy"
         return TruthGate(
             scores,
             alpha=alpha,
             norm=self.norm,
             placement=self.placement,
-            metric=self.metric,
+            metric=metric,
             clamp_min=self.clamp_min,
         )
 
@@ -118,14 +128,131 @@ def _check(sources: Sequence[ScoreSource], alphas: Sequence[float]) -> list[floa
         raise ConfigError("give at least one alpha (0 is the ungated model).")
     if len(set(out)) != len(out):
         raise ConfigError(f"alphas {out} repeat a value; give each alpha once.")
-    keys = [(s.name, s.control_seed) for s in sources]
     if any(not isinstance(s, ScoreSource) for s in sources):
         raise ConfigError("sources must be ScoreSource objects (see transfer_sources).")
+    keys = [(s.name, s.control_seed) for s in sources]
     if any(name == UNGATED for name, _ in keys):
         raise ConfigError(f"the source name {UNGATED!r} is the ungated row's; rename the source.")
     if len(set(keys)) != len(keys):
         raise ConfigError(f"sources {keys} repeat a (name, control_seed); give each source once.")
     return out
+
+
+def build_gates(
+    sources: Sequence[ScoreSource], alphas: Sequence[float], gate: GateSettings | None = None
+) -> dict[tuple[str, int | None, float], TruthGate]:
+    """The gate of every source at every non-zero alpha, keyed ``(name, control_seed, alpha)``.
+
+    Checks the inputs of a sweep without a model (a command line calls it before loading one):
+    finite alphas given once, :class:`ScoreSource` objects with distinct ``(name, control_seed)``,
+    none named :data:`UNGATED`, and gate parameters :class:`~lineage_lens.gating.TruthGate`
+    accepts (``ConfigError`` otherwise).
+    """
+    values = _check(sources, alphas)
+    gate = gate or GateSettings()
+    return {
+        (s.name, s.control_seed, a): gate.gate(s.scores, a) for s in sources for a in values if a
+    }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One evaluated setting of a sweep: the source (:data:`UNGATED` for the ungated model), its
+    control seed, alpha, the evaluator's :class:`~lineage_lens.evals.outcomes.Outcome` and the
+    seconds the evaluation took (0 where an alpha-0 row reuses the ungated result)."""
+
+    scores: str
+    control_seed: int | None
+    alpha: float
+    outcome: Outcome
+    wall_s: float = 0.0
+
+
+def evaluate_settings(
+    model: TransformerBridge,
+    evaluator: Evaluator,
+    sources: Sequence[ScoreSource],
+    alphas: Sequence[float],
+    *,
+    gate: GateSettings | None = None,
+    progress: bool = False,
+) -> list[Setting]:
+    """Evaluate ``model`` ungated once, then with every source at every alpha (sources outer,
+    alphas inner); ``alpha == 0`` reuses the ungated outcome. The ungated setting comes first."""
+    gates = build_gates(sources, alphas, gate)
+    alphas = _check(sources, alphas)
+    log.info("gating sweep: %d sources x alphas %s", len(sources), alphas)
+    t0 = time.perf_counter()
+    ungated = evaluator(model, None)
+    results = [Setting(UNGATED, None, 0.0, ungated, time.perf_counter() - t0)]
+    settings = [(s, a) for s in sources for a in alphas]
+    for src, alpha in tqdm(settings, desc="gating sweep", disable=not progress):
+        if alpha == 0:  # a gate with alpha 0 is the identity
+            results.append(Setting(src.name, src.control_seed, alpha, ungated))
+            continue
+        log.info("gate %s (seed %s) alpha %g", src.name, src.control_seed, alpha)
+        t0 = time.perf_counter()
+        out = evaluator(model, gates[src.name, src.control_seed, alpha])
+        results.append(Setting(src.name, src.control_seed, alpha, out, time.perf_counter() - t0))
+    return results
+
+
+def sweep_frame(
+    settings: Sequence[Setting],
+    *,
+    control: str = CONTROL,
+    versus_control: Sequence[str] = ("inherited",),
+    pool_controls: bool = False,
+    rows: Literal["summary", "groups"] = "summary",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The tidy frame of :func:`gating_sweep` from evaluated settings (the ungated one first,
+    :func:`evaluate_settings`); the arguments are :func:`gating_sweep`'s."""
+    if not settings or settings[0].scores != UNGATED:
+        raise ConfigError(
+            f"the first setting must be the ungated model ({UNGATED!r}); use evaluate_settings."
+        )
+    if rows not in ("summary", "groups"):
+        raise ConfigError(f"rows must be 'summary' or 'groups', got {rows!r}.")
+    ungated = settings[0].outcome
+    stats = list(ungated.paired)
+
+    def controls_at(alpha: float, stat: str) -> PerExample | None:
+        parts = [
+            s.outcome.paired[stat] for s in settings if s.scores == control and s.alpha == alpha
+        ]
+        return PerExample.average(parts, f"{control} at alpha {alpha:g}") if parts else None
+
+    frame_rows: list[dict[str, Any]] = []
+    for setting in settings:
+        name, alpha, out = setting.scores, setting.alpha, setting.outcome
+        changes: dict[str, float] = {}
+        for stat in stats:
+            delta_cols, vs_cols = change_columns(stat)
+            changes |= dict.fromkeys(delta_cols + vs_cols, math.nan)
+        if name != UNGATED:
+            for stat in stats:
+                delta_cols, vs_cols = change_columns(stat)
+                other = out.paired[stat]
+                if pool_controls and name == control:
+                    other = controls_at(alpha, stat)  # type: ignore[assignment]
+                what = f"{stat} of {name} at alpha {alpha:g}"
+                d = ungated.paired[stat].delta(other, n_resamples=n_resamples, seed=seed, what=what)
+                changes |= dict(zip(delta_cols, d, strict=True))
+                base = controls_at(alpha, stat) if name in versus_control else None
+                if base is not None:
+                    vs = base.delta(out.paired[stat], n_resamples=n_resamples, seed=seed, what=what)
+                    changes |= dict(zip(vs_cols, vs, strict=True))
+        ident = {"scores": name, "alpha": alpha, "control_seed": setting.control_seed}
+        groups = out.groups if rows == "groups" else [out.metrics]
+        frame_rows += [ident | dict(g) | changes for g in groups]
+    # the change columns last: every statistic's change vs ungated, then vs the control
+    frame = pd.DataFrame(frame_rows)
+    delta = [c for s in stats for c in change_columns(s)[0]]
+    vs = [c for s in stats for c in change_columns(s)[1]]
+    rest = [c for c in frame.columns if c not in delta and c not in vs]
+    return frame[rest + delta + vs]
 
 
 def gating_sweep(
@@ -163,57 +290,18 @@ def gating_sweep(
         ``_ci_low``/``_ci_high``; NaN on the ungated row) and ``<stat>_vs_control`` (with its
         interval; NaN except on ``versus_control`` rows with a control at the same alpha).
     """
-    alphas = _check(sources, alphas)
-    gate = gate or GateSettings()
-    gates = {
-        (s.name, s.control_seed, a): gate.gate(s.scores, a) for s in sources for a in alphas if a
-    }
-    log.info("gating sweep: %d sources x alphas %s", len(sources), alphas)
-    ungated = evaluator(model, None)
-    results: list[tuple[str, int | None, float, Outcome]] = [(UNGATED, None, 0.0, ungated)]
-    settings = [(s, a) for s in sources for a in alphas]
-    for src, alpha in tqdm(settings, desc="gating sweep", disable=not progress):
-        if alpha == 0:
-            out = ungated  # a gate with alpha 0 is the identity
-        else:
-            log.info("gate %s (seed %s) alpha %g", src.name, src.control_seed, alpha)
-            out = evaluator(model, gates[src.name, src.control_seed, alpha])
-        results.append((src.name, src.control_seed, alpha, out))
-
-    stats = list(ungated.paired)
-
-    def controls_at(alpha: float, stat: str) -> PerExample | None:
-        parts = [o.paired[stat] for n, _, a, o in results if n == control and a == alpha]
-        return PerExample.average(parts, f"{control} at alpha {alpha:g}") if parts else None
-
-    frame_rows: list[dict[str, Any]] = []
-    for name, control_seed, alpha, out in results:
-        changes: dict[str, float] = {}
-        for stat in stats:
-            delta_cols, vs_cols = change_columns(stat)
-            changes |= dict.fromkeys(delta_cols + vs_cols, math.nan)
-        if name != UNGATED:
-            for stat in stats:
-                delta_cols, vs_cols = change_columns(stat)
-                other = out.paired[stat]
-                if pool_controls and name == control:
-                    other = controls_at(alpha, stat)  # type: ignore[assignment]
-                what = f"{stat} of {name} at alpha {alpha:g}"
-                d = ungated.paired[stat].delta(other, n_resamples=n_resamples, seed=seed, what=what)
-                changes |= dict(zip(delta_cols, d, strict=True))
-                base = controls_at(alpha, stat) if name in versus_control else None
-                if base is not None:
-                    vs = base.delta(out.paired[stat], n_resamples=n_resamples, seed=seed, what=what)
-                    changes |= dict(zip(vs_cols, vs, strict=True))
-        ident = {"scores": name, "alpha": alpha, "control_seed": control_seed}
-        groups = out.groups if rows == "groups" else [out.metrics]
-        frame_rows += [ident | dict(g) | changes for g in groups]
-    # the change columns last: every statistic's change vs ungated, then vs the control
-    frame = pd.DataFrame(frame_rows)
-    delta = [c for s in stats for c in change_columns(s)[0]]
-    vs = [c for s in stats for c in change_columns(s)[1]]
-    rest = [c for c in frame.columns if c not in delta and c not in vs]
-    return frame[rest + delta + vs]
+    if rows not in ("summary", "groups"):
+        raise ConfigError(f"rows must be 'summary' or 'groups', got {rows!r}.")
+    settings = evaluate_settings(model, evaluator, sources, alphas, gate=gate, progress=progress)
+    return sweep_frame(
+        settings,
+        control=control,
+        versus_control=versus_control,
+        pool_controls=pool_controls,
+        rows=rows,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
 
 
 __all__ = [
@@ -221,7 +309,11 @@ __all__ = [
     "UNGATED",
     "GateSettings",
     "ScoreSource",
+    "Setting",
+    "build_gates",
     "change_columns",
+    "evaluate_settings",
     "gating_sweep",
+    "sweep_frame",
     "transfer_sources",
 ]
