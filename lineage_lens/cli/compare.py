@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from lineage_lens.cli import app
+from lineage_lens.cli._options import Metric
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -25,7 +26,7 @@ def compare(
         help="Two or more score files: our .npz, the paper's [L, H] .npy, or a "
         "cv5_head_metrics.csv.",
     ),
-    metric: str = typer.Option("accuracy", help="Metric to compare (accuracy, auroc, ...)."),
+    metric: Metric = "accuracy",
     names: str | None = typer.Option(
         None, help="Comma-separated labels, one per file (default: file stems)."
     ),

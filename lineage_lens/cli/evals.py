@@ -7,13 +7,34 @@ existing caption file without any model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from lineage_lens.cli import app
+from lineage_lens.cli._options import (
+    Alpha,
+    BatchSize,
+    Device,
+    GateScores,
+    Images,
+    Limit,
+    Mode,
+    Model,
+    Norm,
+    OutDir,
+    Placement,
+    SweepAlphas,
+    SweepControls,
+)
 from lineage_lens.errors import ConfigError
+
+if TYPE_CHECKING:  # the library (torch) loads when a command runs, not for --help
+    from lineage_lens.evals.runner import TaskEvaluator
+    from lineage_lens.gating import ControlKind
+    from lineage_lens.sweep import GateSettings
 
 eval_app = typer.Typer(
     help="Evaluate models on HaluEval, POPE and CHAIR (optionally with TruthGate sweeps).",
@@ -38,160 +59,188 @@ def parse_ints(spec: str, what: str = "seeds") -> list[int]:
         raise ConfigError(f"cannot parse {what} {spec!r}; use e.g. '0,1,2'.") from exc
 
 
-GATE_HELP = "Truth Scores (.npz, .npy or .csv) for a TruthGate."
+@dataclass(frozen=True)
+class SweepOptions:
+    """The options every ``eval`` command shares: the model, its gates, where results go."""
+
+    model: str
+    scores: Path | None = None
+    alpha: float = 4.5
+    sweep_alpha: str = ""
+    norm: str = "center"
+    placement: str = "z"
+    controls: str = ""
+    out_dir: Path = Path("runs/eval")
+    device: str | None = None
+
+    def alphas(self, gated: bool) -> list[float]:
+        """``--sweep-alpha`` (each value once), else 0 and ``--alpha`` with a gate, else 0."""
+        if self.sweep_alpha:
+            return list(dict.fromkeys(parse_floats(self.sweep_alpha)))
+        return list(dict.fromkeys([0.0, float(self.alpha)])) if gated else [0.0]
+
+    def control_kinds(self) -> list[ControlKind]:
+        """``--control`` as a list of kinds, each once."""
+        kinds = [c.strip() for c in self.controls.split(",") if c.strip()]
+        return list(dict.fromkeys(kinds))  # type: ignore[arg-type]
+
+    def gate(self) -> GateSettings:
+        from lineage_lens.sweep import GateSettings
+
+        return GateSettings(norm=self.norm, placement=self.placement)  # type: ignore[arg-type]
 
 
-def _sweep(
-    task: str,
-    model: str,
-    gate: Path | None,
-    alpha: float,
-    sweep_alpha: str,
-    norm: str,
-    placement: str,
-    control: str,
-    out_dir: Path,
-    device: str,
-    task_kwargs: dict[str, Any],
-) -> None:
+def _sweep(evaluator: TaskEvaluator, options: SweepOptions) -> None:
+    """Check every option, load the model, run the library sweep and print its table."""
     from lineage_lens.cli._checks import check_at_least, check_device, check_output_dir
     from lineage_lens.evals._common import check_mode
-    from lineage_lens.evals.runner import run_sweep
-    from lineage_lens.gating import TruthGate
+    from lineage_lens.evals.outcomes import HaluEvalJudgement, PopeAnswers
+    from lineage_lens.evals.runner import gate_sources, run_sweep
     from lineage_lens.models import load_model
     from lineage_lens.scores import load_scores
+    from lineage_lens.sweep import build_gates, change_columns
 
     # Everything that can be checked without the model is checked before loading it.
-    check_output_dir(out_dir)
-    device_name = check_device(device)
-    if "mode" in task_kwargs:
-        check_mode(task_kwargs["mode"])
+    check_output_dir(options.out_dir)
+    device = check_device(options.device)
+    if isinstance(evaluator, (HaluEvalJudgement, PopeAnswers)):
+        check_mode(evaluator.mode)
     for key in ("batch_size", "limit", "n_probe"):
-        if task_kwargs.get(key) is not None:
-            check_at_least(task_kwargs[key], "--" + key.replace("_", "-"), 1)
-    scores = load_scores(gate) if gate is not None else None
-    if sweep_alpha:
-        alphas = parse_floats(sweep_alpha)
-    elif scores is not None:
-        alphas = [0.0, alpha]
-    else:
-        alphas = [0.0]
-    controls = [c.strip() for c in control.split(",") if c.strip()]
+        if getattr(evaluator, key, None) is not None:
+            check_at_least(getattr(evaluator, key), "--" + key.replace("_", "-"), 1)
+    scores = load_scores(options.scores) if options.scores is not None else None
+    alphas = options.alphas(scores is not None)
+    controls = options.control_kinds()
     if scores is None and (any(a != 0 for a in alphas) or controls):
         raise ConfigError("gated settings (--sweep-alpha other than 0, --control) need --gate.")
-    for a in alphas:  # a bad alpha, norm, placement or control fails here, not mid-sweep
-        if scores is not None and a != 0:
-            truth = TruthGate(scores, alpha=a, norm=norm, placement=placement)  # type: ignore[arg-type]
-            for kind in controls:
-                truth.control(kind)  # type: ignore[arg-type]
-    bridge = load_model(model, device=device_name)
+    gate = options.gate()
+    # a bad alpha, norm, placement or control fails here, not mid-sweep
+    build_gates(gate_sources(scores, controls, metric=gate.metric), alphas, gate)
+    bridge = load_model(options.model, device=device)
     frame = run_sweep(
-        task,  # type: ignore[arg-type]
+        evaluator,
         bridge,
         scores=scores,
         alphas=alphas,
-        norm=norm,
-        placement=placement,
+        gate=gate,
         controls=controls,
-        out_dir=out_dir,
-        **task_kwargs,
+        out_dir=options.out_dir,
     )
-    cols = [
-        c
-        for c in (
-            "gate",
-            "alpha",
-            "accuracy",
-            "accuracy_std",
-            "f1",
-            "yes_ratio",
-            "chair_s",
-            "chair_i",
-            "recall",
-            "n",
-            "n_unparsed",
-            "wall_s",
-        )
-        if c in frame.columns
+    changes = [
+        cols[0] for stat in PAIRED_STATS for cols in change_columns(stat) if cols[0] in frame
     ]
+    cols = [c for c in SHOWN if c in frame.columns] + changes
     typer.echo(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    typer.echo(f"\nwrote {out_dir}/results.json, results.csv, sweep.png")
+    typer.echo(f"\nwrote {options.out_dir}/results.json, results.csv, sweep.png")
+
+
+#: The columns ``eval`` prints, where the task has them (results.csv has every column).
+SHOWN = (
+    "gate",
+    "alpha",
+    "accuracy",
+    "accuracy_std",
+    "f1",
+    "yes_ratio",
+    "chair_s",
+    "chair_i",
+    "recall",
+    "n",
+    "n_unparsed",
+    "wall_s",
+)
+#: The paired statistics whose changes ``eval`` prints (vs ungated, vs the first control).
+PAIRED_STATS = ("auroc", "accuracy_all", "pope_accuracy", "chair_i")
 
 
 @eval_app.command("halueval")
 def halueval_command(
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model alias or path."),
-    gate: Path = typer.Option(None, "--gate", help=GATE_HELP),
-    alpha: float = typer.Option(4.5, "--alpha", help="Gating strength with --gate."),
-    sweep_alpha: str = typer.Option("", "--sweep-alpha", help="Alphas, e.g. '0,1,2,4.5,6'."),
-    norm: str = typer.Option("center", "--norm", help="center, minmax or raw."),
-    placement: str = typer.Option("z", "--placement", help="z, fold or reference."),
-    control: str = typer.Option("", "--control", help="Control gates too: random,inverse,..."),
+    model: Model = "smollm2-135m-instruct",
+    gate: GateScores = None,
+    alpha: Alpha = 4.5,
+    sweep_alpha: SweepAlphas = "",
+    norm: Norm = "center",
+    placement: Placement = "z",
+    control: SweepControls = "",
     seeds: str = typer.Option("0,1,2", "--seeds", help="Answer seeds (mean ± std over them)."),
-    mode: str = typer.Option("logprob", "--mode", help="logprob or generate."),
+    mode: Mode = "logprob",
     n_probe: int = typer.Option(292, "--n-probe", help="Probing rows left out of evaluation."),
-    limit: int = typer.Option(None, "--limit", help="Evaluate only the first N rows."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    out_dir: Path = typer.Option(Path("runs/eval_halueval"), "--out-dir"),
-    device: str = typer.Option("", "--device"),
+    limit: Limit = None,
+    batch_size: BatchSize = 8,
+    out_dir: OutDir = Path("runs/eval_halueval"),
+    device: Device = None,
 ) -> None:
     """HaluEval QA judgement (the probing rows excluded), baseline and gated."""
-    _sweep(
-        "halueval",
-        model,
-        gate,
-        alpha,
-        sweep_alpha,
-        norm,
-        placement,
-        control,
-        out_dir,
-        device,
-        {
-            "seeds": parse_ints(seeds),
-            "mode": mode,
-            "n_probe": n_probe,
-            "limit": limit,
-            "batch_size": batch_size,
-        },
+    from lineage_lens.evals.outcomes import HaluEvalJudgement
+
+    evaluator = HaluEvalJudgement(
+        seeds=tuple(parse_ints(seeds)),
+        mode=mode,  # type: ignore[arg-type]
+        n_probe=n_probe,
+        limit=limit,
+        batch_size=batch_size,
+        progress=True,
     )
+    options = SweepOptions(
+        model=model,
+        scores=gate,
+        alpha=alpha,
+        sweep_alpha=sweep_alpha,
+        norm=norm,
+        placement=placement,
+        controls=control,
+        out_dir=out_dir,
+        device=device,
+    )
+    _sweep(evaluator, options)
 
 
 @eval_app.command("pope")
 def pope_command(
-    images: Path = typer.Option(..., "--images", help="Image folder (COCO val2014)."),
-    model: str = typer.Option(..., "--model", help="LLaVA-type model path."),
+    images: Images,
+    model: Model,
     splits: str = typer.Option(
         "random,popular,adversarial", "--splits", help="Vendored split names or question files."
     ),
-    gate: Path = typer.Option(None, "--gate", help=GATE_HELP),
-    alpha: float = typer.Option(4.5, "--alpha"),
-    sweep_alpha: str = typer.Option("", "--sweep-alpha"),
-    norm: str = typer.Option("center", "--norm"),
-    placement: str = typer.Option("z", "--placement"),
-    control: str = typer.Option("", "--control"),
-    mode: str = typer.Option("logprob", "--mode", help="logprob or generate."),
+    gate: GateScores = None,
+    alpha: Alpha = 4.5,
+    sweep_alpha: SweepAlphas = "",
+    norm: Norm = "center",
+    placement: Placement = "z",
+    control: SweepControls = "",
+    mode: Mode = "logprob",
     template: str = typer.Option(
         "", "--template", help="Prompt with {image} and {question} (default LLaVA-1.5)."
     ),
-    limit: int = typer.Option(None, "--limit", help="Questions per split."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    out_dir: Path = typer.Option(Path("runs/eval_pope"), "--out-dir"),
-    device: str = typer.Option("", "--device"),
+    limit: Limit = None,
+    batch_size: BatchSize = 8,
+    out_dir: OutDir = Path("runs/eval_pope"),
+    device: Device = None,
 ) -> None:
     """POPE yes/no object probing, per split and mean."""
-    kwargs: dict[str, Any] = {
-        "image_dir": images,
-        "splits": [s.strip() for s in splits.split(",") if s.strip()],
-        "mode": mode,
-        "limit": limit,
-        "batch_size": batch_size,
-    }
-    if template:
-        kwargs["prompt_template"] = template
-    _sweep(
-        "pope", model, gate, alpha, sweep_alpha, norm, placement, control, out_dir, device, kwargs
+    from lineage_lens.evals.outcomes import PopeAnswers
+
+    evaluator = PopeAnswers(
+        image_dir=images,  # type: ignore[arg-type]
+        splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+        mode=mode,  # type: ignore[arg-type]
+        prompt_template=template or None,
+        limit=limit,
+        batch_size=batch_size,
+        progress=True,
     )
+    options = SweepOptions(
+        model=model,
+        scores=gate,
+        alpha=alpha,
+        sweep_alpha=sweep_alpha,
+        norm=norm,
+        placement=placement,
+        controls=control,
+        out_dir=out_dir,
+        device=device,
+    )
+    _sweep(evaluator, options)
 
 
 @eval_app.command("chair")
@@ -213,24 +262,25 @@ def chair_command(
     _count_all: bool = typer.Option(
         False, "--count-all", hidden=True, help="Deprecated: every mention is the default."
     ),
-    model: str = typer.Option("", "--model", help="LLaVA-type model to caption images with."),
-    images: Path = typer.Option(None, "--images", help="Image folder (with --model)."),
+    model: Model = "",
+    images: Images = None,
     file_pattern: str = typer.Option(
         "COCO_val2014_{image_id:0>12}.jpg", "--file-pattern", help="Image file name per id."
     ),
-    limit: int = typer.Option(None, "--limit", help="Caption only the first N images."),
-    gate: Path = typer.Option(None, "--gate", help=GATE_HELP),
-    alpha: float = typer.Option(4.5, "--alpha"),
-    sweep_alpha: str = typer.Option("", "--sweep-alpha"),
-    norm: str = typer.Option("center", "--norm"),
-    placement: str = typer.Option("z", "--placement"),
-    control: str = typer.Option("", "--control"),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    out_dir: Path = typer.Option(Path("runs/eval_chair"), "--out-dir"),
-    device: str = typer.Option("", "--device"),
+    limit: Limit = None,
+    gate: GateScores = None,
+    alpha: Alpha = 4.5,
+    sweep_alpha: SweepAlphas = "",
+    norm: Norm = "center",
+    placement: Placement = "z",
+    control: SweepControls = "",
+    batch_size: BatchSize = 4,
+    out_dir: OutDir = Path("runs/eval_chair"),
+    device: Device = None,
 ) -> None:
     """CHAIR_s / CHAIR_i / recall of a caption file, or of captions generated by --model."""
     from lineage_lens.evals.chair import ObjectVocabulary, compute_chair
+    from lineage_lens.evals.outcomes import ChairCaptions
 
     vocab = ObjectVocabulary.from_synonyms_file(synonyms) if synonyms else None
     counting = "once_per_caption" if once_per_caption else "every_mention"
@@ -255,15 +305,25 @@ def chair_command(
         return
     if not model or images is None:
         raise ConfigError("give --captions FILE, or --model and --images to generate captions.")
-    kwargs: dict[str, Any] = {
-        "image_dir": images,
-        "file_pattern": file_pattern,
-        "limit": limit,
-        "batch_size": batch_size,
-        "vocabulary": vocab,
-        "ground_truth": ground_truth,
-        "counting": counting,
-    }
-    _sweep(
-        "chair", model, gate, alpha, sweep_alpha, norm, placement, control, out_dir, device, kwargs
+    evaluator = ChairCaptions(
+        image_dir=images,
+        file_pattern=file_pattern,
+        limit=limit,
+        batch_size=batch_size,
+        vocabulary=vocab,
+        ground_truth=ground_truth,
+        counting=counting,
+        progress=True,
     )
+    options = SweepOptions(
+        model=model,
+        scores=gate,
+        alpha=alpha,
+        sweep_alpha=sweep_alpha,
+        norm=norm,
+        placement=placement,
+        controls=control,
+        out_dir=out_dir,
+        device=device,
+    )
+    _sweep(evaluator, options)

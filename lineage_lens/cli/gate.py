@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from lineage_lens.cli import app
+from lineage_lens.cli._options import Alpha, Device, GateControl, Metric, Model, Norm, Placement
 from lineage_lens.errors import ConfigError
 
 
@@ -30,29 +32,27 @@ def parse_layers(spec: str | None) -> list[int] | None:
 
 @app.command("gate")
 def gate_command(
-    scores: Path = typer.Option(..., "--scores", help="Truth Scores (.npz ours, .npy or .csv)."),
-    alpha: float = typer.Option(..., "--alpha", help="Gating strength: g = 1 + alpha*norm(S)."),
-    model: str = typer.Option(
-        "smollm2-135m-instruct", "--model", help="Model alias, HF directory or .gguf file."
-    ),
-    prompt: str = typer.Option(..., "--prompt", help="Prompt to continue."),
-    norm: str = typer.Option("center", "--norm", help="center, minmax or raw."),
-    metric: str = typer.Option("accuracy", "--metric", help="Which score metric gates."),
-    placement: str = typer.Option("z", "--placement", help="z, fold or reference."),
+    scores: Annotated[
+        Path, typer.Option("--scores", help="Truth Scores (.npz ours, .npy or .csv).")
+    ],
+    alpha: Alpha,
+    prompt: Annotated[str, typer.Option("--prompt", help="Prompt to continue.")],
+    model: Model = "smollm2-135m-instruct",
+    norm: Norm = "center",
+    metric: Metric = "accuracy",
+    placement: Placement = "z",
     clamp_min: float = typer.Option(0.0, "--clamp-min", help="Lower bound of the gates."),
     no_clamp: bool = typer.Option(
         False, "--no-clamp", help="Keep negative gates (published behaviour)."
     ),
     layers: str = typer.Option("", "--layers", help="Layers to gate, e.g. '0,2,10-15' (all)."),
-    control: str = typer.Option(
-        "", "--control", help="Gate with control scores instead: random, inverse or uniform."
-    ),
+    control: GateControl = "",
     seed: int = typer.Option(0, "--seed", help="Seed of the random control."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     chat: bool = typer.Option(
         False, "--chat/--no-chat", help="Wrap the prompt in the tokenizer's chat template."
     ),
-    device: str = typer.Option("", "--device", help="cpu, cuda, ... (default: auto)."),
+    device: Device = None,
 ) -> None:
     """Show the greedy continuation of PROMPT without and with the gate, and the gate summary."""
     import torch
@@ -63,7 +63,7 @@ def gate_command(
     from lineage_lens.models import load_model
     from lineage_lens.scores import load_scores
 
-    device = check_device(device) or ""
+    device = check_device(device)
     truth_scores = load_scores(scores)
     gate = TruthGate(
         truth_scores,
@@ -76,7 +76,7 @@ def gate_command(
     )
     if control:
         gate = gate.control(control, seed=seed)  # type: ignore[arg-type]
-    bridge = load_model(model, device=device or None)
+    bridge = load_model(model, device=device)
     gate.check_model(bridge)
     tok = bridge.tokenizer
     if chat and getattr(tok, "chat_template", None):

@@ -8,13 +8,12 @@ from pathlib import Path
 import typer
 
 from lineage_lens.cli import app
+from lineage_lens.cli._options import BatchSize, Device, Model
 
 
 @app.command()
 def score(
-    model: str = typer.Option(
-        ..., "--model", "-m", help="Hub name, local HF directory, .gguf file or packaged alias."
-    ),
+    model: Model,
     data: str = typer.Option(
         "halueval", help="'halueval' (vendored HaluEval QA) or a TruthProbe JSON-lines file."
     ),
@@ -25,7 +24,7 @@ def score(
     csv: Path | None = typer.Option(
         None, help="Also write the paper's cv5_head_metrics.csv layout."
     ),
-    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+    batch_size: BatchSize = 16,
     folds: int = typer.Option(5, help="Cross-validation folds."),
     solver: str = typer.Option(
         "newton",
@@ -34,9 +33,7 @@ def score(
         "exactly: their unstratified KFold, raw features; --seed 42 gives their folds).",
     ),
     seed: int = typer.Option(0, help="Seed of the row split and the folds."),
-    device: str | None = typer.Option(
-        None, help="Torch device (default: cuda if available, else cpu)."
-    ),
+    device: Device = None,
     top: int = typer.Option(10, help="How many top heads to print."),
 ) -> None:
     """Probe every head's hook_z at the answer's last token and write its Truth Scores."""

@@ -1,34 +1,48 @@
-"""Gating sweeps over the evaluators: one row per (gate, alpha) setting.
+"""Evaluation sweeps with output files: the library sweep for ``lineage-lens eval``.
 
-:func:`run_sweep` evaluates a model without a gate (``alpha == 0`` or no scores), with a
-:class:`~lineage_lens.gating.TruthGate` built from Truth Scores at each ``alpha``, and optionally
-with control gates (``"random"``: the same scores permuted across heads; ``"inverse"``,
-``"uniform"``) at the same alphas. With ``out_dir`` it writes ``results.json`` (every setting with
-its per-group metrics and configuration), ``results.csv`` (one row per setting), ``sweep.png`` and
-a per-example cache ``cache.jsonl``: rerunning an interrupted sweep resumes where it stopped.
+:func:`run_sweep` is :func:`lineage_lens.sweep.gating_sweep` for one evaluator
+(:class:`~lineage_lens.evals.outcomes.HaluEvalJudgement`,
+:class:`~lineage_lens.evals.outcomes.PopeAnswers` or
+:class:`~lineage_lens.evals.outcomes.ChairCaptions`, their options typed fields): the model
+ungated, with a :class:`~lineage_lens.gating.TruthGate` built from Truth Scores at each ``alpha``,
+and optionally with control gates (``"random"``: the same scores permuted across heads;
+``"inverse"``, ``"uniform"``) at the same alphas, one row per setting with the paired changes
+against the ungated model (and, for the Truth Scores, against the first control). With
+``out_dir`` it writes ``results.json`` (every setting with its per-group metrics and
+configuration), ``results.csv`` (one row per setting), ``sweep.png`` and a per-example cache
+``cache.jsonl``: rerunning an interrupted sweep resumes where it stopped.
 
 Typical use::
 
-    frame = run_sweep("halueval", model, scores=load_scores("scores.npz"),
+    frame = run_sweep(HaluEvalJudgement(seeds=(0, 1, 2)), model, scores=load_scores("s.npz"),
                       alphas=[0, 2, 4.5], controls=["random"], out_dir="runs/sweep")
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
 from lineage_lens._io import atomic_open, atomic_path
 from lineage_lens.errors import ConfigError
 from lineage_lens.evals._common import ResultCache
+from lineage_lens.evals.outcomes import ChairCaptions, HaluEvalJudgement, PopeAnswers
+from lineage_lens.gating import ControlKind, control_scores
 from lineage_lens.stats import METRIC_NAMES
+from lineage_lens.sweep import (
+    GateSettings,
+    ScoreSource,
+    Setting,
+    change_columns,
+    evaluate_settings,
+    sweep_frame,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -41,118 +55,145 @@ log = logging.getLogger(__name__)
 Task = Literal["halueval", "pope", "chair"]
 TASKS: tuple[str, ...] = ("halueval", "pope", "chair")
 CHAIR_METRICS = ("chair_s", "chair_i", "recall", "mean_length")
+#: The evaluators :func:`run_sweep` runs, by task name.
+TaskEvaluator = HaluEvalJudgement | PopeAnswers | ChairCaptions
+EVALUATORS: dict[str, type[TaskEvaluator]] = {
+    "halueval": HaluEvalJudgement,
+    "pope": PopeAnswers,
+    "chair": ChairCaptions,
+}
+#: The ``gate`` value of the rows gated with the Truth Scores.
+TRUTH = "truth"
 
 
-def _evaluate(
-    task: str, model: TransformerBridge, gate: Any, cache: ResultCache | None, kwargs: dict
-) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
-    """``(summary metrics, per-group metric rows, config)`` of one setting."""
-    if task == "halueval":
-        from lineage_lens.evals.halueval import evaluate_halueval
+def gate_sources(
+    scores: TruthScores | None,
+    controls: Sequence[ControlKind] = (),
+    *,
+    control_seed: int = 0,
+    metric: str = "accuracy",
+) -> list[ScoreSource]:
+    """The sources of :func:`run_sweep`: the Truth Scores (:data:`TRUTH`), then each control of
+    their ``metric`` (:func:`~lineage_lens.gating.control_scores`, named by its kind; the random
+    one permuted with ``control_seed``). No scores: no sources (only the ungated model)."""
+    if scores is None:
+        if controls:
+            raise ConfigError("control gates need Truth Scores (scores=).")
+        return []
+    if len(set(controls)) != len(controls):
+        raise ConfigError(f"controls {list(controls)} repeat a kind; give each control once.")
+    return [ScoreSource(TRUTH, scores)] + [
+        ScoreSource(kind, control_scores(scores, kind, seed=control_seed, metric=metric))
+        for kind in controls
+    ]
 
-        res = evaluate_halueval(model, gate=gate, cache=cache, **kwargs)
-        return res.summary(), res.metrics.to_dict(orient="records"), res.config
-    if task == "pope":
-        from lineage_lens.evals.pope import evaluate_pope
 
-        res = evaluate_pope(model, gate=gate, cache=cache, **kwargs)
-        return res.summary(), res.metrics.to_dict(orient="records"), res.config
-    from lineage_lens.evals.chair import evaluate_chair
-
-    cres = evaluate_chair(model, gate=gate, cache=cache, **kwargs)
-    return dict(cres.metrics), [dict(cres.metrics)], cres.config
+def _evaluator(task: TaskEvaluator | str) -> TaskEvaluator:
+    if isinstance(task, str):
+        if task not in EVALUATORS:
+            raise ConfigError(f"unknown task {task!r}; use {', '.join(TASKS)}.")
+        return EVALUATORS[task]()
+    if not isinstance(task, (HaluEvalJudgement, PopeAnswers, ChairCaptions)):
+        raise ConfigError(
+            f"run_sweep evaluates a task ({', '.join(TASKS)}) or a HaluEvalJudgement, PopeAnswers "
+            f"or ChairCaptions, got {type(task).__name__}; for another evaluator use "
+            "lineage_lens.sweep.gating_sweep."
+        )
+    return task
 
 
 def run_sweep(
-    task: Task,
+    evaluator: TaskEvaluator | Task,
     model: TransformerBridge,
     *,
     scores: TruthScores | None = None,
     alphas: Sequence[float] = (0.0,),
-    norm: str = "center",
-    placement: str = "z",
-    metric: str = "accuracy",
-    clamp_min: float | None = 0.0,
-    controls: Sequence[str] = (),
+    gate: GateSettings | None = None,
+    controls: Sequence[ControlKind] = (),
     control_seed: int = 0,
     out_dir: str | Path | None = None,
-    **task_kwargs: Any,
+    n_resamples: int = 2000,
 ) -> pd.DataFrame:
-    """Evaluate ``model`` on ``task`` for every gate setting; one row per setting.
+    """Evaluate ``model`` with ``evaluator`` for every gate setting; one row per setting.
 
     Args:
-        task: ``"halueval"``, ``"pope"`` or ``"chair"``.
+        evaluator: the evaluation and its options (:class:`HaluEvalJudgement`,
+            :class:`PopeAnswers`, :class:`ChairCaptions`), or a task name for its defaults.
         scores: Truth Scores for the gates (``None``: only the ungated baseline).
-        alphas: gating strengths; ``0`` is the ungated baseline (evaluated once).
-        norm, placement, metric, clamp_min: :class:`~lineage_lens.gating.TruthGate` parameters.
+        alphas: gating strengths, each once; ``0`` is the ungated baseline. The ungated model is
+            always evaluated once (the changes are against it); its row is shown when ``alphas``
+            hold 0 or there are no scores.
+        gate: the :class:`~lineage_lens.gating.TruthGate` parameters besides alpha (default
+            :class:`~lineage_lens.sweep.GateSettings`: center, z, accuracy, clamp at 0).
         controls: control gates evaluated at every non-zero alpha (``random``, ``inverse``,
-            ``uniform``), built with ``control_seed``.
-        out_dir: where to write results.json, results.csv, sweep.png and cache.jsonl.
-        task_kwargs: passed to the evaluator (``seeds``, ``mode``, ``limit``, ``batch_size``,
-            ``image_dir``, ``splits``, ...).
+            ``uniform``), the random one permuted with ``control_seed``.
+        out_dir: where to write results.json, results.csv, sweep.png and cache.jsonl (an
+            evaluator without its own ``cache`` uses ``cache.jsonl``).
+        n_resamples: of the paired bootstraps.
 
     Returns:
-        a DataFrame with ``gate`` (``none``, ``truth`` or the control), ``alpha``, the mean
-        metrics (and ``*_std`` over seeds / splits), ``n`` and ``wall_s``.
+        a DataFrame with ``task``, ``gate`` (``none``, ``truth`` or the control), ``alpha``, the
+        evaluator's metrics (mean and ``*_std`` over seeds / splits, ``n``, ...), ``wall_s``,
+        then per paired statistic (``auroc``, ``pope_accuracy``, ``chair_i``, ...) the change
+        against the ungated model ``<stat>_delta`` and, on the Truth Scores' rows, against the
+        first control at the same alpha ``<stat>_vs_control``, each with its 95 % interval
+        (:func:`lineage_lens.sweep.gating_sweep`).
     """
-    from lineage_lens.gating import TruthGate
-
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; use {', '.join(TASKS)}.")
-    alphas = [float(a) for a in alphas]
-    if not alphas or any(not math.isfinite(a) for a in alphas):
-        raise ConfigError(f"alphas must be finite numbers, got {alphas}.")
+    evaluator = _evaluator(evaluator)
+    gate = gate or GateSettings()
+    if not isinstance(gate, GateSettings):
+        raise ConfigError(f"gate must be a GateSettings, got {type(gate).__name__}.")
     if scores is None and (any(a != 0 for a in alphas) or controls):
         raise ConfigError("gated settings (alpha != 0 or controls) need Truth Scores (scores=).")
-    settings: list[tuple[str, float, Any]] = []
-    if 0.0 in alphas or scores is None:
-        settings.append(("none", 0.0, None))
-    for alpha in alphas:
-        if alpha == 0:
-            continue
-        gate = TruthGate(
-            scores,  # type: ignore[arg-type]
-            alpha=alpha,
-            norm=norm,  # type: ignore[arg-type]
-            placement=placement,  # type: ignore[arg-type]
-            metric=metric,
-            clamp_min=clamp_min,
-        )
-        settings.append(("truth", alpha, gate))
-        for kind in controls:
-            settings.append((kind, alpha, gate.control(kind, seed=control_seed)))  # type: ignore[arg-type]
-
+    sources = gate_sources(scores, controls, control_seed=control_seed, metric=gate.metric)
     out = Path(out_dir) if out_dir is not None else None
-    cache = ResultCache(out / "cache.jsonl") if out is not None else None
-    rows: list[dict[str, Any]] = []
-    details: list[dict[str, Any]] = []
+    cache = None
+    if out is not None and evaluator.cache is None:
+        cache = ResultCache(out / "cache.jsonl")
+        evaluator = dataclasses.replace(evaluator, cache=cache)
     try:
-        for kind, alpha, gate in settings:
-            log.info("%s: gate=%s alpha=%g", task, kind, alpha)
-            t0 = time.perf_counter()
-            summary, groups, config = _evaluate(task, model, gate, cache, dict(task_kwargs))
-            wall = time.perf_counter() - t0
-            rows.append({"task": task, "gate": kind, "alpha": alpha, **summary, "wall_s": wall})
-            details.append(
-                {
-                    "gate": kind,
-                    "alpha": alpha,
-                    "summary": summary,
-                    "groups": groups,
-                    "config": config,
-                }
-            )
+        settings = evaluate_settings(model, evaluator, sources, alphas, gate=gate)
     finally:
         if cache is not None:
             cache.close()
-    frame = pd.DataFrame(rows)
+    # the ungated setting, then alpha by alpha the Truth Scores and each control (the sources'
+    # alpha-0 settings are the ungated result again)
+    order = {float(a): i for i, a in enumerate(alphas)}
+    gated = sorted((s for s in settings[1:] if s.alpha != 0), key=lambda s: order[s.alpha])
+    shown = [settings[0], *gated]
+    frame = sweep_frame(
+        shown,
+        control=controls[0] if controls else "",
+        versus_control=(TRUTH,),
+        n_resamples=n_resamples,
+    )
+    frame = frame.drop(columns="control_seed").rename(columns={"scores": "gate"})
+    frame.insert(0, "task", evaluator.task)
+    changes = [c for st in settings[0].outcome.paired for c in sum(change_columns(st), ())]
+    frame.insert(len(frame.columns) - len(changes), "wall_s", [s.wall_s for s in shown])
+    if scores is not None and 0.0 not in order:  # the ungated row only where asked for
+        frame, shown = frame.iloc[1:].reset_index(drop=True), shown[1:]
     if out is not None:
-        with atomic_open(out / "results.json", "w", encoding="utf-8") as fh:
-            json.dump({"task": task, "settings": details}, fh, indent=1, default=str)
-        with atomic_open(out / "results.csv", "w", encoding="utf-8", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        plot_sweep(frame, out / "sweep.png")
+        _write(out, evaluator.task, frame, shown)
     return frame
+
+
+def _write(out: Path, task: str, frame: pd.DataFrame, shown: Sequence[Setting]) -> None:
+    details = [
+        {
+            "gate": s.scores,
+            "alpha": s.alpha,
+            "summary": s.outcome.metrics,
+            "groups": s.outcome.groups,
+            "config": s.outcome.details.get("config", {}),
+        }
+        for s in shown
+    ]
+    with atomic_open(out / "results.json", "w", encoding="utf-8") as fh:
+        json.dump({"task": task, "settings": details}, fh, indent=1, default=str)
+    with atomic_open(out / "results.csv", "w", encoding="utf-8", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    plot_sweep(frame, out / "sweep.png")
 
 
 def default_metric(frame: pd.DataFrame) -> str:
@@ -200,4 +241,14 @@ def plot_sweep(
     return ax
 
 
-__all__ = ["CHAIR_METRICS", "METRIC_NAMES", "TASKS", "plot_sweep", "run_sweep"]
+__all__ = [
+    "CHAIR_METRICS",
+    "EVALUATORS",
+    "METRIC_NAMES",
+    "TASKS",
+    "TRUTH",
+    "TaskEvaluator",
+    "gate_sources",
+    "plot_sweep",
+    "run_sweep",
+]
