@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lineage_lens._io import check_output_path
 from lineage_lens.errors import ConfigError
+from lineage_lens.fileio import check_output_path
 
 #: File types ``savefig`` writes with the Agg backend and the default backends it switches to.
 PLOT_SUFFIXES: tuple[str, ...] = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".webp")

@@ -116,8 +116,8 @@ def drift(
     as_json: bool = typer.Option(False, "--json", help="Print per-layer means as JSON."),
 ) -> None:
     """Per-head weight drift (W_Q/K/V/O, QK and OV circuits) from ancestor to descendant."""
-    from lineage_lens._io import atomic_path
     from lineage_lens.cli._checks import PLOT_SUFFIXES, check_output
+    from lineage_lens.fileio import atomic_path
     from lineage_lens.weights import weight_drift
 
     check_output(out, (".npz",), "--out")

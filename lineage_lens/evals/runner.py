@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
-from lineage_lens._io import atomic_open, atomic_path
 from lineage_lens.errors import ConfigError
 from lineage_lens.evals._common import ResultCache
 from lineage_lens.evals.outcomes import ChairCaptions, HaluEvalJudgement, PopeAnswers
+from lineage_lens.fileio import atomic_open, atomic_path
 from lineage_lens.gating import ControlKind, control_scores
 from lineage_lens.stats import METRIC_NAMES
 from lineage_lens.sweep import (
