@@ -1,9 +1,10 @@
 """Tiny, offline, random-init checkpoints of the families the lineage-lens adapters add.
 
-Each builder writes a Hugging Face directory (weights + the word-level tokenizer of
-:func:`lineage_lens.testing.make_word_tokenizer`) that boots through
-:func:`lineage_lens.models.load_model`: 2 language-model layers, hidden size 64, and towers of one
-or two layers, so a test boots one in about a second.
+Each builder writes a Hugging Face directory (weights, the word-level tokenizer of
+:func:`lineage_lens.testing.make_word_tokenizer` and the family's image-processor config) that
+boots through :func:`lineage_lens.models.load_model`: by default 2 language-model layers, hidden
+size 64 (the geometry arguments of :func:`lineage_lens.testing.make_tiny_model`), and towers of
+one layer, so a test boots one in about a second.
 
 * :func:`make_tiny_qwen2_5_omni` -- a ``Qwen2_5OmniThinkerForConditionalGeneration`` (Qwen2.5 text
   decoder with mRoPE, a windowed ViT and a Whisper-style audio tower), or with ``full=True`` a
@@ -35,7 +36,9 @@ OMNI_SPECIAL_TOKENS = (
 INTERNVL_IMAGE_TOKEN = "<IMG_CONTEXT>"
 INTERNVL_SPECIAL_TOKENS = (INTERNVL_IMAGE_TOKEN, "<img>", "</img>")
 
-#: Geometry of every tiny language model here: 2 layers, 4 query heads, 2 key/value heads.
+#: Default geometry of the tiny language models: 2 layers, 4 query heads, 2 key/value heads,
+#: d_head 16 (hidden 64). The builders take the same geometry arguments as
+#: :func:`lineage_lens.testing.make_tiny_model`.
 TINY_TEXT = {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_head": 16}
 #: Image side and ViT patch of the tiny towers.
 TINY_OMNI_PATCH = 4
@@ -43,24 +46,24 @@ TINY_INTERNVL_IMAGE = 16
 TINY_INTERNVL_PATCH = 4
 
 
-def _tokenizer(special: tuple[str, ...]) -> Any:
+def _tokenizer(special: tuple[str, ...], extra_words: list[str] | None) -> Any:
     from lineage_lens.testing import make_word_tokenizer
 
-    tok = make_word_tokenizer(list(special), bos=False)
-    tok.add_special_tokens({"additional_special_tokens": list(special)})
-    return tok
+    # Qwen tokenizers have no BOS token; the placeholders are special tokens after the vocabulary.
+    return make_word_tokenizer(extra_words, bos=False, extra_special=list(special))
 
 
-def _text_kwargs(tok: Any) -> dict[str, Any]:
-    n_heads, d_head = TINY_TEXT["n_heads"], TINY_TEXT["d_head"]
+def _text_kwargs(
+    tok: Any, n_layers: int, n_heads: int, n_kv_heads: int | None, d_head: int
+) -> dict[str, Any]:
     d_model = n_heads * d_head
     return {
         "vocab_size": len(tok),
         "hidden_size": d_model,
         "intermediate_size": 2 * d_model,
-        "num_hidden_layers": TINY_TEXT["n_layers"],
+        "num_hidden_layers": n_layers,
         "num_attention_heads": n_heads,
-        "num_key_value_heads": TINY_TEXT["n_kv_heads"],
+        "num_key_value_heads": n_kv_heads or n_heads,
         "max_position_embeddings": 256,
         "pad_token_id": tok.pad_token_id,
         "bos_token_id": tok.eos_token_id,
@@ -77,10 +80,12 @@ def _never_predict(head: torch.nn.Linear, tok: Any, special: tuple[str, ...]) ->
         head.weight[[tok.convert_tokens_to_ids(t) for t in special]] = 0.0
 
 
-def _save(model: Any, tok: Any, out_dir: Path) -> Path:
+def _save(model: Any, tok: Any, processor: Any, out_dir: Path, dtype: torch.dtype) -> Path:
     model.eval()
+    model.to(dtype)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
     # Pin the generic fast tokenizer class (see lineage_lens.testing.make_tiny_model).
     config_path = out_dir / "tokenizer_config.json"
     tok_config = json.loads(config_path.read_text())
@@ -89,8 +94,15 @@ def _save(model: Any, tok: Any, out_dir: Path) -> Path:
     return out_dir
 
 
-def tiny_qwen2_5_omni_thinker_config(tok: Any) -> Any:
-    """A ``Qwen2_5OmniThinkerConfig`` with a 2-layer, 64-wide text model and one-layer towers."""
+def tiny_qwen2_5_omni_thinker_config(
+    tok: Any,
+    *,
+    n_layers: int = TINY_TEXT["n_layers"],
+    n_heads: int = TINY_TEXT["n_heads"],
+    n_kv_heads: int | None = TINY_TEXT["n_kv_heads"],
+    d_head: int = TINY_TEXT["d_head"],
+) -> Any:
+    """A ``Qwen2_5OmniThinkerConfig`` with a tiny text model and one-layer towers."""
     from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (
         Qwen2_5OmniAudioEncoderConfig,
         Qwen2_5OmniTextConfig,
@@ -98,13 +110,14 @@ def tiny_qwen2_5_omni_thinker_config(tok: Any) -> Any:
         Qwen2_5OmniVisionEncoderConfig,
     )
 
-    text = _text_kwargs(tok)
+    text = _text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
     d_model = text["hidden_size"]
     # mRoPE splits the d_head/2 rotary frequencies into temporal/height/width sections.
-    half = TINY_TEXT["d_head"] // 2
+    half = d_head // 2
     sections = [half - 2 * (half // 3), half // 3, half // 3]
     text_config = Qwen2_5OmniTextConfig(
         **text,
+        head_dim=d_head,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections},
     )
     vision_config = Qwen2_5OmniVisionEncoderConfig(
@@ -149,14 +162,25 @@ def tiny_qwen2_5_omni_thinker_config(tok: Any) -> Any:
 
 
 def make_tiny_qwen2_5_omni(
-    out_dir: str | Path, *, seed: int = 0, full: bool = False, talker: bool = False
+    out_dir: str | Path,
+    *,
+    n_layers: int = TINY_TEXT["n_layers"],
+    n_heads: int = TINY_TEXT["n_heads"],
+    n_kv_heads: int | None = TINY_TEXT["n_kv_heads"],
+    d_head: int = TINY_TEXT["d_head"],
+    seed: int = 0,
+    extra_words: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    full: bool = False,
+    talker: bool = False,
 ) -> Path:
-    """Write a tiny Qwen2.5-Omni checkpoint with its tokenizer to ``out_dir``; return it.
+    """Write a tiny Qwen2.5-Omni checkpoint with its tokenizer and image processor to ``out_dir``.
 
     ``full=False`` saves the thinker alone (``Qwen2_5OmniThinkerForConditionalGeneration``);
     ``full=True`` the whole ``Qwen2_5OmniForConditionalGeneration`` (thinker weights under
     ``thinker.*``), with ``talker=True`` also a tiny talker decoder under ``talker.*`` (its
-    token-to-wave vocoder is left out: it has no attention heads the library compares).
+    token-to-wave vocoder is left out: it has no attention heads the library compares). Images go
+    through ``Qwen2VLImageProcessor`` (4x4 patches, 2x2 merge, 256 to 1024 pixels).
     """
     import transformers as tf
     from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (
@@ -165,14 +189,20 @@ def make_tiny_qwen2_5_omni(
     )
 
     out_dir = Path(out_dir)
-    tok = _tokenizer(OMNI_SPECIAL_TOKENS)
-    thinker_config = tiny_qwen2_5_omni_thinker_config(tok)
+    tok = _tokenizer(OMNI_SPECIAL_TOKENS, extra_words)
+    geometry = {"n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv_heads}
+    thinker_config = tiny_qwen2_5_omni_thinker_config(tok, d_head=d_head, **geometry)
+    processor = tf.Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32},
+        patch_size=TINY_OMNI_PATCH,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
     torch.manual_seed(seed)
     if not full:
         thinker = tf.Qwen2_5OmniThinkerForConditionalGeneration(thinker_config)
         _never_predict(thinker.lm_head, tok, OMNI_SPECIAL_TOKENS)
-        return _save(thinker, tok, out_dir)
-    text = _text_kwargs(tok)
+        return _save(thinker, tok, processor, out_dir, dtype)
     talker_config = Qwen2_5OmniTalkerConfig(
         vocab_size=32,
         hidden_size=32,
@@ -181,7 +211,7 @@ def make_tiny_qwen2_5_omni(
         num_attention_heads=2,
         num_key_value_heads=2,
         head_dim=16,
-        embedding_size=text["hidden_size"],
+        embedding_size=n_heads * d_head,
         max_position_embeddings=256,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
     )
@@ -194,19 +224,32 @@ def make_tiny_qwen2_5_omni(
     if talker:
         model.talker = tf.Qwen2_5OmniTalkerForConditionalGeneration(config.talker_config)
     _never_predict(model.thinker.lm_head, tok, OMNI_SPECIAL_TOKENS)
-    return _save(model, tok, out_dir)
+    return _save(model, tok, processor, out_dir, dtype)
 
 
-def make_tiny_internvl(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny ``InternVLForConditionalGeneration`` with its tokenizer to ``out_dir``.
+def make_tiny_internvl(
+    out_dir: str | Path,
+    *,
+    n_layers: int = TINY_TEXT["n_layers"],
+    n_heads: int = TINY_TEXT["n_heads"],
+    n_kv_heads: int | None = TINY_TEXT["n_kv_heads"],
+    d_head: int = TINY_TEXT["d_head"],
+    seed: int = 0,
+    extra_words: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a tiny ``InternVLForConditionalGeneration`` with its tokenizer and image processor.
 
-    16x16 images, 4x4 patches, one vision layer; the pixel-shuffle projector (downsample 0.5)
-    turns the 16 patches into :func:`tiny_internvl_image_tokens` image tokens.
+    16x16 images (one tile: ``GotOcr2ImageProcessor`` without cropping, ImageNet normalisation as
+    InternVL's), 4x4 patches, one vision layer; the pixel-shuffle projector (downsample 0.5) turns
+    the 16 patches into :func:`tiny_internvl_image_tokens` image tokens. The language model is a
+    Qwen2 decoder, as in InternVL3.
     """
     import transformers as tf
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     out_dir = Path(out_dir)
-    tok = _tokenizer(INTERNVL_SPECIAL_TOKENS)
+    tok = _tokenizer(INTERNVL_SPECIAL_TOKENS, extra_words)
     vision = tf.InternVLVisionConfig(
         hidden_size=16,
         num_hidden_layers=1,
@@ -215,19 +258,26 @@ def make_tiny_internvl(out_dir: str | Path, *, seed: int = 0) -> Path:
         image_size=[TINY_INTERNVL_IMAGE, TINY_INTERNVL_IMAGE],
         patch_size=[TINY_INTERNVL_PATCH, TINY_INTERNVL_PATCH],
     )
+    text = _text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
     config = tf.InternVLConfig(
         vision_config=vision,
-        text_config=tf.Qwen2Config(**_text_kwargs(tok)),
+        text_config=tf.Qwen2Config(**text, head_dim=d_head),
         image_token_id=tok.convert_tokens_to_ids(INTERNVL_IMAGE_TOKEN),
         image_seq_length=tiny_internvl_image_tokens(),
         downsample_ratio=0.5,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
+    processor = tf.GotOcr2ImageProcessorPil(
+        size={"height": TINY_INTERNVL_IMAGE, "width": TINY_INTERNVL_IMAGE},
+        crop_to_patches=False,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+    )
     torch.manual_seed(seed)
     model = tf.InternVLForConditionalGeneration(config)
     _never_predict(model.lm_head, tok, INTERNVL_SPECIAL_TOKENS)
-    return _save(model, tok, out_dir)
+    return _save(model, tok, processor, out_dir, dtype)
 
 
 def tiny_internvl_image_tokens() -> int:
