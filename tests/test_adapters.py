@@ -219,6 +219,26 @@ def test_full_omni_checkpoint_boots_its_thinker_weights(family_dirs):
     assert torch.equal(model.original_model.lm_head.weight, saved["thinker.lm_head.weight"])
 
 
+def test_internvl_with_a_llama_language_model(tmp_path):
+    """InternVL's adapter reads the text model from the config: a Llama decoder (no q/k/v
+    biases) boots with HF's logits and gates as the Qwen2 one does."""
+    directory = make_tiny_internvl(tmp_path / "internvl_llama", text_model="llama", seed=3)
+    model = load_model(directory, device="cpu")
+    hf = _hf_model("internvl", directory)
+    assert hf.config.text_config.model_type == "llama"
+    tokens, kw = _image_inputs("internvl", model)
+    with torch.no_grad():
+        base = model(tokens, **kw)
+        assert torch.equal(base, hf(tokens, **kw).logits)
+        gate = _gate(model, seed=3)
+        with gate.applied(model, "z"):
+            z_logits = model(tokens, **kw)
+        with gate.applied(model, "fold"):
+            fold_logits = model(tokens, **kw)
+    assert not torch.allclose(z_logits, base, atol=1e-4)
+    torch.testing.assert_close(z_logits, fold_logits, rtol=0, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ hooks, gating
 def test_hook_z_shape_and_edits_reach_the_logits(family):
     _, model = family

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+from lineage_lens.errors import ConfigError
 
 #: Placeholder tokens of the tiny checkpoints (each is one token of the tiny tokenizer).
 OMNI_IMAGE_TOKEN = "<|IMAGE|>"
@@ -237,13 +239,14 @@ def make_tiny_internvl(
     seed: int = 0,
     extra_words: list[str] | None = None,
     dtype: torch.dtype = torch.float32,
+    text_model: Literal["qwen2", "llama"] = "qwen2",
 ) -> Path:
     """Write a tiny ``InternVLForConditionalGeneration`` with its tokenizer and image processor.
 
     16x16 images (one tile: ``GotOcr2ImageProcessor`` without cropping, ImageNet normalisation as
     InternVL's), 4x4 patches, one vision layer; the pixel-shuffle projector (downsample 0.5) turns
     the 16 patches into :func:`tiny_internvl_image_tokens` image tokens. The language model is a
-    Qwen2 decoder, as in InternVL3.
+    Qwen2 decoder, as in InternVL3, or with ``text_model="llama"`` a Llama decoder.
     """
     import transformers as tf
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -259,9 +262,12 @@ def make_tiny_internvl(
         patch_size=[TINY_INTERNVL_PATCH, TINY_INTERNVL_PATCH],
     )
     text = _text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
+    text_configs = {"qwen2": tf.Qwen2Config, "llama": tf.LlamaConfig}
+    if text_model not in text_configs:
+        raise ConfigError(f"text_model must be 'qwen2' or 'llama', got {text_model!r}.")
     config = tf.InternVLConfig(
         vision_config=vision,
-        text_config=tf.Qwen2Config(**text, head_dim=d_head),
+        text_config=text_configs[text_model](**text, head_dim=d_head),
         image_token_id=tok.convert_tokens_to_ids(INTERNVL_IMAGE_TOKEN),
         image_seq_length=tiny_internvl_image_tokens(),
         downsample_ratio=0.5,
