@@ -231,6 +231,12 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         text = f"set {s} ({anc['condition']}: {ANCESTOR} r {_ci(anc)}, {CONTROL} r {_ci(ctl)})"
         (held if anc["pearson_ci_low"] > ctl["pearson_ci_high"] else not_held).append(text)
     image = table[table["set"] == "d"].iloc[0]
+    signs = []
+    for ref in (ANCESTOR, CONTROL):
+        rows = table[table["reference"] == ref]
+        above = ", ".join(rows.loc[rows["pearson_ci_low"] > 0, "set"]) or "none"
+        below = ", ".join(rows.loc[rows["pearson_ci_high"] < 0, "set"]) or "none"
+        signs.append(f"{ref}'s CI lies above 0 in set(s) {above}, below 0 in {below}")
     lines += [
         "",
         "Reading: the paper's Fig. 1 claim -- the VLM's Truth Scores follow its ancestor's text "
@@ -238,7 +244,7 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         "control's -- "
         + (f"held in {'; '.join(held)}" if held else "held in no set")
         + (f"; did not hold in {'; '.join(not_held)}" if not_held else "")
-        + f". The VLM's own image-context Truth Scores (set d, TruthProbe_MLLM) average "
+        + f". Against 0: {'; '.join(signs)}. The VLM's own image-context Truth Scores (set d, TruthProbe_MLLM) average "
         f"{image['mllm_mean_score']:.3f} (best head {image['mllm_max_score']:.3f}; chance 0.5).",
     ]
     best = max(float(s.accuracy.max()) for s in vlm_conditions(profile).scores.values())

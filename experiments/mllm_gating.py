@@ -92,7 +92,7 @@ PLANS = {
 PAPER_NAMES = {
     "none": "ungated",
     "inherited": "TruthProbe_LLM",
-    "own": "TruthProbe_MLLM (text-only)",
+    "own": "TruthProbe_MLLM, text-only",
     OWN_IMAGE: "TruthProbe_MLLM",
     CONTROL: "random",
 }

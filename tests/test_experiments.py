@@ -316,7 +316,7 @@ def test_mllm_gating_csv_holds_the_plotted_metrics(report):
     assert list(frame["paper_scores"].iloc[:4]) == [
         "ungated",
         "TruthProbe_LLM",
-        "TruthProbe_MLLM (text-only)",
+        "TruthProbe_MLLM, text-only",
         "TruthProbe_MLLM",
     ]
     # intervals hold their numbers; paired changes are the differences of the plotted numbers
