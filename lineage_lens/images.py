@@ -84,8 +84,9 @@ def vision_settings(model: Any) -> VisionSettings:
         )
     if getattr(cfg, "model_type", "llava") != "llava":
         raise ConfigError(
-            f"model_type {cfg.model_type!r} is not supported: only LLaVA-1.5-style models with one "
-            "fixed-size image per prompt (model_type 'llava')."
+            f"vision_settings describes LLaVA-1.5's fixed-size images (model_type 'llava'), not "
+            f"model_type {cfg.model_type!r}; use lineage_lens.images.image_inputs(model), which "
+            f"covers {', '.join(IMAGE_INPUT_BUILDERS)}."
         )
     token_id = getattr(cfg, "image_token_index", None)
     if token_id is None:

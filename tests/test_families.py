@@ -38,6 +38,7 @@ from lineage_lens.attention import evidence_attention
 from lineage_lens.batching import pad_batch, pad_token_id
 from lineage_lens.cka import head_cka
 from lineage_lens.data import LLAVA_PROBE_TEMPLATE, ProbeExample
+from lineage_lens.evals import run_prompts
 from lineage_lens.evals.chair import generate_captions
 from lineage_lens.evals.pope import evaluate_pope
 from lineage_lens.gating import TruthGate
@@ -47,13 +48,14 @@ from lineage_lens.images import (
     image_batch_kwargs,
     image_inputs,
 )
+from lineage_lens.kvcache import check_kv_cache
 from lineage_lens.models import attn_hook_name, head_geometry, load_model
 from lineage_lens.probing import fit_truth_scores
 from lineage_lens.scores import TruthScores
 from lineage_lens.testing import MULTIMODAL_ARCHS, make_tiny_model
 from lineage_lens.weights import weight_drift
 from lineage_lens.zoo.images import render_scene, sample_scenes
-from tests.test_kv_cache import PROMPT, greedy_full_forward, paired_examples
+from tests.test_kv_cache import PROMPT, greedy_full_forward, paired_examples, prompt_items
 
 pytestmark = pytest.mark.model
 
@@ -90,6 +92,7 @@ FAMILIES: list[Family] = [
 MULTIMODAL = [f for f in FAMILIES if f.multimodal]
 
 N_HEADS, D_HEAD = 4, 16  # hidden 64
+N_NEW = 4  # generated tokens
 
 
 def _build(root: Path, family: Family, seed: int, dtype: torch.dtype = torch.float32) -> Path:
@@ -113,22 +116,29 @@ class Loaded:
     other_directory: Path
 
 
+@pytest.fixture(scope="module")
+def loaded_families(tmp_path_factory) -> dict[str, Loaded]:
+    """Each family built and loaded once for the module (``fam`` and ``mm`` share them)."""
+    return {}
+
+
+def _load(family: Family, store: dict[str, Loaded], tmp_path_factory) -> Loaded:
+    if family.arch not in store:
+        root = tmp_path_factory.mktemp(f"family-{family.arch}")
+        directory = _build(root, family, seed=11)
+        other = _build(root, family, seed=12)
+        store[family.arch] = Loaded(family, directory, load_model(directory, device="cpu"), other)
+    return store[family.arch]
+
+
 @pytest.fixture(scope="module", params=FAMILIES, ids=str)
-def fam(request, tmp_path_factory) -> Loaded:
-    family: Family = request.param
-    root = tmp_path_factory.mktemp(f"family-{family.arch}")
-    directory = _build(root, family, seed=11)
-    other = _build(root, family, seed=12)
-    return Loaded(family, directory, load_model(directory, device="cpu"), other)
+def fam(request, loaded_families, tmp_path_factory) -> Loaded:
+    return _load(request.param, loaded_families, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=MULTIMODAL, ids=str)
-def mm(request, tmp_path_factory) -> Loaded:
-    family: Family = request.param
-    root = tmp_path_factory.mktemp(f"mm-{family.arch}")
-    directory = _build(root, family, seed=11)
-    other = _build(root, family, seed=12)
-    return Loaded(family, directory, load_model(directory, device="cpu"), other)
+def mm(request, loaded_families, tmp_path_factory) -> Loaded:
+    return _load(request.param, loaded_families, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -250,37 +260,38 @@ def test_boots_with_logits_equal_to_hugging_face(fam):
 
 
 # ------------------------------------------------------------------------------ capture
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_text_capture_equals_unbatched_run_with_cache(fam, side):
+def test_text_capture_equals_unbatched_run_with_cache(fam):
     model = fam.model
-    examples = paired_examples(3)
-    acts = collect_head_activations(
-        model,
-        examples,
-        batch_size=4,
-        padding_side=side,
-        share_prefix=False,
-        dtype=torch.float32,
-        progress=False,
-    )
-    np.testing.assert_allclose(acts.acts, _reference(model, examples), atol=1e-4)
+    examples = paired_examples(2)
+    reference = _reference(model, examples)
+    for side in ("left", "right"):
+        acts = collect_head_activations(
+            model,
+            examples,
+            batch_size=4,
+            padding_side=side,
+            share_prefix=False,
+            dtype=torch.float32,
+            progress=False,
+        )
+        np.testing.assert_allclose(acts.acts, reference, atol=1e-4)
     shared = collect_head_activations(
         model, examples, batch_size=4, dtype=torch.float32, progress=False
     )
-    np.testing.assert_allclose(shared.acts, acts.acts, atol=1e-4)
+    np.testing.assert_allclose(shared.acts, reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_image_capture_equals_unbatched_run_with_cache(mm, side):
+def test_image_capture_equals_unbatched_run_with_cache(mm):
     model = mm.model
     examples = _image_examples()
-    acts = collect_head_activations(
-        model, examples, batch_size=3, padding_side=side, dtype=torch.float32, progress=False
-    )
-    assert acts.meta["condition"] == "image"
-    assert acts.meta["image_inputs"]["model_type"] == mm.family.arch
     reference = _reference(model, examples, LLAVA_PROBE_TEMPLATE, [ex.image for ex in examples])
-    np.testing.assert_allclose(acts.acts, reference, atol=1e-4)
+    for side in ("left", "right"):
+        acts = collect_head_activations(
+            model, examples, batch_size=3, padding_side=side, dtype=torch.float32, progress=False
+        )
+        assert acts.meta["condition"] == "image"
+        assert acts.meta["image_inputs"]["model_type"] == mm.family.arch
+        np.testing.assert_allclose(acts.acts, reference, atol=1e-4)
     black = collect_head_activations(
         model, examples, condition="black_image", batch_size=3, dtype=torch.float32, progress=False
     )
@@ -293,8 +304,44 @@ def test_image_capture_equals_unbatched_run_with_cache(mm, side):
     assert not np.allclose(black.acts, acts.acts, atol=1e-4)
 
 
+def test_image_tokens_match_hugging_face_processors(mm):
+    """The image tokens of a prompt are those Hugging Face's own processor writes (LLaVA-NeXT's
+    any-resolution count is computed here; Gemma3's sequence is fixed; Qwen-VL's processor needs
+    torchvision for its video half, so its count is checked by the forward pass instead)."""
+    import transformers
+
+    model = mm.model
+    inputs = image_inputs(model)
+    images = [Image.new("RGB", (w, h)) for h, w in ((16, 16), (24, 16), (16, 40), (33, 17))]
+    if mm.family.arch == "llava_next":
+        processor = transformers.LlavaNextProcessor(
+            image_processor=inputs.processor,
+            tokenizer=model.tokenizer,
+            patch_size=model.original_model.config.vision_config.patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
+    elif mm.family.arch == "llava":
+        processor = transformers.LlavaProcessor(
+            image_processor=inputs.processor,
+            tokenizer=model.tokenizer,
+            patch_size=model.original_model.config.vision_config.patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
+    else:
+        for im in images:  # the tokens the model consumes: checked by its own forward pass
+            ids, kw = _image_prompt(model, im)
+            assert int((ids == inputs.image_token_id).sum()) == inputs.n_image_tokens(im)
+            model(ids, **kw)
+        return
+    for im in images:
+        ids = processor(images=[im], text=[inputs.image_token], return_tensors="pt")["input_ids"]
+        assert int((ids == inputs.image_token_id).sum()) == inputs.n_image_tokens(im)
+
+
 def test_truth_scores_fit(fam):
-    examples = paired_examples(4) * 3
+    examples = paired_examples(3) * 2
     acts = collect_head_activations(
         fam.model, examples, batch_size=8, dtype=torch.float32, progress=False
     )
@@ -353,14 +400,14 @@ def test_cached_generate_equals_greedy_full_forwards(fam, gated):
     with gate.applied(model) if gate else contextlib.nullcontext(), torch.no_grad():
         generated = model.generate(
             ids,
-            max_new_tokens=5,
+            max_new_tokens=N_NEW,
             do_sample=False,
             verbose=False,
             return_type="tokens",
             use_past_kv_cache=True,
             stop_at_eos=False,
         )
-        assert torch.equal(generated.cpu(), greedy_full_forward(model, ids, {}, 5))
+        assert torch.equal(generated.cpu(), greedy_full_forward(model, ids, {}, N_NEW))
         if not fam.family.multimodal:
             return
         inputs = image_inputs(model)
@@ -370,18 +417,34 @@ def test_cached_generate_equals_greedy_full_forwards(fam, gated):
             for im in images
         ]
         batch = pad_batch(prompts, pad_token_id(model.tokenizer), "left")
-        cached = greedy_generate(model, batch.input_ids, batch.attention_mask, inputs, images, 5)
-        full = greedy_generate(
-            model, batch.input_ids, batch.attention_mask, inputs, images, 5, use_cache=False
+        cached = greedy_generate(
+            model, batch.input_ids, batch.attention_mask, inputs, images, N_NEW
         )
-        assert torch.equal(cached, full)
+        if not gated:  # the uncached path (a model whose cache check fails) decodes the same
+            full = greedy_generate(
+                model, batch.input_ids, batch.attention_mask, inputs, images, N_NEW, use_cache=False
+            )
+            assert torch.equal(cached, full)
         for row, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
             tokens = torch.tensor([prompt])
-            for _ in range(5):  # greedy full forwards, one prompt, no padding
+            for _ in range(N_NEW):  # greedy full forwards, one prompt, no padding
                 kw = image_batch_kwargs(inputs, [image], tokens)
                 nxt = model(tokens, **kw)[:, -1].argmax(-1, keepdim=True)
                 tokens = torch.cat([tokens, nxt], dim=1)
             assert torch.equal(cached[row], tokens[0, len(prompt) :])
+
+
+def test_kv_cache_check_and_shared_prefix_scoring(fam):
+    """The once-per-model cache check passes, and yes/no scoring on a shared prefix's cache equals
+    scoring the full prompts (the evaluators' fast path)."""
+    model = fam.model
+    assert check_kv_cache(model).ok
+    items = prompt_items(model)
+    shared = run_prompts(model, items, batch_size=2, progress=False)
+    full = run_prompts(model, items, batch_size=2, progress=False, share_prefix=False)
+    for key, rec in full.items():
+        assert shared[key]["log_p_yes"] == pytest.approx(rec["log_p_yes"], abs=1e-5)
+        assert shared[key]["log_p_no"] == pytest.approx(rec["log_p_no"], abs=1e-5)
 
 
 # ------------------------------------------------------------------------------ drift, CKA, attention
@@ -399,19 +462,12 @@ def test_weight_drift_from_directories_equals_from_bridges(fam):
     assert all((same.heads[f"{p}_rel"] == 0).all() for p in ("q", "k", "v", "o"))
 
     examples = paired_examples(3)
-    kw = dict(batch_size=4, dtype=torch.float32, progress=False)
-    cka = head_cka(
-        collect_head_activations(fam.model, examples, **kw),
-        collect_head_activations(other, examples, **kw),
-        progress=False,
-    )
+    kw = dict(batch_size=8, dtype=torch.float32, progress=False)
+    mine = collect_head_activations(fam.model, examples, **kw)
+    cka = head_cka(mine, collect_head_activations(other, examples, **kw), progress=False)
     assert cka.values.shape == head_geometry(fam.model).shape
     assert np.isfinite(cka.values).all() and (cka.values <= 1 + 1e-9).all()
-    self_cka = head_cka(
-        collect_head_activations(fam.model, examples, **kw),
-        collect_head_activations(fam.model, examples, **kw),
-        progress=False,
-    )
+    self_cka = head_cka(mine, mine.acts.copy(), progress=False)
     np.testing.assert_allclose(self_cka.values, 1.0, atol=1e-6)
 
 
