@@ -522,7 +522,9 @@ class QwenVLImageInputs(_FamilyImageInputs):
     per merged patch + ``<|vision_end|>``; forward inputs ``pixel_values`` (flattened patches of
     the batch) and ``image_grid_thw`` ``[batch, 3]`` from ``Qwen2VLImageProcessor`` (PIL backend),
     and ``mm_token_type_ids`` from the tokens, from which the model derives its 3-D mRoPE positions
-    (so callers pass no ``position_ids``)."""
+    (so callers pass no ``position_ids``). Qwen-VL has no fixed image size: the black dummy image
+    is the smallest one merged patch grid covers twice over (``2 * patch_size * merge_size``
+    pixels square, four image tokens)."""
 
     merge_size: int = 2
 
