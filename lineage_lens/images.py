@@ -523,8 +523,8 @@ class QwenVLImageInputs(_FamilyImageInputs):
     the batch) and ``image_grid_thw`` ``[batch, 3]`` from ``Qwen2VLImageProcessor`` (PIL backend),
     and ``mm_token_type_ids`` from the tokens, from which the model derives its 3-D mRoPE positions
     (so callers pass no ``position_ids``). Qwen-VL has no fixed image size: the black dummy image
-    is the smallest one merged patch grid covers twice over (``2 * patch_size * merge_size``
-    pixels square, four image tokens)."""
+    is ``2 * patch_size * merge_size`` pixels square (the processor resizes it within its
+    ``min_pixels`` / ``max_pixels``, which decide its image tokens)."""
 
     merge_size: int = 2
 
