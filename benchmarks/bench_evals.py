@@ -16,10 +16,12 @@ import time
 
 import torch
 
+from lineage_lens.evals.outcomes import HaluEvalJudgement
 from lineage_lens.evals.runner import run_sweep
 from lineage_lens.fileio import atomic_open
 from lineage_lens.models import load_model
 from lineage_lens.scores import load_scores
+from lineage_lens.sweep import GateSettings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,19 +38,18 @@ def main(argv: list[str] | None = None) -> None:
     scores = load_scores(args.scores)
     model = load_model("smollm2-135m-instruct", device="cpu")
     t0 = time.perf_counter()
+    judgement = HaluEvalJudgement(
+        seeds=tuple(seeds), limit=args.limit, batch_size=args.batch_size, progress=True
+    )
     frame = run_sweep(
-        "halueval",
+        judgement,
         model,
         scores=scores,
         alphas=[0.0, args.alpha],
-        norm="center",
-        placement="z",
+        gate=GateSettings(norm="center", placement="z"),
         controls=["random"],
         control_seed=0,
         out_dir=args.out_dir,
-        seeds=seeds,
-        limit=args.limit,
-        batch_size=args.batch_size,
     )
     total = time.perf_counter() - t0
     cols = ["gate", "alpha", "n", "accuracy", "accuracy_std", "precision", "recall", "f1"]
