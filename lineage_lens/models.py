@@ -25,9 +25,9 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lineage_lens._io import publish_dir, tmp_build_dir
 from lineage_lens.adapters import register_adapters
 from lineage_lens.errors import ModelLoadError, ShapeMismatchError
+from lineage_lens.fileio import publish_dir, tmp_build_dir
 from lineage_lens.kvcache import install_cache_shim
 
 log = logging.getLogger(__name__)
