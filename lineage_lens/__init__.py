@@ -46,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "halueval_probe_examples": "lineage_lens.data",
     "load_truthprobe_jsonl": "lineage_lens.data",
     "split_probe_eval": "lineage_lens.data",
+    "to_dataset": "lineage_lens.hf_datasets",
+    "from_dataset": "lineage_lens.hf_datasets",
     "collect_head_activations": "lineage_lens.activations",
     "HeadActivations": "lineage_lens.activations",
     # -> scores
@@ -73,6 +75,13 @@ _EXPORTS: dict[str, str] = {
     "evaluate_chair": "lineage_lens.evals",
     "compute_chair": "lineage_lens.evals",
     "run_sweep": "lineage_lens.evals",
+    "HaluEvalJudgement": "lineage_lens.evals.outcomes",
+    "PopeAnswers": "lineage_lens.evals.outcomes",
+    "ChairCaptions": "lineage_lens.evals.outcomes",
+    "gating_sweep": "lineage_lens.sweep",
+    "transfer_sources": "lineage_lens.sweep",
+    "ScoreSource": "lineage_lens.sweep",
+    "GateSettings": "lineage_lens.sweep",
     # the embedded lineage zoo
     "build_zoo": "lineage_lens.zoo",
     "load_zoo": "lineage_lens.zoo",
@@ -80,20 +89,25 @@ _EXPORTS: dict[str, str] = {
 
 #: Kept literal (not built from _EXPORTS) so linters and IDEs see it; a test checks they agree.
 __all__ = [
+    "ChairCaptions",
     "ChatPromptTemplate",
     "ConfigError",
     "DataError",
     "EvidenceAttention",
+    "GateSettings",
+    "HaluEvalJudgement",
     "HeadActivations",
     "HeadCKA",
     "HeadGeometry",
     "HeadProbe",
     "LineageLensError",
     "ModelLoadError",
+    "PopeAnswers",
     "ProbeBaselines",
     "ProbeExample",
     "PromptTemplate",
     "ScoreComparison",
+    "ScoreSource",
     "ShapeMismatchError",
     "TruthGate",
     "TruthScores",
@@ -110,6 +124,8 @@ __all__ = [
     "evaluate_pope",
     "evidence_attention",
     "fit_truth_scores",
+    "from_dataset",
+    "gating_sweep",
     "halueval_probe_examples",
     "head_cka",
     "head_geometry",
@@ -123,6 +139,8 @@ __all__ = [
     "probe_baselines",
     "run_sweep",
     "split_probe_eval",
+    "to_dataset",
+    "transfer_sources",
     "weight_drift",
 ]
 
@@ -162,11 +180,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
         evaluate_pope,
         run_sweep,
     )
+    from lineage_lens.evals.outcomes import ChairCaptions, HaluEvalJudgement, PopeAnswers
     from lineage_lens.gating import TruthGate, control_scores
+    from lineage_lens.hf_datasets import from_dataset, to_dataset
     from lineage_lens.kvcache import kv_cache_ok
     from lineage_lens.lineage import ScoreComparison, compare_many, compare_scores
     from lineage_lens.models import HeadGeometry, head_geometry, load_model
     from lineage_lens.probing import HeadProbe, fit_truth_scores
     from lineage_lens.scores import TruthScores, load_scores
+    from lineage_lens.sweep import GateSettings, ScoreSource, gating_sweep, transfer_sources
     from lineage_lens.weights import WeightDrift, weight_drift
     from lineage_lens.zoo import build_zoo, load_zoo
