@@ -1,6 +1,6 @@
 """Per-head CKA from the ancestor to each zoo member, and its relation to Truth Score change.
 
-For the tiny family (:mod:`experiments._zoo`), :func:`lineage_lens.cka.head_cka` of ``base``'s
+For the tiny family (:mod:`experiments.zoo_family`), :func:`lineage_lens.cka.head_cka` of ``base``'s
 ``hook_z`` activations with ``instruct``'s, ``vlm``'s and the unrelated ``control``'s on the same
 probing examples. Writes ``cka_zoo.png`` (one layer x head heatmap per pair) and ``cka_zoo.csv``
 (per pair and head: CKA and ``|Δ Truth Score|`` from base).
@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from experiments._common import FIGURES, Section, cli, save_csv, save_figure
-from experiments._zoo import ANCESTOR, CONTROL, DESCENDANTS, zoo_lineage
+from experiments.zoo_family import ANCESTOR, CONTROL, DESCENDANTS, zoo_lineage
 from lineage_lens.cka import HeadCKA, head_cka
 
 

@@ -1,6 +1,6 @@
 """Attention to evidence of the top-k vs the bottom-k heads by Truth Score, on the zoo family.
 
-For every member of the tiny family (:mod:`experiments._zoo`) and the truthful probing examples
+For every member of the tiny family (:mod:`experiments.zoo_family`) and the truthful probing examples
 (context + question + the context's answer, the paper's prompt), the attention mass each head puts,
 from the answer's last token, on the context sentence that states the asked fact
 (:func:`lineage_lens.attention.evidence_attention`). Heads are ranked by the member's own Truth
@@ -25,13 +25,13 @@ import pandas as pd
 from scipy import stats
 
 from experiments._common import FIGURES, Section, cli, save_csv, save_figure
-from experiments._zoo import ANCESTOR, MEMBERS, zoo_lineage
+from experiments.zoo_family import ANCESTOR, MEMBERS, zoo_lineage
 from lineage_lens.attention import EvidenceAttention, evidence_attention, halueval_evidence_spans
 from lineage_lens.data import DEFAULT_TEMPLATE, TRUTHFUL
+from lineage_lens.images import ImageInputs, image_inputs
 from lineage_lens.models import load_model
-from lineage_lens.testing import IMAGE_TOKEN
 from lineage_lens.zoo import world_probe_examples
-from lineage_lens.zoo.images import POPE_QUESTION, render_scene, sample_scenes, to_pixel_values
+from lineage_lens.zoo.images import POPE_QUESTION, render_scene, sample_scenes
 from lineage_lens.zoo.train import VLM_PROMPT
 
 #: Heads in each of the top and bottom groups (of the family's 32 heads).
@@ -105,19 +105,19 @@ def plot_evidence(frame: pd.DataFrame) -> plt.Figure:
 N_SCENES = {"test": 24, "demo": 200, "full": 500}
 
 
-def image_inputs(profile: str, n_image_tokens: int, image_size: int):
-    """Prompts, pixel values, the asked object's cell and the scenes (seed 777, unseen in
-    training)."""
+def scene_prompts(profile: str, inputs: ImageInputs):
+    """Prompts (each holding its image's tokens in the model family's form), the asked object's
+    cell, the scenes and their images (seed 777, unseen in training)."""
     scenes = sample_scenes(N_SCENES[profile], seed=777)
+    images = [render_scene(sc, inputs.image_size) for sc in scenes]
     rng = np.random.default_rng(0)
     prompts, cells = [], []
-    for scene in scenes:
+    for scene, image in zip(scenes, images, strict=True):
         i = int(rng.integers(len(scene.objects)))
         question = POPE_QUESTION.format(obj=scene.objects[i])
-        prompts.append(VLM_PROMPT.format(image=IMAGE_TOKEN * n_image_tokens, question=question))
+        prompts.append(VLM_PROMPT.format(image=inputs.image_text(image), question=question))
         cells.append(scene.cells[i])
-    images = [render_scene(sc, image_size) for sc in scenes]
-    return prompts, to_pixel_values(images, image_size), np.array(cells), scenes, images
+    return prompts, np.array(cells), scenes, images
 
 
 def cell_share(att: EvidenceAttention, cells: np.ndarray) -> np.ndarray:
@@ -135,17 +135,14 @@ def cell_share(att: EvidenceAttention, cells: np.ndarray) -> np.ndarray:
 
 def image_frame(profile: str) -> tuple[pd.DataFrame, EvidenceAttention, list]:
     """Per head of the vlm: mean share of image attention on the asked object's cell."""
-    from lineage_lens.images import vision_settings
-
     lineage = zoo_lineage(profile)
     model = load_model(lineage.path("vlm"))
-    vs = vision_settings(model)
-    prompts, pixels, cells, _, images = image_inputs(profile, vs.n_image_tokens, vs.image_size)
+    prompts, cells, _, images = scene_prompts(profile, image_inputs(model))
     att = evidence_attention(
         model,
         prompts,
         image_evidence=True,
-        pixel_values=pixels,
+        images=images,
         keep_image_attention=True,
         batch_size=32,
         progress=False,

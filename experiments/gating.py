@@ -38,7 +38,7 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
-from experiments._zoo import ANCESTOR, DESCENDANTS, zoo_lineage
+from experiments.zoo_family import ANCESTOR, DESCENDANTS, zoo_lineage
 from lineage_lens.evals.context import ContextFollowing, context_following, followed
 from lineage_lens.models import load_model
 from lineage_lens.sweep import CONTROL, UNGATED, ScoreSource, gating_sweep, transfer_sources

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments._common import FIGURES, Section, cli, save_csv, save_figure
-from experiments._zoo import zoo_lineage
+from experiments.zoo_family import zoo_lineage
 from lineage_lens.scores import TruthScores, load_scores, published_scores_dir
 
 PUBLISHED = {

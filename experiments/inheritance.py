@@ -5,7 +5,7 @@ LLaVA-1.5 and LLaVA-NeXT, and the unrelated Mistral-7B), the Pearson and Spearma
 each model's per-head Truth Scores with Vicuna's, with bootstrap 95 % CIs and head-shuffle
 permutation p-values. Writes ``inheritance_published.png`` and ``inheritance_published.csv``.
 
-With ``zoo=True`` the same statistics on the zoo's tiny family (see :mod:`experiments._zoo`):
+With ``zoo=True`` the same statistics on the zoo's tiny family (see :mod:`experiments.zoo_family`):
 ancestor ``base`` against its descendants ``instruct`` and ``vlm`` and the same-shape unrelated
 ``control``; writes ``inheritance_zoo.png`` (correlation matrix and bars) and
 ``inheritance_zoo.csv`` (one row per pair: Pearson/Spearman r, CIs, permutation p-values).
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
-from experiments._zoo import ANCESTOR, zoo_lineage
+from experiments.zoo_family import ANCESTOR, zoo_lineage
 from lineage_lens.lineage import (
     ScoreMatrix,
     compare_many,

@@ -1,12 +1,12 @@
 """Fig. 1 sets a, b and d on the zoo lineage: the ancestor's text Truth Scores against its VLM's.
 
-The tiny family of :mod:`experiments._zoo`: ``base`` (the ancestor LLM), ``vlm`` (a LLaVA whose
+The tiny family of :mod:`experiments.zoo_family`: ``base`` (the ancestor LLM), ``vlm`` (a LLaVA whose
 language model started from ``base``) and the unrelated same-shape ``control``. The VLM is probed
 under three of the paper's input conditions:
 
 * set **a**, text-only -- the ancestor's own text probing examples (world items, the paper's
   prompt) on the VLM's language model (``condition="text_only"``; the ``vlm`` scores of
-  :mod:`experiments._zoo`);
+  :mod:`experiments.zoo_family`);
 * set **b**, black image -- the same examples with a black image where the VLM reads its image
   (:data:`~lineage_lens.zoo.train.VLM_CONTEXT_PROBE_TEMPLATE`, ``condition="black_image"``);
 * set **d**, real image -- image-grounded examples from rendered scenes
@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from experiments._common import FIGURES, RESAMPLES, Section, cli, save_csv, save_figure
-from experiments._zoo import ANCESTOR, CONTROL, ZooLineage, zoo_lineage
+from experiments.zoo_family import ANCESTOR, CONTROL, ZooLineage, zoo_lineage
 from lineage_lens.activations import collect_head_activations
 from lineage_lens.images import vision_settings
 from lineage_lens.lineage import ScoreComparison, compare_scores
@@ -92,7 +92,7 @@ class VlmConditions:
 
 @functools.lru_cache(maxsize=4)
 def vlm_conditions(profile: str) -> VlmConditions:
-    """The VLM's Truth Scores under each condition (set a reuses :mod:`experiments._zoo`'s)."""
+    """The VLM's Truth Scores under each condition (set a reuses :mod:`experiments.zoo_family`'s)."""
     lineage = zoo_lineage(profile)
     path = lineage.path(MLLM)
     examples = world_probe_examples(lineage.zoo.world(ANCESTOR), n=lineage.n_items, seed=0)

@@ -25,7 +25,7 @@ library sweep (:func:`lineage_lens.sweep.gating_sweep`) with the POPE and CHAIR 
 :mod:`lineage_lens.evals.outcomes`.
 
 Profiles ``test`` and ``demo`` use the tiny family (``base`` -> ``vlm``, scores from
-:mod:`experiments._zoo` and :mod:`experiments.mllm_conditions`); ``full`` uses ``smollm2-vlm`` with
+:mod:`experiments.zoo_family` and :mod:`experiments.mllm_conditions`); ``full`` uses ``smollm2-vlm`` with
 SmolLM2-135M-Instruct's scores (292 HaluEval probing rows,
 :func:`experiments.real_family.cached_scores`) and its own on as many rendered scenes. Writes
 ``mllm_gating.png`` and ``mllm_gating.csv`` (one row per setting: POPE accuracy/F1/yes-ratio/AUROC
@@ -122,8 +122,8 @@ def family(profile: str) -> MllmFamily:
         image = image_context_scores(str(path), anc.n // 2, "smollm2-vlm")
         scores = {"inherited": anc, "own": own, OWN_IMAGE: image}
         return MllmFamily(ANCESTOR, "smollm2-vlm", path, scores)
-    from experiments._zoo import ANCESTOR as TINY_ANCESTOR
     from experiments.mllm_conditions import vlm_conditions
+    from experiments.zoo_family import ANCESTOR as TINY_ANCESTOR
 
     cond = vlm_conditions(profile)
     scores = {

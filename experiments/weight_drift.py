@@ -1,6 +1,6 @@
 """Figs. 2 and 3 on the zoo: how far each member's attention weights moved from the ancestor.
 
-For the tiny family (:mod:`experiments._zoo`), :func:`lineage_lens.weights.weight_drift` of
+For the tiny family (:mod:`experiments.zoo_family`), :func:`lineage_lens.weights.weight_drift` of
 ``base`` -> ``instruct``, ``base`` -> ``vlm`` (descendants) and ``base`` -> ``control`` (unrelated,
 same shape). Writes
 
@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from experiments._common import FIGURES, Section, cli, save_csv, save_figure
-from experiments._zoo import ANCESTOR, CONTROL, DESCENDANTS, zoo_lineage
+from experiments.zoo_family import ANCESTOR, CONTROL, DESCENDANTS, zoo_lineage
 from lineage_lens.weights import WeightDrift, weight_drift
 
 PROJECTIONS = ("q", "k", "v", "o")

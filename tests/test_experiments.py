@@ -2,7 +2,7 @@
 numbers (recomputed here with the library functions the figures are drawn from).
 
 The zoo's tiny family is built once into the zoo cache (``$LINEAGE_LENS_CACHE/zoo``, shared with
-tests/test_zoo.py) and scored once per process (``experiments._zoo.zoo_lineage`` is cached)."""
+tests/test_zoo.py) and scored once per process (``experiments.zoo_family.zoo_lineage`` is cached)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from experiments import (
     real_family,
     weight_drift,
 )
-from experiments._zoo import ANCESTOR, DESCENDANTS, MEMBERS, zoo_lineage
 from experiments.run_all import EXPERIMENTS, run_all
+from experiments.zoo_family import ANCESTOR, DESCENDANTS, MEMBERS, zoo_lineage
 from lineage_lens.cka import head_cka
 from lineage_lens.lineage import compare_scores, published_cross_dataset_scores
 from lineage_lens.weights import weight_drift as library_weight_drift
