@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 
 from lineage_lens.activations import collect_head_activations, encode_examples
+from lineage_lens.adapters.tiny import make_tiny_internvl, make_tiny_qwen2_5_omni
 from lineage_lens.attention import evidence_attention
 from lineage_lens.batching import pad_batch, pad_token_id
 from lineage_lens.cka import head_cka
@@ -69,11 +71,18 @@ class Family:
 
     @property
     def multimodal(self) -> bool:
-        return self.arch in MULTIMODAL_ARCHS
+        return self.arch in MULTIMODAL_ARCHS or self.arch in ADAPTER_BUILDS
 
     def __str__(self) -> str:
         return self.arch
 
+
+#: Architectures booted by lineage-lens' own TransformerBridge adapters (``lineage_lens.adapters``),
+#: built by their tiny builders instead of ``make_tiny_model``.
+ADAPTER_BUILDS: dict[str, Callable[..., Path]] = {
+    "qwen2_5_omni_thinker": make_tiny_qwen2_5_omni,
+    "internvl": make_tiny_internvl,
+}
 
 #: Every supported architecture. Extend this list (and ``make_tiny_model``) for a new one.
 FAMILIES: list[Family] = [
@@ -88,6 +97,8 @@ FAMILIES: list[Family] = [
     Family("gemma3"),
     Family("qwen2_5_vl"),
     Family("qwen3_vl"),
+    Family("qwen2_5_omni_thinker"),
+    Family("internvl"),
 ]
 MULTIMODAL = [f for f in FAMILIES if f.multimodal]
 
@@ -96,8 +107,19 @@ N_NEW = 4  # generated tokens
 
 
 def _build(root: Path, family: Family, seed: int, dtype: torch.dtype = torch.float32) -> Path:
+    directory = root / f"{family.arch}-{seed}-{str(dtype).removeprefix('torch.')}"
+    if family.arch in ADAPTER_BUILDS:
+        build = ADAPTER_BUILDS[family.arch]
+        return build(
+            directory,
+            n_heads=N_HEADS,
+            n_kv_heads=family.n_kv_heads,
+            d_head=D_HEAD,
+            seed=seed,
+            dtype=dtype,
+        )
     return make_tiny_model(
-        root / f"{family.arch}-{seed}-{str(dtype).removeprefix('torch.')}",
+        directory,
         family.arch,  # type: ignore[arg-type]
         n_heads=N_HEADS,
         n_kv_heads=family.n_kv_heads,
@@ -255,7 +277,10 @@ def test_boots_with_logits_equal_to_hugging_face(fam):
             img = _image_examples(2)[1].image
             ids, kw = _image_prompt(model, img)
             torch.testing.assert_close(
-                model(ids, **kw), hf(input_ids=ids, **kw).logits, rtol=0, atol=1e-5
+                model(ids, **kw),
+                hf(input_ids=ids, attention_mask=torch.ones_like(ids), **kw).logits,
+                rtol=0,
+                atol=1e-5,
             )
 
 
