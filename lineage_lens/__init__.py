@@ -67,6 +67,8 @@ _EXPORTS: dict[str, str] = {
     "HeadCKA": "lineage_lens.cka",
     "evidence_attention": "lineage_lens.attention",
     "EvidenceAttention": "lineage_lens.attention",
+    "lineage_report": "lineage_lens.report",
+    "LineageReport": "lineage_lens.report",
     # -> gates -> evaluations
     "TruthGate": "lineage_lens.gating",
     "control_scores": "lineage_lens.gating",
@@ -101,6 +103,7 @@ __all__ = [
     "HeadGeometry",
     "HeadProbe",
     "LineageLensError",
+    "LineageReport",
     "ModelLoadError",
     "PopeAnswers",
     "ProbeBaselines",
@@ -130,6 +133,7 @@ __all__ = [
     "head_cka",
     "head_geometry",
     "kv_cache_ok",
+    "lineage_report",
     "load_halueval_qa",
     "load_model",
     "load_probe_examples",
@@ -187,6 +191,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from lineage_lens.lineage import ScoreComparison, compare_many, compare_scores
     from lineage_lens.models import HeadGeometry, head_geometry, load_model
     from lineage_lens.probing import HeadProbe, fit_truth_scores
+    from lineage_lens.report import LineageReport, lineage_report
     from lineage_lens.scores import TruthScores, load_scores
     from lineage_lens.sweep import GateSettings, ScoreSource, gating_sweep, transfer_sources
     from lineage_lens.weights import WeightDrift, weight_drift

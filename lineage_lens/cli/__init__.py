@@ -1,7 +1,7 @@
 """The ``lineage-lens`` command line.
 
-Each module of this package registers its own commands on :data:`app` (``score``, ``gate``,
-``compare``, ``drift``, ``eval ...``, ``zoo ...``); they are imported here in name order.
+Each module of this package registers its own commands on :data:`app` (``score``, ``report``,
+``gate``, ``compare``, ``drift``, ``eval ...``, ``zoo ...``); they are imported here in name order.
 """
 
 from __future__ import annotations

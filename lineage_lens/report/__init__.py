@@ -594,12 +594,13 @@ class LineageReport:
                     n: TruthScores.load(out / f) for n, f in files["extra_scores"].items()
                 },
                 comparisons={
-                    n: ScoreComparison.from_dict(d) for n, d in manifest["comparisons"].items()
+                    n: ScoreComparison.from_dict(_nan(d))
+                    for n, d in manifest["comparisons"].items()
                 },
                 drift={n: WeightDrift.load(out / f) for n, f in files["drift"].items()},
                 cka={n: HeadCKA.load(out / f) for n, f in files["cka"].items()},
                 evidence={n: EvidenceAttention.load(out / f) for n, f in files["evidence"].items()},
-                evidence_stats=manifest["evidence_stats"],
+                evidence_stats=_nan(manifest["evidence_stats"]),
                 gating=pd.read_csv(out / files["gating"]) if files["gating"] else pd.DataFrame(),
                 skipped=manifest["skipped"],
                 probe_ids=manifest["probe_ids"],
@@ -642,6 +643,15 @@ def _num(value: float, spec: str = ".3f") -> str:
 
 def _change(value: float, low: float, high: float) -> str:
     return f"{_num(value, '+.3f')} [{_num(low, '+.3f')}, {_num(high, '+.3f')}]"
+
+
+def _nan(obj: Any) -> Any:
+    """``obj`` read from JSON with ``None`` (how :func:`_jsonable` writes NaN) back as NaN."""
+    if isinstance(obj, dict):
+        return {k: _nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan(v) for v in obj]
+    return math.nan if obj is None else obj
 
 
 def _jsonable(obj: Any) -> Any:
@@ -1211,6 +1221,7 @@ def lineage_report(
         bar.update()
     bar.close()
     report = _assemble(run, result, probe_ids, command)
+    report.meta["out"] = str(out)
     if write:
         report.save(out)
     log.info(
@@ -1289,6 +1300,7 @@ def _assemble(
             "reused": list(run.cache.reused),
             "k": k,
             "n_examples": len(run.examples),
+            "activations": {n: str(p) for n, p in run.acts_dirs.items()},
         },
     )
 
