@@ -225,22 +225,8 @@ def make_tiny_model(
     tok = make_word_tokenizer(
         extra_words, bos=arch not in _NO_BOS, extra_special=FAMILY_TOKENS.get(arch)
     )
-    vocab_size = len(tok)
     d_model = n_heads * d_head
-    text_kw: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads or n_heads,
-        head_dim=d_head,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    text_kw = tiny_text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
     # mRoPE (Qwen-VL): the rotary half-dimension split over temporal / height / width positions.
     half = d_head // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
@@ -361,6 +347,35 @@ def make_tiny_model(
         )
     if arch in MULTIMODAL_ARCHS:
         _make_images_matter(model, tok, arch)
+    return save_tiny(model, tok, processor, out_dir, dtype)
+
+
+def tiny_text_kwargs(
+    tok: Any, n_layers: int, n_heads: int, n_kv_heads: int | None, d_head: int
+) -> dict[str, Any]:
+    """The Hugging Face text-config fields of a tiny language model over ``tok``'s vocabulary
+    (hidden ``n_heads * d_head``, MLP twice that, untied embeddings, 256 positions)."""
+    d_model = n_heads * d_head
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads or n_heads,
+        head_dim=d_head,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def save_tiny(
+    model: Any, tok: Any, processor: Any | None, out_dir: Path, dtype: torch.dtype
+) -> Path:
+    """Save a tiny model in ``dtype`` with its tokenizer (and image processor) to ``out_dir``."""
     model.eval()
     model.to(dtype)
     model.save_pretrained(out_dir)

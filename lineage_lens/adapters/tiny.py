@@ -16,13 +16,13 @@ one layer, so a test boots one in about a second.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from lineage_lens.errors import ConfigError
+from lineage_lens.testing import make_word_tokenizer, save_tiny, tiny_text_kwargs
 
 #: Placeholder tokens of the tiny checkpoints (each is one token of the tiny tokenizer).
 OMNI_IMAGE_TOKEN = "<|IMAGE|>"
@@ -49,29 +49,8 @@ TINY_INTERNVL_PATCH = 4
 
 
 def _tokenizer(special: tuple[str, ...], extra_words: list[str] | None) -> Any:
-    from lineage_lens.testing import make_word_tokenizer
-
     # Qwen tokenizers have no BOS token; the placeholders are special tokens after the vocabulary.
     return make_word_tokenizer(extra_words, bos=False, extra_special=list(special))
-
-
-def _text_kwargs(
-    tok: Any, n_layers: int, n_heads: int, n_kv_heads: int | None, d_head: int
-) -> dict[str, Any]:
-    d_model = n_heads * d_head
-    return {
-        "vocab_size": len(tok),
-        "hidden_size": d_model,
-        "intermediate_size": 2 * d_model,
-        "num_hidden_layers": n_layers,
-        "num_attention_heads": n_heads,
-        "num_key_value_heads": n_kv_heads or n_heads,
-        "max_position_embeddings": 256,
-        "pad_token_id": tok.pad_token_id,
-        "bos_token_id": tok.eos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "tie_word_embeddings": False,
-    }
 
 
 def _never_predict(head: torch.nn.Linear, tok: Any, special: tuple[str, ...]) -> None:
@@ -80,20 +59,6 @@ def _never_predict(head: torch.nn.Linear, tok: Any, special: tuple[str, ...]) ->
     next full forward (of a greedy reference, say). A zero logit is never the largest of ~100."""
     with torch.no_grad():
         head.weight[[tok.convert_tokens_to_ids(t) for t in special]] = 0.0
-
-
-def _save(model: Any, tok: Any, processor: Any, out_dir: Path, dtype: torch.dtype) -> Path:
-    model.eval()
-    model.to(dtype)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    # Pin the generic fast tokenizer class (see lineage_lens.testing.make_tiny_model).
-    config_path = out_dir / "tokenizer_config.json"
-    tok_config = json.loads(config_path.read_text())
-    tok_config["tokenizer_class"] = "TokenizersBackend"
-    config_path.write_text(json.dumps(tok_config, indent=2))
-    return out_dir
 
 
 def tiny_qwen2_5_omni_thinker_config(
@@ -112,14 +77,13 @@ def tiny_qwen2_5_omni_thinker_config(
         Qwen2_5OmniVisionEncoderConfig,
     )
 
-    text = _text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
+    text = tiny_text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
     d_model = text["hidden_size"]
     # mRoPE splits the d_head/2 rotary frequencies into temporal/height/width sections.
     half = d_head // 2
     sections = [half - 2 * (half // 3), half // 3, half // 3]
     text_config = Qwen2_5OmniTextConfig(
         **text,
-        head_dim=d_head,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections},
     )
     vision_config = Qwen2_5OmniVisionEncoderConfig(
@@ -204,7 +168,7 @@ def make_tiny_qwen2_5_omni(
     if not full:
         thinker = tf.Qwen2_5OmniThinkerForConditionalGeneration(thinker_config)
         _never_predict(thinker.lm_head, tok, OMNI_SPECIAL_TOKENS)
-        return _save(thinker, tok, processor, out_dir, dtype)
+        return save_tiny(thinker, tok, processor, out_dir, dtype)
     talker_config = Qwen2_5OmniTalkerConfig(
         vocab_size=32,
         hidden_size=32,
@@ -226,7 +190,7 @@ def make_tiny_qwen2_5_omni(
     if talker:
         model.talker = tf.Qwen2_5OmniTalkerForConditionalGeneration(config.talker_config)
     _never_predict(model.thinker.lm_head, tok, OMNI_SPECIAL_TOKENS)
-    return _save(model, tok, processor, out_dir, dtype)
+    return save_tiny(model, tok, processor, out_dir, dtype)
 
 
 def make_tiny_internvl(
@@ -261,13 +225,13 @@ def make_tiny_internvl(
         image_size=[TINY_INTERNVL_IMAGE, TINY_INTERNVL_IMAGE],
         patch_size=[TINY_INTERNVL_PATCH, TINY_INTERNVL_PATCH],
     )
-    text = _text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
+    text = tiny_text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
     text_configs = {"qwen2": tf.Qwen2Config, "llama": tf.LlamaConfig}
     if text_model not in text_configs:
         raise ConfigError(f"text_model must be 'qwen2' or 'llama', got {text_model!r}.")
     config = tf.InternVLConfig(
         vision_config=vision,
-        text_config=text_configs[text_model](**text, head_dim=d_head),
+        text_config=text_configs[text_model](**text),
         image_token_id=tok.convert_tokens_to_ids(INTERNVL_IMAGE_TOKEN),
         image_seq_length=tiny_internvl_image_tokens(),
         downsample_ratio=0.5,
@@ -283,7 +247,7 @@ def make_tiny_internvl(
     torch.manual_seed(seed)
     model = tf.InternVLForConditionalGeneration(config)
     _never_predict(model.lm_head, tok, INTERNVL_SPECIAL_TOKENS)
-    return _save(model, tok, processor, out_dir, dtype)
+    return save_tiny(model, tok, processor, out_dir, dtype)
 
 
 def tiny_internvl_image_tokens() -> int:
