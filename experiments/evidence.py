@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from PIL import Image
 from scipy import stats
 
 from experiments._common import FIGURES, Section, cli, save_csv, save_figure
@@ -109,7 +110,7 @@ def scene_prompts(profile: str, inputs: ImageInputs):
     """Prompts (each holding its image's tokens in the model family's form), the asked object's
     cell, the scenes and their images (seed 777, unseen in training)."""
     scenes = sample_scenes(N_SCENES[profile], seed=777)
-    images = [render_scene(sc, inputs.image_size) for sc in scenes]
+    images = [Image.fromarray(render_scene(sc, inputs.image_size)) for sc in scenes]
     rng = np.random.default_rng(0)
     prompts, cells = [], []
     for scene, image in zip(scenes, images, strict=True):
@@ -176,7 +177,7 @@ def plot_image_evidence(frame: pd.DataFrame, att: EvidenceAttention, images: lis
     for row, (layer, head) in enumerate(heads):
         for col in range(3):
             ax = axes[row, col]
-            att.plot_image_overlay(layer, head, example=col, image=images[col], ax=ax)
+            att.plot_image_overlay(layer, head, example=col, image=np.asarray(images[col]), ax=ax)
             label = "top" if row == 0 else "bottom"
             ax.set_title(f"{label} head L{layer}H{head}, scene {col}", fontsize=8)
     return fig
