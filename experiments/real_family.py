@@ -15,13 +15,18 @@ The paper's three questions asked of a real (small) ancestor and its project-mad
    ancestor ungated and gated with its own scores over an alpha sweep as the reference (Tab. 1). Reported: accuracy, yes-ratio and the AUROC of
    the ``log p(Yes) - log p(No)`` margin (threshold-free: SmolLM2 answers "No" to nearly all).
 
+Every number comes from one call of the library's report (:func:`lineage_lens.report.lineage_report`,
+the same analysis as ``lineage-lens report``; its folder, with REPORT.md, CKA and attention to
+evidence besides, is cached under ``$LINEAGE_LENS_CACHE/reports/real_family-<profile>``); this
+module only picks the panels and tables of the ``make demo`` section from it.
+
 Profiles: ``test`` builds a 2-step ``smollm2-ft`` in its own zoo folder and uses 6 probing rows
 and 4 evaluation rows (it checks the plumbing, not the science); ``demo`` uses the zoo's
 ``smollm2-ft``, the paper's 292 probing rows and 60 evaluation rows with one seed (to fit
 ``make demo``'s time on a CPU); ``full`` uses all 208 evaluation rows and three seeds. The
 random control runs over three permutation seeds (two in ``test``); the inherited gate is compared
-with it by a paired bootstrap of ``AUROC(inherited) - mean AUROC(control)`` -- the transfer test. Truth
-Scores are cached on disk per model directory, rows and seed, so a rerun only redoes what changed.
+with it by a paired bootstrap of ``AUROC(inherited) - mean AUROC(control)`` -- the transfer test. Every
+step is cached by the report (model content, rows and seed), so a rerun only redoes what changed.
 
 Writes ``real_family.png`` and three CSVs of its panels: ``real_family_scores.csv`` (per head, each
 member's Truth Score), ``real_family_drift.csv`` (per descendant and layer) and
@@ -31,7 +36,6 @@ member's Truth Score), ``real_family_drift.csv`` (per descendant and layer) and
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+import lineage_lens.evals  # noqa: F401 - before lineage_lens.sweep, which cannot be imported first
 from experiments._common import (
     FIGURES,
     RESAMPLES,
@@ -49,19 +54,10 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
-from lineage_lens.evals.outcomes import HaluEvalJudgement
-from lineage_lens.lineage import ScoreMatrix, compare_many
-from lineage_lens.models import cache_dir, gguf_to_hf_dir, load_model, packaged_model_path
-from lineage_lens.pipeline import probing_examples, score_model
+from lineage_lens.models import cache_dir, gguf_to_hf_dir, packaged_model_path
+from lineage_lens.report import LineageReport, ReportPlan, lineage_report
 from lineage_lens.scores import TruthScores
-from lineage_lens.sweep import (
-    GateSettings,
-    ScoreSource,
-    change_columns,
-    gating_sweep,
-    transfer_sources,
-)
-from lineage_lens.weights import weight_drift
+from lineage_lens.sweep import change_columns
 from lineage_lens.zoo import build_zoo, default_zoo_dir
 from lineage_lens.zoo.recipes import ANCESTOR as ANCESTOR_ALIAS
 
@@ -86,6 +82,8 @@ class Plan:
     ancestor_alphas: tuple[float, ...] = (4.5,)
     #: Seeds of the random control's permutation of the ancestor's scores.
     control_seeds: tuple[int, ...] = (0, 1, 2)
+    #: Truthful probing examples whose attention to evidence the report measures.
+    n_evidence: int = 50
 
 
 PLANS = {
@@ -98,6 +96,7 @@ PLANS = {
         zoo_profile="demo",
         overrides={"smollm2-ft": {"steps": 2, "n_rows": 16, "batch_size": 2, "max_len": 64}},
         control_seeds=(0, 1),
+        n_evidence=4,
     ),
     "demo": Plan(
         ("smollm2-ft",),
@@ -116,17 +115,19 @@ PLANS = {
         alpha=4.5,
         zoo_profile="demo",
         ancestor_alphas=(1.0, 2.0, 4.5, 8.0),
+        n_evidence=146,
     ),
 }
 
 
 @dataclass
 class RealFamily:
-    """Member directories (ancestor first) and their Truth Scores."""
+    """Member directories (ancestor first), their Truth Scores and the report they come from."""
 
     paths: dict[str, Path]
     scores: dict[str, TruthScores]
     probe_ids: list[str]
+    report: LineageReport
 
 
 def _zoo_dir(profile: str) -> Path:
@@ -134,30 +135,26 @@ def _zoo_dir(profile: str) -> Path:
     return default_zoo_dir().with_name("zoo-real-test") if profile == "test" else default_zoo_dir()
 
 
-def cached_scores(name: str, path: Path, n_probe: int, seed: int = 0) -> TruthScores:
-    """Truth Scores of the model at ``path`` on the HaluEval probing rows, cached on disk.
-
-    The key is the model directory (content-addressed for zoo members and the converted GGUF),
-    the number of rows and the seed, plus a version that changes whenever capture or probing
-    changes its numbers (v2: shared-prefix capture).
-    """
-    key = hashlib.sha256(f"{Path(path).resolve()}|{n_probe}|{seed}|v2".encode()).hexdigest()[:16]
-    file = cache_dir() / "scores" / f"{name}-{n_probe}-{key}.npz"
-    if file.is_file():
-        log.info("%s: Truth Scores from %s", name, file)
-        return TruthScores.load(file)
-    model = load_model(path)
-    examples = probing_examples("halueval", n=n_probe, seed=seed)
-    scores, _ = score_model(model, examples, batch_size=16, seed=seed, dataset="halueval")
-    scores.model = name
-    file.parent.mkdir(parents=True, exist_ok=True)
-    scores.save(file)
-    return scores
+def report_plan(profile: str) -> ReportPlan:
+    """The report's sample sizes for an experiment profile."""
+    plan = PLANS[profile]
+    return ReportPlan(
+        n_probe=plan.n_probe,
+        folds=5,
+        seed=0,
+        eval_rows=plan.eval_rows,
+        eval_seeds=plan.seeds,
+        alpha=plan.alpha,
+        ancestor_alphas=plan.ancestor_alphas,
+        control_seeds=plan.control_seeds,
+        n_resamples=RESAMPLES[profile],
+        n_evidence=plan.n_evidence,
+    )
 
 
 @functools.lru_cache(maxsize=3)
 def real_family(profile: str) -> RealFamily:
-    """Build (or reuse) the profile's descendants and score every member."""
+    """Build (or reuse) the profile's descendants and run the report on the family (cached)."""
     plan = PLANS[profile]
     zoo = build_zoo(
         _zoo_dir(profile),
@@ -167,49 +164,31 @@ def real_family(profile: str) -> RealFamily:
     )
     paths = {ANCESTOR: gguf_to_hf_dir(packaged_model_path(ANCESTOR_ALIAS))}
     paths |= {name: zoo.path(name) for name in plan.descendants}
-    scores = {name: cached_scores(name, path, plan.n_probe) for name, path in paths.items()}
-    probe_ids = sorted({ex.source_id for ex in probing_examples("halueval", n=plan.n_probe)})
-    return RealFamily(paths, scores, probe_ids)
+    report = lineage_report(
+        paths[ANCESTOR],
+        [paths[name] for name in plan.descendants],
+        names=list(paths),
+        out=cache_dir() / "reports" / f"real_family-{profile}",
+        plan=report_plan(profile),
+        command=f"python -m experiments.real_family --profile {profile}",
+    )
+    return RealFamily(paths, report.scores, report.probe_ids, report)
 
 
 def scores_frame(fam: RealFamily) -> pd.DataFrame:
     """Per head, every member's Truth Score (the scatter panel)."""
-    first = next(iter(fam.scores.values()))
-    n_layers, n_heads = first.accuracy.shape
-    frame = pd.DataFrame(
-        {
-            "layer": np.repeat(np.arange(n_layers), n_heads),
-            "head": np.tile(np.arange(n_heads), n_layers),
-        }
-    )
-    for name, s in fam.scores.items():
-        frame[name] = s.accuracy.ravel()
-    return frame
-
-
-def comparisons(profile: str, fam: RealFamily) -> ScoreMatrix:
-    n = RESAMPLES[profile]
-    return compare_many(fam.scores, reference=ANCESTOR, n_resamples=n, n_permutations=n, seed=0)
+    return fam.report.scores_frame()
 
 
 def drift_frame(fam: RealFamily) -> pd.DataFrame:
     """Per descendant and layer: mean relative change of each projection (the drift panel)."""
-    rows = []
-    for name, path in fam.paths.items():
-        if name == ANCESTOR:
-            continue
-        drift = weight_drift(fam.paths[ANCESTOR], path)
-        for layer in range(drift.shape[0]):
-            row = {"descendant": name, "layer": layer}
-            row |= {p: float(drift.heads[f"{p}_rel"][layer].mean()) for p in PROJECTIONS}
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return fam.report.drift_frame()
 
 
 def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
     """HaluEval judgements per model, gate, control seed and seed (the gating panel).
 
-    The library sweep (:func:`lineage_lens.sweep.gating_sweep`, one row per answer seed): the
+    The report's sweep (:func:`lineage_lens.sweep.gating_sweep`, one row per answer seed): the
     ancestor with its own scores over ``ancestor_alphas``; each descendant with the inherited
     (ancestor's) scores, its own and the random control over ``control_seeds``
     (:func:`lineage_lens.sweep.transfer_sources`) at ``alpha``.
@@ -217,32 +196,7 @@ def gating_frame(profile: str, fam: RealFamily) -> pd.DataFrame:
     control: of its mean AUROC over the control seeds, repeated on each of its rows).
     ``auroc_vs_control*`` (inherited rows): ``AUROC(inherited) - mean AUROC(control)``.
     """
-    plan = PLANS[profile]
-    anc = fam.scores[ANCESTOR]
-    plans: dict[str, tuple[list[ScoreSource], tuple[float, ...]]] = {
-        ANCESTOR: ([ScoreSource("own", anc)], plan.ancestor_alphas)
-    }
-    for name in plan.descendants:
-        sources = transfer_sources(anc, fam.scores[name], control_seeds=plan.control_seeds)
-        plans[name] = (sources, (plan.alpha,))
-    evaluator = HaluEvalJudgement(
-        seeds=plan.seeds, exclude_ids=tuple(fam.probe_ids), limit=plan.eval_rows
-    )
-    frames = []
-    for name, (sources, alphas) in plans.items():
-        frame = gating_sweep(
-            load_model(fam.paths[name]),
-            evaluator,
-            sources,
-            alphas,
-            gate=GateSettings(norm="center"),
-            pool_controls=True,
-            rows="groups",
-            n_resamples=RESAMPLES[profile],
-        )
-        frames.append(frame.assign(model=name)[list(COLUMNS)])
-    # the ancestor's rows have no control seed: None there, as floats where a control has one
-    return pd.concat(frames, ignore_index=True)
+    return fam.report.gating[list(COLUMNS)]
 
 
 #: Paired-bootstrap AUROC change vs the same model ungated, over the distinct prompts.
@@ -263,52 +217,9 @@ COLUMNS = (
 )
 
 
-def plot_family(
-    scores: pd.DataFrame, drift: pd.DataFrame, gating: pd.DataFrame, matrix: ScoreMatrix
-) -> plt.Figure:
-    descendants = [c for c in scores.columns if c not in ("layer", "head", ANCESTOR)]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
-    ax = axes[0]
-    for i, name in enumerate(descendants):
-        r = matrix.get(ANCESTOR, name).pearson.r
-        ax.scatter(
-            scores[ANCESTOR],
-            scores[name],
-            s=6,
-            alpha=0.6,
-            color=f"C{i}",
-            label=f"{name} (r={r:.2f})",
-        )
-    lo = float(scores[[ANCESTOR, *descendants]].min().min())
-    hi = float(scores[[ANCESTOR, *descendants]].max().max())
-    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.6)
-    ax.set_xlabel(f"{ANCESTOR} Truth Score")
-    ax.set_ylabel("descendant Truth Score")
-    ax.set_title("per-head Truth Scores")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for i, (name, sub) in enumerate(drift.groupby("descendant", sort=False)):
-        for p, style in zip(PROJECTIONS, ("-", "--", ":", "-."), strict=True):
-            ax.plot(sub["layer"], sub[p], style, color=f"C{i}", label=f"{name} W_{p.upper()}")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("relative weight change")
-    ax.set_title("weight drift from the ancestor")
-    ax.legend(fontsize=7, ncol=2)
-    ax = axes[2]
-    summary = gating.groupby(["model", "scores", "alpha"], sort=False)["auroc"].agg(["mean", "std"])
-    labels = [f"{m}\n{s}" + (f" α{a:g}" if a else "") for m, s, a in summary.index]
-    ax.bar(
-        range(len(summary)),
-        summary["mean"],
-        yerr=summary["std"] if summary["std"].notna().any() else None,
-        capsize=3,
-        color=[f"C{list(gating['model'].unique()).index(m)}" for m, _, _ in summary.index],
-    )
-    ax.set_xticks(range(len(summary)), labels, fontsize=7, rotation=60, ha="right")
-    ax.axhline(0.5, color="grey", linewidth=0.6)
-    ax.set_ylabel("AUROC of log p(Yes) − log p(No)")
-    ax.set_title("HaluEval judgements under gates")
-    return fig
+def plot_family(fam: RealFamily) -> plt.Figure:
+    """Scores scatter, layer-wise drift and the gating bars (the report's overview figure)."""
+    return fam.report.plot("overview")
 
 
 def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
@@ -316,13 +227,13 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     out_dir = Path(out_dir)
     plan = PLANS[profile]
     fam = real_family(profile)
-    matrix = comparisons(profile, fam)
+    matrix = fam.report.comparisons
     scores, drift, gating = scores_frame(fam), drift_frame(fam), gating_frame(profile, fam)
     files = [
         save_csv(scores, out_dir / "real_family_scores.csv"),
         save_csv(drift, out_dir / "real_family_drift.csv"),
         save_csv(gating, out_dir / "real_family_gating.csv"),
-        save_figure(plot_family(scores, drift, gating, matrix), out_dir / "real_family.png"),
+        save_figure(plot_family(fam), out_dir / "real_family.png"),
     ]
     lines = [
         f"Truth Scores on {plan.n_probe} HaluEval probing rows ({2 * plan.n_probe} examples); "
@@ -334,7 +245,7 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         "|---|---|---|---|---|---|",
     ]
     for name in plan.descendants:
-        c = matrix.get(ANCESTOR, name)
+        c = matrix[name]
         topk = c.topk_frame().set_index("k")
         top10 = f"{int(topk.loc[10, 'overlap'])} (chance {topk.loc[10, 'expected']:.1f})"
         sub = drift[drift["descendant"] == name]
@@ -343,6 +254,10 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
             f"| {name} | {c.pearson.r:.3f} [{c.pearson.ci_low:.3f}, {c.pearson.ci_high:.3f}] | "
             f"{c.pearson.p_permutation:.3g} | {c.spearman.r:.3f} | {top10} | {d} |"
         )
+    # the report's further questions (per-head CKA, attention to evidence), as it words them
+    extra = [f for f in fam.report.findings() if "CKA" in f or "evidence" in f]
+    lines += ["", *[f"- {f}" for f in extra]]
+    lines += ["", f"The whole report (`lineage-lens report`): {fam.report.meta['out']}/REPORT.md."]
     table = gating.groupby(["model", "scores", "alpha"], sort=False).agg(
         n=("n", "sum"),
         settings=("control_seed", lambda c: max(c.nunique(), 1)),
@@ -387,10 +302,10 @@ def _top(scores: TruthScores, k: int = 5):
     return list(scores.to_frame().sort_values("accuracy", ascending=False).head(k).itertuples())
 
 
-def _reading(plan: Plan, matrix: ScoreMatrix, table: pd.DataFrame) -> str:
+def _reading(plan: Plan, matrix: dict, table: pd.DataFrame) -> str:
     parts = []
     for name in plan.descendants:
-        c = matrix.get(ANCESTOR, name)
+        c = matrix[name]
         parts.append(f"{name} keeps the ancestor's map with r = {c.pearson.r:.2f}")
         inh_key, ctrl_key = (name, "inherited", plan.alpha), (name, "random control", plan.alpha)
         if inh_key in table.index and ctrl_key in table.index:
