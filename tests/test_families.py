@@ -34,6 +34,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lineage_lens import kvcache
 from lineage_lens.activations import collect_head_activations, encode_examples
 from lineage_lens.adapters.tiny import make_tiny_internvl, make_tiny_qwen2_5_omni
 from lineage_lens.attention import evidence_attention
@@ -50,7 +51,13 @@ from lineage_lens.images import (
     image_batch_kwargs,
     image_inputs,
 )
-from lineage_lens.kvcache import check_kv_cache
+from lineage_lens.kvcache import (
+    KVCacheCheck,
+    KVCacheWarning,
+    check_kv_cache,
+    forget_kv_cache_verdict,
+    kv_cache_ok,
+)
 from lineage_lens.models import attn_hook_name, head_geometry, load_model
 from lineage_lens.probing import fit_truth_scores
 from lineage_lens.scores import TruthScores
@@ -570,7 +577,6 @@ def test_chair_captions_on_rendered_images(mm, scene_dir, monkeypatch):
     """Captions batched == one at a time == without the key/value cache (the path taken when a
     model fails the cache check; TransformerLens' own uncached generate drops the image after
     the first step, so image prompts never go through it)."""
-    from lineage_lens.evals import _common
 
     def captions(batch_size: int) -> list[str]:
         out = generate_captions(
@@ -586,8 +592,17 @@ def test_chair_captions_on_rendered_images(mm, scene_dir, monkeypatch):
 
     batched = captions(2)
     assert batched == captions(1)
-    monkeypatch.setattr(_common, "kv_cache_ok", lambda model: False)
-    assert captions(2) == batched
+    # A model that fails the cache check (as under transformers 5.24 with TransformerLens 4.3.0)
+    # has its captions decoded without the cache.
+    failed = KVCacheCheck(False, 1.0, 1e-4, "simulated mismatch")
+    monkeypatch.setattr(kvcache, "check_kv_cache", lambda model: failed)
+    forget_kv_cache_verdict(mm.model)
+    try:
+        with pytest.warns(KVCacheWarning):
+            assert not kv_cache_ok(mm.model)
+        assert captions(2) == batched
+    finally:
+        forget_kv_cache_verdict(mm.model)  # the next test checks the model afresh
 
 
 # ------------------------------------------------------------------------------ bfloat16
