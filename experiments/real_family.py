@@ -36,6 +36,7 @@ member's Truth Score), ``real_family_drift.csv`` (per descendant and layer) and
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,8 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
-from lineage_lens.models import cache_dir, gguf_to_hf_dir, packaged_model_path
+from lineage_lens.models import cache_dir, gguf_to_hf_dir, load_model, packaged_model_path
+from lineage_lens.pipeline import probing_examples, score_model
 from lineage_lens.report import LineageReport, ReportPlan, lineage_report
 from lineage_lens.scores import TruthScores
 from lineage_lens.sweep import change_columns
@@ -133,6 +135,28 @@ class RealFamily:
 def _zoo_dir(profile: str) -> Path:
     # the test profile's cheap smollm2-ft lives apart, so it never shadows the real one
     return default_zoo_dir().with_name("zoo-real-test") if profile == "test" else default_zoo_dir()
+
+
+def cached_scores(name: str, path: Path, n_probe: int, seed: int = 0) -> TruthScores:
+    """Truth Scores of the model at ``path`` on the HaluEval probing rows, cached on disk (used by
+    :mod:`experiments.mllm_gating` for ``smollm2-vlm``; the real lineage's own come from its report).
+
+    The key is the model directory (content-addressed for zoo members and the converted GGUF),
+    the number of rows and the seed, plus a version that changes whenever capture or probing
+    changes its numbers (v2: shared-prefix capture).
+    """
+    key = hashlib.sha256(f"{Path(path).resolve()}|{n_probe}|{seed}|v2".encode()).hexdigest()[:16]
+    file = cache_dir() / "scores" / f"{name}-{n_probe}-{key}.npz"
+    if file.is_file():
+        log.info("%s: Truth Scores from %s", name, file)
+        return TruthScores.load(file)
+    model = load_model(path)
+    examples = probing_examples("halueval", n=n_probe, seed=seed)
+    scores, _ = score_model(model, examples, batch_size=16, seed=seed, dataset="halueval")
+    scores.model = name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    scores.save(file)
+    return scores
 
 
 def report_plan(profile: str) -> ReportPlan:

@@ -226,6 +226,36 @@ def test_report_on_an_mllm_family(tiny_dirs, tmp_path):
     assert (tmp_path / "out" / "REPORT.md").is_file()
 
 
+def test_image_data_adds_the_image_condition_for_the_mllm(tiny_dirs, tmp_path):
+    """Probing examples that carry images: the LLaVA descendant is scored text-only (its primary
+    map) and with each example's image, and both maps are compared with the text ancestor's."""
+    from PIL import Image
+
+    from lineage_lens.data import ProbeExample
+    from lineage_lens.testing import make_tiny_model
+
+    rng = np.random.default_rng(0)
+    examples = []
+    objects = ("cat", "dog", "car", "tree", "house", "book", "table", "chair")
+    colours = ("red", "blue", "green")
+    for i, obj in enumerate(objects):
+        image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+        right, wrong = colours[i % 3], colours[(i + 1) % 3]
+        for label, answer in ((1, right), (0, wrong)):
+            ctx = f"the {obj} is {right} ."
+            examples.append(ProbeExample(ctx, f"what is the {obj} ?", answer, label, obj, image))
+    anc = make_tiny_model(tmp_path / "lm", "llama", n_kv_heads=2, seed=4)
+    plan = ReportPlan(**{**PLAN.__dict__, "n_probe": 0})
+    rep = lineage_report(
+        anc, [tiny_dirs["llava"]], out=tmp_path / "out", plan=plan, data=examples, progress=False
+    )
+    assert rep.scores["llava"].meta["condition"] == "text_only"
+    assert rep.extra_scores["llava [image]"].meta["condition"] == "image"
+    assert rep.scores["lm"].meta["condition"] == "text"
+    assert set(rep.comparisons) == {"llava", "llava [image]"}
+    assert "llava [image]" in set(rep.to_frame()["model"])
+
+
 def test_a_dataset_without_the_needed_columns_is_a_clear_data_error(tmp_path):
     import datasets
 

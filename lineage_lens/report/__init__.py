@@ -998,16 +998,20 @@ def _pair_steps(run: _Run, anc: ModelEntry, entry: ModelEntry, result: dict[str,
         }
         file = run.cache.path("compare", key, ".json")
         if not run.cache.done(file, f"{name}: inheritance statistics"):
-            comp = compare_scores(
-                anc_scores,
-                scores,
-                name_a=anc.name,
-                name_b=name,
-                ks=ks,
-                n_resamples=run.plan.n_resamples,
-                n_permutations=run.plan.n_resamples,
-                seed=run.plan.seed,
-            )
+            try:
+                comp = compare_scores(
+                    anc_scores,
+                    scores,
+                    name_a=anc.name,
+                    name_b=name,
+                    ks=ks,
+                    n_resamples=run.plan.n_resamples,
+                    n_permutations=run.plan.n_resamples,
+                    seed=run.plan.seed,
+                )
+            except DataError as exc:  # e.g. a constant score map: no correlation is defined
+                run.skipped[f"inheritance {name}"] = " ".join(str(exc).split())
+                continue
             comp.save(file)
             run.cache.computed.append(f"{name}: inheritance statistics")
         result["comparisons"][name] = ScoreComparison.load(file)
