@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens.adapters import register_adapters
-from lineage_lens.errors import ModelLoadError, ShapeMismatchError
+from lineage_lens.errors import ConfigError, ModelLoadError, ShapeMismatchError
 from lineage_lens.fileio import publish_dir, tmp_build_dir
 from lineage_lens.kvcache import install_cache_shim
 
@@ -310,6 +310,32 @@ def _declared_generic_tokenizer(source: str) -> Any | None:
     return PreTrainedTokenizerFast.from_pretrained(source)
 
 
+def resolve_device(device: str | torch.device | None, option: str = "device") -> str:
+    """``device`` as a string torch accepts, checked to exist on this machine (``None``: CUDA when
+    available, else CPU); a :class:`~lineage_lens.errors.ConfigError` otherwise, naming ``option``."""
+    if device is None or (isinstance(device, str) and not device.strip()):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"unknown {option} {device!r}; use cpu, cuda, cuda:N or mps (or leave it out)."
+        ) from exc
+    if dev.type == "cpu":
+        return str(dev)
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ConfigError(
+            f"{option} {device!r}: no {dev.type} device is available on this machine; use cpu "
+            f"(or leave {option} out to pick one)."
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise ConfigError(f"{option} {device!r}: there are only {count()} {dev.type} device(s).")
+    return str(dev)
+
+
 def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     *,
@@ -344,7 +370,7 @@ def load_model(
         if n_devices is not None:
             kwargs["n_devices"] = n_devices
     else:
-        kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        kwargs["device"] = resolve_device(device)
     install_cache_shim()  # transformers >= 5.24 passes the KV cache as cache= (lineage_lens.kvcache)
     register_adapters()  # Qwen2.5-Omni thinker, InternVL (lineage_lens.adapters)
     try:

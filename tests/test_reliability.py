@@ -502,3 +502,20 @@ def test_capture_out_that_is_a_file(tiny_llama, tmp_path):
     (tmp_path / "acts").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         collect_head_activations(tiny_llama, _examples(2), out=tmp_path / "acts", progress=False)
+
+
+def test_load_model_rejects_an_unknown_or_absent_device_before_loading(tiny_dirs, monkeypatch):
+    """``load_model(device=...)`` fails with one ConfigError naming the device, as the CLI's
+    ``--device`` does, before any weights are read."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from lineage_lens.models import load_model
+
+    def never(*args, **kwargs):
+        raise AssertionError("booted despite a bad device")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", never)
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        load_model(tiny_dirs["llama"], device="tpu")
+    with pytest.raises(ConfigError, match="no cuda device is available|only"):
+        load_model(tiny_dirs["llama"], device="cuda:7")

@@ -26,27 +26,9 @@ def check_device(device: str | None) -> str | None:
     """``None`` for the default, else a device torch knows and this machine has."""
     if device is None or not device.strip():
         return None
-    import torch
+    from lineage_lens.models import resolve_device
 
-    try:
-        dev = torch.device(device.strip())
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(
-            f"unknown --device {device!r}; use cpu, cuda, cuda:N or mps (or leave it out)."
-        ) from exc
-    if dev.type == "cpu":
-        return str(dev)
-    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
-    available = getattr(backend, "is_available", None)
-    if available is None or not available():
-        raise ConfigError(
-            f"--device {device!r}: no {dev.type} device is available on this machine; use cpu "
-            "(or leave --device out to pick one)."
-        )
-    count = getattr(backend, "device_count", None)
-    if dev.index is not None and count is not None and dev.index >= count():
-        raise ConfigError(f"--device {device!r}: there are only {count()} {dev.type} device(s).")
-    return str(dev)
+    return resolve_device(device, option="--device")
 
 
 def check_output(path: Path | None, suffixes: tuple[str, ...], option: str) -> Path | None:
