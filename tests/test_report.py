@@ -68,18 +68,46 @@ def family(tiny_dirs, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def full_report(family, tmp_path_factory) -> tuple[LineageReport, Path]:
+def full_report(family, tmp_path_factory) -> tuple[LineageReport, Path, list]:
+    """The report of the family, with every model load recorded: each load checks that the
+    models loaded before it were released (one model in memory at a time)."""
+    import gc
+    import weakref
+
+    import lineage_lens.models
+
+    real_load = lineage_lens.models.load_model
+    loaded: list[weakref.ref] = []
+
+    def load_one(*args, **kwargs):
+        gc.collect()
+        assert all(ref() is None for ref in loaded), "a model is still alive"
+        model = real_load(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model
+
     out = tmp_path_factory.mktemp("report") / "out"
-    rep = lineage_report(
-        family["anc"],
-        [family["ft"]],
-        controls=[family["ctrl"]],
-        names=["anc", "ft", "ctrl"],
-        out=out,
-        plan=PLAN,
-        progress=False,
-    )
-    return rep, out
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lineage_lens.models, "load_model", load_one)
+        rep = lineage_report(
+            family["anc"],
+            [family["ft"]],
+            controls=[family["ctrl"]],
+            names=["anc", "ft", "ctrl"],
+            out=out,
+            plan=PLAN,
+            progress=False,
+        )
+    return rep, out, loaded
+
+
+def test_models_are_loaded_one_at_a_time(full_report):
+    import gc
+
+    _, _, loaded = full_report
+    assert len(loaded) == 3  # ancestor, descendant, control: once each
+    gc.collect()
+    assert all(ref() is None for ref in loaded)
 
 
 def test_report_writes_every_file_and_the_library_statistics(full_report):
@@ -89,7 +117,7 @@ def test_report_writes_every_file_and_the_library_statistics(full_report):
     from lineage_lens.report import evidence_statistic
     from lineage_lens.weights import weight_drift
 
-    rep, out = full_report
+    rep, out, _ = full_report
     for name in FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert [m.role for m in rep.models] == ["ancestor", "descendant", "control"]

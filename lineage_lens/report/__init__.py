@@ -807,8 +807,8 @@ class _Run:
         return self.cache.path("gating", key, ".csv")
 
 
-def _release(model: Any) -> None:
-    del model
+def _free_memory() -> None:
+    """Collect a released model (its hooks hold reference cycles) and its CUDA cache."""
     gc.collect()
     try:
         import torch
@@ -861,7 +861,8 @@ def _model_steps(run: _Run, entry: ModelEntry, anc: ModelEntry) -> None:
             else:
                 _gating_step(run, model, entry, anc, file)
     finally:
-        _release(model)
+        del model  # released before the next model loads: one model in memory at a time
+        _free_memory()
 
 
 def _gating_skip(run: _Run, entry: ModelEntry) -> str:
