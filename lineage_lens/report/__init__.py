@@ -1150,6 +1150,7 @@ def lineage_report(
     data: Any = "halueval",
     evaluation: str = "halueval",
     eval_dir: str | Path | None = None,
+    evaluator: Any = None,
     names: Sequence[str] | None = None,
     device: str | None = None,
     command: str | None = None,
@@ -1168,6 +1169,9 @@ def lineage_report(
         data: ``"halueval"`` (vendored), a TruthProbe JSON-lines file, a ``datasets.Dataset``
             in the TruthProbe or HaluEval columns, or a list of ProbeExample.
         evaluation: ``halueval``, ``pope`` or ``chair`` (the latter two with ``eval_dir``).
+        evaluator: a sweep evaluator to use instead (:mod:`lineage_lens.evals.outcomes`, e.g.
+            ``ChairCaptions`` with your vocabulary, prompt and ``file_pattern``); its ``task``
+            names the evaluation, and its ``repr`` keys the gating cache.
         names: one label per model (ancestor, descendants, controls); default: the last path
             part.
         device: of the models; command: recorded in REPORT.md (default: this call).
@@ -1190,9 +1194,18 @@ def lineage_report(
         raise ConfigError(f"out {str(out)!r} is a file; pass a folder for the report.")
     examples, data_label, is_halueval = report_examples(data, plan.n_probe, plan.seed)
     probe_ids = sorted({ex.source_id for ex in examples})
-    evaluator, eval_key = make_evaluator(
-        evaluation, plan, exclude_ids=probe_ids if is_halueval else None, eval_dir=eval_dir
-    )
+    if evaluator is None:
+        evaluator, eval_key = make_evaluator(
+            evaluation, plan, exclude_ids=probe_ids if is_halueval else None, eval_dir=eval_dir
+        )
+    else:
+        evaluation = getattr(evaluator, "task", evaluation)
+        if evaluation not in EVALS:
+            raise ConfigError(
+                f"evaluator {type(evaluator).__name__} has task {evaluation!r}; give one whose "
+                f"task is one of {', '.join(EVALS)}."
+            )
+        eval_key = {"eval": evaluation, "evaluator": repr(evaluator)}
     sources = [ancestor, *descendants, *controls]
     labels = _labels(sources, names)
     roles = ["ancestor"] + ["descendant"] * len(descendants) + ["control"] * len(controls)
