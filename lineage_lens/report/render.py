@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from lineage_lens.report import LineageReport
+    from lineage_lens.report.result import LineageReport
 
 ROLE_COLOURS = {"ancestor": "C7", "descendant": "C0", "control": "C3"}
 
@@ -69,7 +69,7 @@ def _drift_lines(report: LineageReport, ax: Axes) -> None:
 
 
 def _gating_bars(report: LineageReport, ax: Axes) -> None:
-    from lineage_lens.report import EVAL_STAT
+    from lineage_lens.report.plan import EVAL_STAT
 
     g = report.gating
     stat, better = EVAL_STAT[report.evaluation]
@@ -98,7 +98,7 @@ def _gating_bars(report: LineageReport, ax: Axes) -> None:
 def gating_summary(report: LineageReport) -> pd.DataFrame:
     """Per model, score source and alpha: mean and std of the plotted metric over the rows
     (answer seeds and control seeds)."""
-    from lineage_lens.report import EVAL_STAT
+    from lineage_lens.report.plan import EVAL_STAT
 
     stat, _ = EVAL_STAT[report.evaluation]
     metric = "auroc" if report.evaluation == "halueval" else stat

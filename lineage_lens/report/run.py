@@ -1,0 +1,694 @@
+"""The run of a lineage report (:func:`lineage_report`): inputs, the steps per model and per
+pair, each cached (:mod:`lineage_lens.report.cache`), and the assembled
+:class:`~lineage_lens.report.result.LineageReport`."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.fileio import atomic_open
+from lineage_lens.report.cache import StepCache, _digest, examples_identity, model_identity
+from lineage_lens.report.plan import EVALS, PROFILES, ReportPlan, top_k
+from lineage_lens.report.result import LineageReport, ModelEntry, _rank
+
+if TYPE_CHECKING:
+    from lineage_lens.attention import EvidenceAttention
+    from lineage_lens.data import ProbeExample
+    from lineage_lens.scores import TruthScores
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def report_examples(data: Any, n_probe: int, seed: int) -> tuple[list[ProbeExample], str, bool]:
+    """The probing examples of ``data`` (``"halueval"``, a TruthProbe JSON-lines file, a
+    ``datasets.Dataset`` or a list of :class:`~lineage_lens.data.ProbeExample`), a label of the
+    data, and whether they are the vendored HaluEval's probing rows (whose evaluation rows the
+    HaluEval judgement then excludes). Validated before any model loads (DataError naming
+    missing columns or bad lines)."""
+    from lineage_lens.data import ProbeExample, check_two_classes, split_probe_eval
+    from lineage_lens.hf_datasets import is_dataset
+    from lineage_lens.pipeline import probing_examples
+
+    if isinstance(data, (str, Path)):
+        is_halueval = str(data).lower() == "halueval"
+        if not is_halueval and not Path(data).is_file():
+            raise DataError(
+                "no such file, and not a known dataset name (known: 'halueval').", path=data
+            )
+        examples = probing_examples(data, n=n_probe, seed=seed)
+        label = "halueval" if is_halueval else str(data)
+    elif is_dataset(data):
+        from lineage_lens.hf_datasets import from_dataset
+
+        examples = from_dataset(data, "truthprobe")
+        if n_probe:
+            examples, _ = split_probe_eval(examples, n_probe=n_probe, seed=seed)
+        label, is_halueval = f"datasets.Dataset ({len(data)} rows)", False
+    else:
+        examples = list(data)
+        if not all(isinstance(e, ProbeExample) for e in examples):
+            raise ConfigError(
+                "data must be 'halueval', a TruthProbe JSON-lines file, a datasets.Dataset or a "
+                "list of ProbeExample."
+            )
+        if n_probe:
+            examples, _ = split_probe_eval(examples, n_probe=n_probe, seed=seed)
+        label, is_halueval = f"{len(examples)} ProbeExample objects", False
+    check_two_classes(examples)
+    return examples, label, is_halueval
+
+
+def _labels(sources: Sequence[str | Path], names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(sources):
+            raise ConfigError(
+                f"names must give one label per model ({len(sources)}: ancestor, descendants, "
+                f"controls), got {len(names)}."
+            )
+        labels = [str(n) for n in names]
+    else:
+        labels = [Path(str(s).rstrip("/")).name or str(s) for s in sources]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab}-{seen[lab]}")
+    return out
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("lineage-lens", "transformer-lens", "transformers", "torch", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """State of one :func:`lineage_report` run (not public)."""
+
+    cache: StepCache
+    plan: ReportPlan
+    examples: list[ProbeExample]
+    data_id: str
+    data_label: str
+    is_halueval: bool
+    evaluation: str
+    evaluator: Any
+    eval_key: dict[str, Any]
+    device: str | None
+    progress: bool
+    entries: list[ModelEntry] = field(default_factory=list)
+    score_files: dict[str, Path] = field(default_factory=dict)
+    score_keys: dict[str, str] = field(default_factory=dict)
+    acts_dirs: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def conditions(self, multimodal: bool) -> list[str]:
+        if not multimodal:
+            return ["text"]
+        conds = ["text_only"]
+        if all(ex.image is not None for ex in self.examples):
+            conds.append("image")
+        return conds
+
+    def score_path(self, entry: ModelEntry, condition: str) -> tuple[Path, Path, str]:
+        key = {
+            "model": entry.identity,
+            "data": self.data_id,
+            "folds": self.plan.folds,
+            "seed": self.plan.seed,
+            "condition": condition,
+        }
+        file = self.cache.path("scores", key, ".npz")
+        return file, file.with_suffix(".acts"), file.stem
+
+    def evidence_path(self, entry: ModelEntry) -> Path:
+        key = {"model": entry.identity, "data": self.data_id, "n": self.plan.n_evidence}
+        return self.cache.path("evidence", key, ".npz")
+
+    def gating_path(self, entry: ModelEntry, anc: ModelEntry) -> Path:
+        key = {
+            "model": entry.identity,
+            "role": entry.role,
+            "own": self.score_keys[entry.name],
+            "ancestor": self.score_keys[anc.name],
+            "eval": self.eval_key,
+            "alphas": self.plan.ancestor_alphas if entry.role == "ancestor" else self.plan.alpha,
+            "control_seeds": self.plan.control_seeds,
+            "n_resamples": self.plan.n_resamples,
+        }
+        return self.cache.path("gating", key, ".csv")
+
+
+def _free_memory() -> None:
+    """Collect a released model (its hooks hold reference cycles) and its CUDA cache."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def _model_steps(run: _Run, entry: ModelEntry, anc: ModelEntry) -> None:
+    """Every step that needs ``entry``'s model loaded: its Truth Scores (each condition), its
+    attention to evidence and its gating sweep. The model is loaded only if one is missing, and
+    released afterwards."""
+    from lineage_lens.models import load_model
+
+    todo = []
+    for i, cond in enumerate(run.conditions(entry.multimodal)):
+        file, acts, key = run.score_path(entry, cond)
+        if i == 0:
+            run.score_files[entry.name] = file
+            run.score_keys[entry.name] = key
+            run.acts_dirs[entry.name] = acts
+        else:
+            run.score_files[f"{entry.name} [{cond}]"] = file
+        if not run.cache.done(file, f"{entry.name}: Truth Scores ({cond})"):
+            todo.append(("scores", cond, file, acts))
+    ev_file = run.evidence_path(entry)
+    if not run.cache.done(ev_file, f"{entry.name}: attention to evidence"):
+        todo.append(("evidence", None, ev_file, None))
+    gate_file = None
+    if entry.role != "control":
+        reason = _gating_skip(run, entry)
+        if reason:
+            run.skipped[f"gating {entry.name}"] = reason
+        else:
+            gate_file = run.gating_path(entry, anc)
+            if not run.cache.done(gate_file, f"{entry.name}: gating sweep"):
+                todo.append(("gating", None, gate_file, None))
+    if not todo:
+        return
+    log.info("%s: loading %s for %d step(s)", entry.name, entry.source, len(todo))
+    model = load_model(entry.source, device=run.device)
+    try:
+        for step, cond, file, acts in todo:
+            if step == "scores":
+                _score_step(run, model, entry, cond, file, acts)
+            elif step == "evidence":
+                _evidence_step(run, model, entry, file)
+            else:
+                _gating_step(run, model, entry, anc, file)
+    finally:
+        del model  # released before the next model loads: one model in memory at a time
+        _free_memory()
+
+
+def _gating_skip(run: _Run, entry: ModelEntry) -> str:
+    if run.evaluation in ("pope", "chair") and not entry.multimodal:
+        return f"{run.evaluation} needs a vision-language model; {entry.name} is text-only"
+    return ""
+
+
+def _score_step(run: _Run, model: Any, entry: ModelEntry, cond: str, file: Path, acts: Path):
+    from lineage_lens.pipeline import score_model
+
+    scores, _ = score_model(
+        model,
+        run.examples,
+        batch_size=run.plan.batch_size,
+        folds=run.plan.folds,
+        seed=run.plan.seed,
+        dataset=run.data_label,
+        activations_out=acts,
+        condition=cond,
+        progress=run.progress,
+    )
+    scores.model = entry.name
+    scores.meta = {**scores.meta, "condition": cond, "identity": entry.identity}
+    scores.save(file)
+    run.cache.computed.append(f"{entry.name}: Truth Scores ({cond})")
+
+
+def evidence_inputs(
+    examples: Sequence[ProbeExample], n: int
+) -> tuple[list[str], list[list[tuple[int, int]]], list[int]]:
+    """Prompts (the paper's template), evidence spans (the context sentences holding the answer,
+    in prompt characters) and answer ends of the first ``n`` truthful examples with a context."""
+    from lineage_lens.attention import halueval_evidence_spans
+    from lineage_lens.data import DEFAULT_TEMPLATE, TRUTHFUL
+
+    prompts, spans, ends = [], [], []
+    for ex in examples:
+        if ex.label != TRUTHFUL or not ex.context.strip():
+            continue
+        text, pspans = DEFAULT_TEMPLATE.render(ex)
+        c0 = pspans.context[0]
+        prompts.append(text)
+        spans.append([(c0 + s, c0 + e) for s, e in halueval_evidence_spans(ex.context, ex.answer)])
+        ends.append(pspans.answer_end)
+        if len(prompts) == n:
+            break
+    return prompts, spans, ends
+
+
+def _evidence_step(run: _Run, model: Any, entry: ModelEntry, file: Path) -> None:
+    from lineage_lens.attention import evidence_attention
+
+    prompts, spans, ends = evidence_inputs(run.examples, run.plan.n_evidence)
+    if len(prompts) < 2:
+        run.skipped[f"evidence {entry.name}"] = (
+            f"fewer than 2 truthful examples with a context ({len(prompts)})"
+        )
+        return
+    att = evidence_attention(
+        model,
+        prompts,
+        spans,
+        query_char_ends=ends,
+        batch_size=run.plan.batch_size,
+        progress=run.progress,
+    )
+    att.model = entry.name
+    att.save(file)
+    run.cache.computed.append(f"{entry.name}: attention to evidence")
+
+
+def _gating_step(run: _Run, model: Any, entry: ModelEntry, anc: ModelEntry, file: Path) -> None:
+    from lineage_lens.scores import TruthScores
+    from lineage_lens.sweep import GateSettings, ScoreSource, gating_sweep, transfer_sources
+
+    own = TruthScores.load(run.score_files[entry.name])
+    if entry.role == "ancestor":
+        sources, alphas = [ScoreSource("own", own)], run.plan.ancestor_alphas
+    else:
+        inherited = TruthScores.load(run.score_files[anc.name])
+        if inherited.accuracy.shape != own.accuracy.shape:
+            run.skipped[f"gating {entry.name}"] = (
+                f"head layout {own.accuracy.shape} differs from the ancestor's "
+                f"{inherited.accuracy.shape}: the ancestor's scores cannot gate it"
+            )
+            return
+        sources = transfer_sources(inherited, own, control_seeds=run.plan.control_seeds)
+        alphas = (run.plan.alpha,)
+    frame = gating_sweep(
+        model,
+        run.evaluator,
+        sources,
+        alphas,
+        gate=GateSettings(norm="center"),
+        pool_controls=True,
+        rows="groups" if run.evaluation == "halueval" else "summary",
+        n_resamples=run.plan.n_resamples,
+        progress=run.progress,
+    )
+    frame.insert(0, "model", entry.name)
+    with atomic_open(file, "w", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    run.cache.computed.append(f"{entry.name}: gating sweep")
+
+
+def _pair_steps(run: _Run, anc: ModelEntry, entry: ModelEntry, result: dict[str, Any]) -> None:
+    """The steps comparing ``entry`` with the ancestor, from cached results and checkpoints."""
+    from lineage_lens.cka import HeadCKA, head_cka
+    from lineage_lens.lineage import DEFAULT_KS, ScoreComparison, compare_scores
+    from lineage_lens.models import resolve_model_path
+    from lineage_lens.scores import TruthScores
+    from lineage_lens.weights import WeightDrift, weight_drift
+
+    anc_scores = TruthScores.load(run.score_files[anc.name])
+    ks = tuple(sorted({top_k(run.plan, anc_scores.accuracy.size), *DEFAULT_KS}))
+    names = [entry.name] + [
+        n for n in run.score_files if n.startswith(f"{entry.name} [")
+    ]  # extra conditions
+    for name in names:
+        scores = TruthScores.load(run.score_files[name])
+        if scores.accuracy.shape != anc_scores.accuracy.shape:
+            run.skipped[f"inheritance {name}"] = (
+                f"head layout {scores.accuracy.shape} differs from the ancestor's "
+                f"{anc_scores.accuracy.shape}"
+            )
+            continue
+        key = {
+            "a": run.score_files[anc.name].stem,
+            "b": run.score_files[name].stem,
+            "n": run.plan.n_resamples,
+            "seed": run.plan.seed,
+            "ks": ks,
+        }
+        file = run.cache.path("compare", key, ".json")
+        if not run.cache.done(file, f"{name}: inheritance statistics"):
+            try:
+                comp = compare_scores(
+                    anc_scores,
+                    scores,
+                    name_a=anc.name,
+                    name_b=name,
+                    ks=ks,
+                    n_resamples=run.plan.n_resamples,
+                    n_permutations=run.plan.n_resamples,
+                    seed=run.plan.seed,
+                )
+            except DataError as exc:  # e.g. a constant score map: no correlation is defined
+                run.skipped[f"inheritance {name}"] = " ".join(str(exc).split())
+                continue
+            comp.save(file)
+            run.cache.computed.append(f"{name}: inheritance statistics")
+        result["comparisons"][name] = ScoreComparison.load(file)
+    # weight drift: two checkpoints read tensor by tensor
+    file = run.cache.path("drift", {"a": anc.identity, "b": entry.identity}, ".npz")
+    if not run.cache.done(file, f"{entry.name}: weight drift"):
+        try:
+            drift = weight_drift(resolve_model_path(anc.source), resolve_model_path(entry.source))
+        except ShapeMismatchError as exc:
+            run.skipped[f"drift {entry.name}"] = " ".join(str(exc).split())
+            drift = None
+        if drift is not None:
+            drift.ancestor, drift.descendant = anc.name, entry.name
+            drift.save(file)
+            run.cache.computed.append(f"{entry.name}: weight drift")
+    if file.exists():
+        result["drift"][entry.name] = WeightDrift.load(file)
+    # per-head CKA of the probed activations (same examples, same order)
+    acts_a, acts_b = run.acts_dirs[anc.name], run.acts_dirs[entry.name]
+    file = run.cache.path("cka", {"a": acts_a.name, "b": acts_b.name}, ".npz")
+    if not run.cache.done(file, f"{entry.name}: CKA"):
+        if not (acts_a.is_dir() and acts_b.is_dir()):
+            run.skipped[f"cka {entry.name}"] = (
+                "the cached activations are missing (delete the cache folder's scores-*.npz to "
+                "capture them again)"
+            )
+        else:
+            try:
+                sim = head_cka(acts_a, acts_b, debiased=True, progress=run.progress)
+            except ShapeMismatchError as exc:
+                run.skipped[f"cka {entry.name}"] = " ".join(str(exc).split())
+                sim = None
+            if sim is not None:
+                sim.model_a, sim.model_b = anc.name, entry.name
+                sim.save(file)
+                run.cache.computed.append(f"{entry.name}: CKA")
+    if file.exists():
+        result["cka"][entry.name] = HeadCKA.load(file)
+
+
+def evidence_statistic(
+    att: EvidenceAttention, scores: TruthScores, k: int, *, n_resamples: int, seed: int = 0
+) -> dict[str, float]:
+    """Mean attention to evidence of the top-``k`` minus the bottom-``k`` heads by ``scores``
+    (accuracy), with a paired bootstrap interval over examples
+    (:func:`~lineage_lens.stats.paired_bootstrap_delta`)."""
+    from lineage_lens.stats import paired_bootstrap_delta
+
+    order = _rank(scores.accuracy.ravel())
+    per = att.per_example.reshape(len(att), -1)
+    top, bottom = per[:, order[:k]].mean(1), per[:, order[-k:]].mean(1)
+    delta, low, high = paired_bootstrap_delta(
+        np.mean, bottom, top, n_resamples=n_resamples, seed=seed
+    )
+    return {
+        "k": k,
+        "n": len(att),
+        "top": float(top.mean()),
+        "bottom": float(bottom.mean()),
+        "delta": delta,
+        "ci_low": low,
+        "ci_high": high,
+    }
+
+
+def make_evaluator(
+    evaluation: str,
+    plan: ReportPlan,
+    *,
+    exclude_ids: Sequence[str] | None,
+    eval_dir: str | Path | None,
+) -> tuple[Any, dict[str, Any]]:
+    """The sweep evaluator of ``evaluation`` and the key its results are cached under.
+
+    ``halueval``: the vendored HaluEval QA judgement (its probing rows excluded when the probes
+    used them). ``pope``: the POPE question files ``pope_*.json`` of ``eval_dir`` (images in
+    ``eval_dir/images`` if that folder exists, else ``eval_dir``), or the vendored splits with
+    COCO images in ``eval_dir``. ``chair``: captions of the images in ``eval_dir`` (a
+    ``gt_objects.json`` there is the ground truth).
+    """
+    from lineage_lens.evals.outcomes import ChairCaptions, HaluEvalJudgement, PopeAnswers
+
+    if evaluation not in EVALS:
+        raise ConfigError(f"unknown evaluation {evaluation!r}; use one of {', '.join(EVALS)}.")
+    if evaluation == "halueval":
+        ev = HaluEvalJudgement(
+            seeds=plan.eval_seeds,
+            exclude_ids=tuple(exclude_ids) if exclude_ids else None,
+            limit=plan.eval_rows,
+            batch_size=plan.eval_batch_size,
+        )
+        key = {
+            "eval": "halueval",
+            "seeds": plan.eval_seeds,
+            "rows": plan.eval_rows,
+            "exclude": _digest(sorted(exclude_ids or [])),
+        }
+        return ev, key
+    if eval_dir is None or not Path(eval_dir).is_dir():
+        raise ConfigError(
+            f"evaluation {evaluation!r} needs an image folder: pass eval_dir= (--eval-images "
+            f"DIR), got {eval_dir!r}."
+        )
+    eval_dir = Path(eval_dir)
+    images = eval_dir / "images" if (eval_dir / "images").is_dir() else eval_dir
+    key = {"eval": evaluation, "dir": str(eval_dir.resolve()), "rows": plan.eval_rows}
+    if evaluation == "pope":
+        files = sorted(eval_dir.glob("pope_*.json"))
+        splits: Sequence[Any] = files or ("random", "popular", "adversarial")
+        key["splits"] = [f.name for f in files] or list(splits)
+        return (
+            PopeAnswers(images, splits, limit=plan.eval_rows, batch_size=plan.eval_batch_size),
+            key,
+        )
+    gt = eval_dir / "gt_objects.json"
+    return (
+        ChairCaptions(
+            images,
+            ground_truth=gt if gt.is_file() else None,
+            limit=plan.eval_rows,
+            n_resamples=plan.n_resamples,
+        ),
+        key,
+    )
+
+
+def lineage_report(
+    ancestor: str | Path,
+    descendants: Sequence[str | Path],
+    *,
+    out: str | Path,
+    controls: Sequence[str | Path] = (),
+    profile: str = "quick",
+    plan: ReportPlan | None = None,
+    data: Any = "halueval",
+    evaluation: str = "halueval",
+    eval_dir: str | Path | None = None,
+    evaluator: Any = None,
+    names: Sequence[str] | None = None,
+    device: str | None = None,
+    command: str | None = None,
+    progress: bool = True,
+    write: bool = True,
+) -> LineageReport:
+    """The paper's analysis of ``ancestor`` and ``descendants`` (and ``controls``), cached under
+    ``out/cache`` and written to ``out`` (see the module docstring).
+
+    Args:
+        ancestor, descendants, controls: anything :func:`~lineage_lens.models.load_model`
+            accepts (packaged alias, local HF directory, ``.gguf`` file, hub name); text or
+            multimodal. Controls are unrelated models: compared, never gated.
+        out: the report folder (REPORT.md, figures, CSVs, JSON; ``cache/`` holds every step).
+        profile: ``quick`` or ``paper`` (:data:`PROFILES`); ``plan`` replaces it entirely.
+        data: ``"halueval"`` (vendored), a TruthProbe JSON-lines file, a ``datasets.Dataset``
+            in the TruthProbe or HaluEval columns, or a list of ProbeExample.
+        evaluation: ``halueval``, ``pope`` or ``chair`` (the latter two with ``eval_dir``).
+        evaluator: a sweep evaluator to use instead (:mod:`lineage_lens.evals.outcomes`, e.g.
+            ``ChairCaptions`` with your vocabulary, prompt and ``file_pattern``); its ``task``
+            names the evaluation, and its ``repr`` keys the gating cache.
+        names: one label per model (ancestor, descendants, controls); default: the last path
+            part.
+        device: of the models; command: recorded in REPORT.md (default: this call).
+        write: write the report files (the cache is always written).
+
+    Returns:
+        a :class:`LineageReport`.
+    """
+    if not descendants:
+        raise ConfigError("give at least one descendant to compare with the ancestor.")
+    if plan is None:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
+        plan = PROFILES[profile]
+    plan = plan.check()
+    if evaluation not in EVALS:
+        raise ConfigError(f"unknown evaluation {evaluation!r}; use one of {', '.join(EVALS)}.")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out {str(out)!r} is a file; pass a folder for the report.")
+    examples, data_label, is_halueval = report_examples(data, plan.n_probe, plan.seed)
+    probe_ids = sorted({ex.source_id for ex in examples})
+    if evaluator is None:
+        evaluator, eval_key = make_evaluator(
+            evaluation, plan, exclude_ids=probe_ids if is_halueval else None, eval_dir=eval_dir
+        )
+    else:
+        evaluation = getattr(evaluator, "task", evaluation)
+        if evaluation not in EVALS:
+            raise ConfigError(
+                f"evaluator {type(evaluator).__name__} has task {evaluation!r}; give one whose "
+                f"task is one of {', '.join(EVALS)}."
+            )
+        eval_key = {"eval": evaluation, "evaluator": repr(evaluator)}
+    sources = [ancestor, *descendants, *controls]
+    labels = _labels(sources, names)
+    roles = ["ancestor"] + ["descendant"] * len(descendants) + ["control"] * len(controls)
+    run = _Run(
+        cache=StepCache(out / "cache"),
+        plan=plan,
+        examples=examples,
+        data_id=examples_identity(examples),
+        data_label=data_label,
+        is_halueval=is_halueval,
+        evaluation=evaluation,
+        evaluator=evaluator,
+        eval_key=eval_key,
+        device=device,
+        progress=progress,
+    )
+    for src, lab, role in zip(sources, labels, roles, strict=True):
+        run.entries.append(
+            ModelEntry(lab, role, str(src), model_identity(src), _is_multimodal(src))  # type: ignore[arg-type]
+        )
+    anc = run.entries[0]
+    result: dict[str, Any] = {"comparisons": {}, "drift": {}, "cka": {}}
+    bar = tqdm(total=2 * len(run.entries) - 1, desc="lineage report", disable=not progress)
+    for entry in run.entries:
+        bar.set_postfix_str(entry.name)
+        _model_steps(run, entry, anc)
+        bar.update()
+    for entry in run.entries[1:]:
+        bar.set_postfix_str(f"{entry.name} vs {anc.name}")
+        _pair_steps(run, anc, entry, result)
+        bar.update()
+    bar.close()
+    report = _assemble(run, result, probe_ids, command)
+    report.meta["out"] = str(out)
+    if write:
+        report.save(out)
+    log.info(
+        "lineage report: computed %d step(s), reused %d",
+        len(run.cache.computed),
+        len(run.cache.reused),
+    )
+    return report
+
+
+def _is_multimodal(source: str | Path) -> bool:
+    """Whether a model's config names a vision tower (read from its config, no model load)."""
+    from lineage_lens.models import resolve_model_path
+
+    path = Path(resolve_model_path(source))
+    if not path.is_dir():
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(str(path)).to_dict()
+    else:
+        cfg = json.loads((path / "config.json").read_text())
+    return any(k in cfg for k in ("vision_config", "vision_tower", "visual"))
+
+
+def _assemble(
+    run: _Run, result: dict[str, Any], probe_ids: list[str], command: str | None
+) -> LineageReport:
+    from lineage_lens.attention import EvidenceAttention
+    from lineage_lens.scores import TruthScores
+
+    primary = {e.name for e in run.entries}
+    scores = {n: TruthScores.load(f) for n, f in run.score_files.items() if n in primary}
+    extra = {n: TruthScores.load(f) for n, f in run.score_files.items() if n not in primary}
+    evidence, stats = {}, {}
+    k = top_k(run.plan, scores[run.entries[0].name].accuracy.size)
+    for e in run.entries:
+        file = run.evidence_path(e)
+        if file.exists():
+            evidence[e.name] = EvidenceAttention.load(file)
+            stats[e.name] = evidence_statistic(
+                evidence[e.name],
+                scores[e.name],
+                top_k(run.plan, scores[e.name].accuracy.size),
+                n_resamples=run.plan.n_resamples,
+                seed=run.plan.seed,
+            )
+    frames = []
+    for e in run.entries:
+        if e.role == "control" or f"gating {e.name}" in run.skipped:
+            continue
+        file = run.gating_path(e, run.entries[0])
+        if file.exists():
+            frames.append(pd.read_csv(file))
+    gating = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if command is None:
+        command = _call_repr(run)
+    return LineageReport(
+        models=run.entries,
+        plan=run.plan,
+        evaluation=run.evaluation,
+        data=run.data_label,
+        scores=scores,
+        extra_scores=extra,
+        comparisons=result["comparisons"],
+        drift=result["drift"],
+        cka=result["cka"],
+        evidence=evidence,
+        evidence_stats=stats,
+        gating=gating,
+        skipped=dict(run.skipped),
+        probe_ids=probe_ids,
+        meta={
+            "command": command,
+            "versions": _versions(),
+            "computed": list(run.cache.computed),
+            "reused": list(run.cache.reused),
+            "k": k,
+            "n_examples": len(run.examples),
+            "activations": {n: str(p) for n, p in run.acts_dirs.items()},
+        },
+    )
+
+
+def _call_repr(run: _Run) -> str:
+    def arg(role: str) -> list[str]:
+        return [e.source for e in run.entries if e.role == role]
+
+    return (
+        f"lineage_lens.report.lineage_report({arg('ancestor')[0]!r}, {arg('descendant')!r}, "
+        f"controls={arg('control')!r}, data={run.data_label!r}, evaluation={run.evaluation!r}, "
+        f"plan={run.plan!r})"
+    )
