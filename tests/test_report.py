@@ -315,13 +315,18 @@ def test_cli_report_runs_end_to_end(family, tmp_path):
         (["--eval", "mmlu"], "unknown --eval 'mmlu'"),
         (["--eval", "pope"], "--eval pope needs --eval-images"),
         (["--data", "{tmp}/missing.jsonl"], "no such file"),
+        (["--data", "{tmp}/bad.jsonl"], "bad.jsonl:1: missing field 'label'"),
         (["--n", "-1"], "--n must be an integer >= 0"),
         (["--control-seeds", "a,b"], "--control-seeds 'a,b': give comma-separated integers"),
     ],
 )
 def test_cli_report_bad_input_is_one_line_and_exit_2(extra, pattern, tmp_path, capsys, monkeypatch):
+    import json
+
     from tests.test_reliability import assert_one_line_error, run_cli
 
+    line = {"context": "c", "question": "q", "answer": "a"}  # no label
+    (tmp_path / "bad.jsonl").write_text(json.dumps(line) + "\n")
     argv = ["report", "--ancestor", "a", "--descendant", "b", "--out", str(tmp_path / "o")]
     argv += [x.replace("{tmp}", str(tmp_path)) for x in extra]
     code, _, err = run_cli(argv, capsys, monkeypatch)
