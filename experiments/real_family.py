@@ -45,7 +45,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-import lineage_lens.evals  # noqa: F401 - before lineage_lens.sweep, which cannot be imported first
 from experiments._common import (
     FIGURES,
     RESAMPLES,

@@ -36,12 +36,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lineage_lens.errors import ConfigError
-from lineage_lens.evals.outcomes import Evaluator, Outcome, PerExample
 from lineage_lens.gating import ControlKind, Norm, Placement, TruthGate, control_scores
 from lineage_lens.scores import TruthScores
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+
+    # lineage_lens.evals imports this module (evals.runner), so its names load lazily here
+    from lineage_lens.evals.outcomes import Evaluator, Outcome, PerExample
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +217,8 @@ def sweep_frame(
         )
     if rows not in ("summary", "groups"):
         raise ConfigError(f"rows must be 'summary' or 'groups', got {rows!r}.")
+    from lineage_lens.evals.outcomes import PerExample
+
     ungated = settings[0].outcome
     stats = list(ungated.paired)
 
