@@ -166,7 +166,9 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         lines.append(f"| {member} | {label} | " + " | ".join(f"{v:.3f}" for v in sub) + " |")
     inherited = frame[frame["scores"] == "inherited"].dropna(subset=["delta_vs_control"])
     gated = inherited[inherited["alpha"] > 0]
-    top = gated.loc[gated["delta_vs_ungated"].idxmax()] if len(gated) else None
+    # the change of the largest size, gain or loss (idxmax of the signed change would report a
+    # zero change when every gate lowers the rate)
+    top = gated.loc[gated["delta_vs_ungated"].abs().idxmax()] if len(gated) else None
     lines += [
         "",
         "| member | alpha | inherited vs ungated [95 % CI] | inherited vs random control [95 % CI] |",
@@ -187,7 +189,7 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     )
     if top is not None:
         reading += (
-            f"The inherited scores' largest change over ungated is "
+            f"The inherited scores' largest change (in size) over ungated is "
             f"{fmt_change(top.delta_vs_ungated, top.delta_ci_low, top.delta_ci_high)} ({top.member}, "
             f"alpha {top.alpha:g}). "
         )
