@@ -27,7 +27,12 @@ from scipy import stats
 
 from experiments._common import FIGURES, Section, cli, save_csv, save_figure
 from experiments.zoo_family import ANCESTOR, MEMBERS, zoo_lineage
-from lineage_lens.attention import EvidenceAttention, evidence_attention, halueval_evidence_spans
+from lineage_lens.attention import (
+    EvidenceAttention,
+    evidence_attention,
+    halueval_evidence_spans,
+    plot_top_bottom,
+)
 from lineage_lens.data import DEFAULT_TEMPLATE, TRUTHFUL
 from lineage_lens.images import ImageInputs, image_inputs
 from lineage_lens.models import load_model
@@ -88,15 +93,7 @@ def evidence_frame(profile: str, att: dict[str, EvidenceAttention]) -> pd.DataFr
 def plot_evidence(frame: pd.DataFrame) -> plt.Figure:
     members = list(dict.fromkeys(frame["member"]))
     fig, ax = plt.subplots(figsize=(1.8 * len(members) + 2, 3.5))
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(members):
-        for j, (group, color) in enumerate(((f"top-{K}", "C0"), (f"bottom-{K}", "C3"))):
-            vals = frame[(frame["member"] == name) & (frame["group"] == group)]["attention"]
-            x = i + (j - 0.5) * 0.35
-            ax.bar(x, vals.mean(), 0.33, color=color, alpha=0.5, label=group if i == 0 else None)
-            ax.scatter(x + rng.uniform(-0.08, 0.08, len(vals)), vals, s=10, color=color)
-    ax.set_xticks(range(len(members)), members)
-    ax.set_ylabel("attention to the evidence sentence")
+    plot_top_bottom(ax, frame, "member", K)
     ax.set_title(f"heads by own Truth Score: top-{K} vs bottom-{K} (zoo)")
     ax.legend(fontsize=8)
     return fig

@@ -356,6 +356,25 @@ def _region_mask(region: np.ndarray | None, n_image: int) -> np.ndarray:
     return region
 
 
+def plot_top_bottom(
+    ax: Axes, frame: Any, by: str, k: int, *, fontsize: float | None = None
+) -> list[str]:
+    """Bars (mean) and points (one per head) of each ``by`` value's top-``k`` vs bottom-``k``
+    heads' attention to the evidence, on ``ax``; ``frame`` holds the columns ``by``, ``group``
+    (``top-k`` / ``bottom-k``) and ``attention``. Returns the ``by`` values in plotted order."""
+    names = list(dict.fromkeys(frame[by]))
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        for j, (group, colour) in enumerate(((f"top-{k}", "C0"), (f"bottom-{k}", "C3"))):
+            vals = frame[(frame[by] == name) & (frame["group"] == group)]["attention"]
+            x = i + (j - 0.5) * 0.35
+            ax.bar(x, vals.mean(), 0.33, color=colour, alpha=0.5, label=group if i == 0 else None)
+            ax.scatter(x + rng.uniform(-0.08, 0.08, len(vals)), vals, s=10, color=colour)
+    ax.set_xticks(range(len(names)), names, fontsize=fontsize)
+    ax.set_ylabel("attention to the evidence sentence")
+    return names
+
+
 def evidence_attention(
     model: Any,
     prompts: Sequence[str],

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from lineage_lens.attention import plot_top_bottom
 from lineage_lens.fileio import atomic_open, atomic_path
 
 if TYPE_CHECKING:
@@ -187,15 +188,7 @@ def evidence(report: LineageReport) -> Figure:
     models = list(dict.fromkeys(frame["model"]))
     fig, ax = plt.subplots(figsize=(1.8 * max(len(models), 1) + 2, 3.5), layout="constrained")
     k = report._k()
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(models):
-        for j, (group, colour) in enumerate(((f"top-{k}", "C0"), (f"bottom-{k}", "C3"))):
-            vals = frame[(frame["model"] == name) & (frame["group"] == group)]["attention"]
-            x = i + (j - 0.5) * 0.35
-            ax.bar(x, vals.mean(), 0.33, color=colour, alpha=0.5, label=group if i == 0 else None)
-            ax.scatter(x + rng.uniform(-0.08, 0.08, len(vals)), vals, s=10, color=colour)
-    ax.set_xticks(range(len(models)), models, fontsize=8)
-    ax.set_ylabel("attention to the evidence sentence")
+    plot_top_bottom(ax, frame, "model", k, fontsize=8)
     ax.set_title(f"heads by own Truth Score: top-{k} vs bottom-{k}")
     if models:
         ax.legend(fontsize=8)
