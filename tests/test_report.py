@@ -331,3 +331,32 @@ def test_cli_report_bad_input_is_one_line_and_exit_2(extra, pattern, tmp_path, c
     argv += [x.replace("{tmp}", str(tmp_path)) for x in extra]
     code, _, err = run_cli(argv, capsys, monkeypatch)
     assert_one_line_error(code, err, pattern)
+
+
+def test_report_pope_transfer_on_an_mllm_descendant(tiny_dirs, tmp_path):
+    """``evaluation="pope"`` on rendered scenes: the LLaVA descendant is gated with the text
+    ancestor's scores, its own and a random control on POPE, the transfer reads POPE accuracy,
+    and the text-only ancestor's POPE sweep is skipped with its reason."""
+    from lineage_lens.testing import make_tiny_model
+    from lineage_lens.zoo.images import write_eval_set
+
+    anc = make_tiny_model(tmp_path / "lm", "llama", n_kv_heads=2, seed=4)
+    eval_dir = tmp_path / "eval"
+    write_eval_set(eval_dir, n=4, size=16)
+    rep = lineage_report(
+        anc,
+        [tiny_dirs["llava"]],
+        out=tmp_path / "out",
+        plan=PLAN,
+        evaluation="pope",
+        eval_dir=eval_dir,
+        progress=False,
+    )
+    gated = rep.gating[rep.gating["model"] == "llava"]
+    assert {"none", "inherited", "own", "random control"} <= set(gated["scores"])
+    assert gated["pope_accuracy"].between(0, 1).all()
+    transfer = rep.transfer()
+    assert list(transfer["model"]) == ["llava"] and transfer.notna().any(axis=None)
+    assert any(
+        "pope" in reason.lower() or "text" in reason.lower() for reason in rep.skipped.values()
+    )
