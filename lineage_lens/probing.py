@@ -286,7 +286,13 @@ def _head_chunk(
     if isinstance(chunk, Tensor):
         t = chunk.to(device=device, dtype=dtype)
     else:
-        t = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(device, dtype)
+        arr = np.ascontiguousarray(chunk, dtype=np.float32)
+        with warnings.catch_warnings():
+            # a read-only memmap: the tensor is only read (transposed into a copy below), so
+            # PyTorch's warning about non-writable arrays does not apply; copying would double
+            # the memory of a large capture
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(arr).to(device, dtype)
     t = t.transpose(0, 1).contiguous()
     finite = torch.isfinite(t).all(dim=(1, 2))
     if not bool(finite.all()):
