@@ -8,7 +8,7 @@ import gc
 import json
 import logging
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -357,60 +357,92 @@ def _pair_steps(run: _Run, anc: ModelEntry, entry: ModelEntry, result: dict[str,
             "seed": run.plan.seed,
             "ks": ks,
         }
-        file = run.cache.path("compare", key, ".json")
-        if not run.cache.done(file, f"{name}: inheritance statistics"):
-            try:
-                comp = compare_scores(
-                    anc_scores,
-                    scores,
-                    name_a=anc.name,
-                    name_b=name,
-                    ks=ks,
-                    n_resamples=run.plan.n_resamples,
-                    n_permutations=run.plan.n_resamples,
-                    seed=run.plan.seed,
-                )
-            except DataError as exc:  # e.g. a constant score map: no correlation is defined
-                run.skipped[f"inheritance {name}"] = " ".join(str(exc).split())
-                continue
-            comp.save(file)
-            run.cache.computed.append(f"{name}: inheritance statistics")
-        result["comparisons"][name] = ScoreComparison.load(file)
+
+        def compare(scores: TruthScores = scores, name: str = name) -> ScoreComparison:
+            return compare_scores(
+                anc_scores,
+                scores,
+                name_a=anc.name,
+                name_b=name,
+                ks=ks,
+                n_resamples=run.plan.n_resamples,
+                n_permutations=run.plan.n_resamples,
+                seed=run.plan.seed,
+            )
+
+        comp = _cached_step(
+            run,
+            run.cache.path("compare", key, ".json"),
+            f"{name}: inheritance statistics",
+            f"inheritance {name}",
+            compare,
+            ScoreComparison.load,
+            errors=(DataError,),  # e.g. a constant score map: no correlation is defined
+        )
+        if comp is not None:
+            result["comparisons"][name] = comp
+
     # weight drift: two checkpoints read tensor by tensor
+    def drift() -> WeightDrift:
+        out = weight_drift(resolve_model_path(anc.source), resolve_model_path(entry.source))
+        out.ancestor, out.descendant = anc.name, entry.name
+        return out
+
     file = run.cache.path("drift", {"a": anc.identity, "b": entry.identity}, ".npz")
-    if not run.cache.done(file, f"{entry.name}: weight drift"):
-        try:
-            drift = weight_drift(resolve_model_path(anc.source), resolve_model_path(entry.source))
-        except ShapeMismatchError as exc:
-            run.skipped[f"drift {entry.name}"] = " ".join(str(exc).split())
-            drift = None
-        if drift is not None:
-            drift.ancestor, drift.descendant = anc.name, entry.name
-            drift.save(file)
-            run.cache.computed.append(f"{entry.name}: weight drift")
-    if file.exists():
-        result["drift"][entry.name] = WeightDrift.load(file)
+    value = _cached_step(
+        run, file, f"{entry.name}: weight drift", f"drift {entry.name}", drift, WeightDrift.load
+    )
+    if value is not None:
+        result["drift"][entry.name] = value
     # per-head CKA of the probed activations (same examples, same order)
     acts_a, acts_b = run.acts_dirs[anc.name], run.acts_dirs[entry.name]
-    file = run.cache.path("cka", {"a": acts_a.name, "b": acts_b.name}, ".npz")
-    if not run.cache.done(file, f"{entry.name}: CKA"):
+
+    def cka() -> HeadCKA:
         if not (acts_a.is_dir() and acts_b.is_dir()):
-            run.skipped[f"cka {entry.name}"] = (
+            raise DataError(
                 "the cached activations are missing (delete the cache folder's scores-*.npz to "
                 "capture them again)"
             )
-        else:
-            try:
-                sim = head_cka(acts_a, acts_b, debiased=True, progress=run.progress)
-            except ShapeMismatchError as exc:
-                run.skipped[f"cka {entry.name}"] = " ".join(str(exc).split())
-                sim = None
-            if sim is not None:
-                sim.model_a, sim.model_b = anc.name, entry.name
-                sim.save(file)
-                run.cache.computed.append(f"{entry.name}: CKA")
-    if file.exists():
-        result["cka"][entry.name] = HeadCKA.load(file)
+        out = head_cka(acts_a, acts_b, debiased=True, progress=run.progress)
+        out.model_a, out.model_b = anc.name, entry.name
+        return out
+
+    file = run.cache.path("cka", {"a": acts_a.name, "b": acts_b.name}, ".npz")
+    value = _cached_step(
+        run,
+        file,
+        f"{entry.name}: CKA",
+        f"cka {entry.name}",
+        cka,
+        HeadCKA.load,
+        errors=(ShapeMismatchError, DataError),
+    )
+    if value is not None:
+        result["cka"][entry.name] = value
+
+
+def _cached_step(
+    run: _Run,
+    file: Path,
+    what: str,
+    skip_key: str,
+    compute: Callable[[], Any],
+    load: Callable[[Path], Any],
+    errors: tuple[type[Exception], ...] = (ShapeMismatchError,),
+) -> Any | None:
+    """A comparison step's result: loaded from ``file`` when a run already saved it, else
+    computed, saved (``.save(file)``) and recorded as computed. A step that raises one of
+    ``errors`` (inputs that cannot be compared) is recorded in ``run.skipped`` under
+    ``skip_key`` with the error's message, and gives ``None``."""
+    if not run.cache.done(file, what):
+        try:
+            value = compute()
+        except errors as exc:
+            run.skipped[skip_key] = " ".join(str(exc).split())
+            return None
+        value.save(file)
+        run.cache.computed.append(what)
+    return load(file)
 
 
 def evidence_statistic(
