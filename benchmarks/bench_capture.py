@@ -19,7 +19,10 @@ numbers. Methods:
   bridge.
 
     .venv/bin/python -m benchmarks.bench_capture --n 200 --out benchmarks/capture.md \
-        [--save-acts runs/bench/acts_smollm2_200]
+        [--save-acts runs/bench/acts_smollm2_200] [--device cuda] [--dtype float16]
+
+On a GPU (``--device cuda``) every timed phase ends with ``torch.cuda.synchronize()``, and each
+method gets the same untimed warm-up (CUDA context, kernel selection) before its timed run.
 """
 
 from __future__ import annotations
@@ -42,9 +45,16 @@ from lineage_lens.activations import (
     collect_head_activations,
     encode_examples,
 )
+from lineage_lens.batching import model_device
 from lineage_lens.data import halueval_probe_examples, load_halueval_qa
 from lineage_lens.fileio import atomic_open
-from lineage_lens.models import attn_hook_name, head_geometry, load_model, resolve_model_path
+from lineage_lens.models import (
+    attn_hook_name,
+    head_geometry,
+    load_model,
+    resolve_device,
+    resolve_model_path,
+)
 
 log = logging.getLogger("bench_capture")
 
@@ -56,11 +66,11 @@ def tl_baseline_capture(model, encoded: Sequence[EncodedPrompt]) -> np.ndarray:
     out = np.zeros((len(encoded), geo.n_layers, geo.n_heads, geo.d_head), dtype=np.float32)
     with torch.inference_mode():
         for i, enc in enumerate(encoded):
-            tokens = torch.tensor([enc.input_ids])
+            tokens = torch.tensor([enc.input_ids], device=model_device(model))
             _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
             for layer in range(geo.n_layers):
                 z = cache[attn_hook_name(layer, "hook_z")][0, enc.position]
-                out[i, layer] = z.float().numpy()
+                out[i, layer] = z.float().cpu().numpy()
     return out
 
 
@@ -79,7 +89,7 @@ class OProjInputs:
     def _hook(self, index: int) -> Callable:
         def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             x = inputs[0]  # [batch, seq, n_heads * d_head]
-            rows = torch.arange(x.shape[0])
+            rows = torch.arange(x.shape[0], device=x.device)
             self.buffers[index] = x[rows, self.positions].detach().float().cpu()
 
         return hook
@@ -97,12 +107,13 @@ class OProjInputs:
 def authors_capture(hf_model, encoded: Sequence[EncodedPrompt], n_heads: int) -> np.ndarray:
     """The authors' capture: batch 1, the whole causal LM (LM head included), pre-hooks."""
     hooks = OProjInputs(hf_model.model.layers)
+    device = hf_model.device
     out = []
     try:
         with torch.no_grad():
             for enc in encoded:
-                ids = torch.tensor([enc.input_ids])
-                hooks.positions = torch.tensor([enc.position])
+                ids = torch.tensor([enc.input_ids], device=device)
+                hooks.positions = torch.tensor([enc.position], device=device)
                 hf_model(input_ids=ids, attention_mask=torch.ones_like(ids))
                 out.append(hooks.stacked(n_heads)[0])
     finally:
@@ -116,6 +127,7 @@ def floor_capture(
     """The floor: the same model and pre-hooks, sorted padded batches (right padding), the
     decoder only (no LM head), no KV cache."""
     hooks = OProjInputs(hf_model.model.layers)
+    device = hf_model.device
     order = np.argsort([len(e.input_ids) for e in encoded], kind="stable")
     out: list[np.ndarray | None] = [None] * len(encoded)
     try:
@@ -129,8 +141,10 @@ def floor_capture(
                     n = len(encoded[i].input_ids)
                     ids[row, :n] = torch.tensor(encoded[i].input_ids)
                     mask[row, :n] = 1
-                hooks.positions = torch.tensor([encoded[i].position for i in idx])
-                hf_model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                hooks.positions = torch.tensor([encoded[i].position for i in idx], device=device)
+                hf_model.model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+                )
                 for row, acts in zip(idx, hooks.stacked(n_heads), strict=True):
                     out[row] = acts
     finally:
@@ -143,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200, help="number of HaluEval examples (2 per row)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (all methods run there)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="the models' weights (all methods alike); vectors are compared in float32",
+    )
     p.add_argument("--tl-baseline", action="store_true", help="also time run_with_cache at batch 1")
     p.add_argument(
         "--ablations", action="store_true", help="also time ours without early stop, at batch 1"
@@ -153,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from transformers import AutoModelForCausalLM
 
-    model = load_model(args.model, device="cpu")
+    device = resolve_device(args.device)
+    weights = getattr(torch, args.dtype)
+    model = load_model(args.model, device=device, dtype=weights)
     hf_dir = resolve_model_path(args.model)
-    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=weights).to(device).eval()
     geo = head_geometry(model)
     examples = halueval_probe_examples(load_halueval_qa(limit=math.ceil(args.n / 2)))[: args.n]
     encoded = encode_examples(model, examples)
@@ -167,9 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, float] = {}
     vectors: dict[str, np.ndarray] = {}
 
+    def sync() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
     def timed(label: str, fn: Callable[[], np.ndarray]) -> None:
+        sync()
         start, start_cpu = time.perf_counter(), time.process_time()
         vectors[label] = fn()
+        sync()
         timings[label] = time.perf_counter() - start
         cpu[label] = time.process_time() - start_cpu
         log.info("%s done in %.1f s (CPU %.1f s)", label, timings[label], cpu[label])
@@ -205,18 +234,25 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     ref = vectors[ours_label]
+    cpu_info = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    where = (
+        f"{torch.cuda.get_device_name(device)} ({cpu_info})"
+        if torch.device(device).type == "cuda"
+        else f"CPU ({cpu_info})"
+    )
     lines = [
         "# Benchmark 7b: activation capture",
         "",
         "Command: `.venv/bin/python -m benchmarks.bench_capture "
         f"{' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
-        f"Model {args.model} on CPU ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores visible, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads), {len(examples)} HaluEval QA examples "
+        f"Model {args.model} on {where}, {len(examples)} HaluEval QA examples "
         f"(prompts of {min(n_tokens)}-{max(n_tokens)} tokens, mean {np.mean(n_tokens):.1f}), "
-        "float32, one timed run each, in this order, after an untimed warm-up of each method "
-        "on two examples.",
+        f"weights in {args.dtype}, one timed run each, in this order, after an untimed warm-up "
+        "of each method on two examples.",
         "",
         "| method | wall s | samples/s | ours is x faster (wall) | process CPU s | ours is x "
         "faster (CPU) | max abs Δ vs ours |",
