@@ -453,3 +453,36 @@ def test_cli_scores_caption_file(tmp_path) -> None:
     empty.write_text("")
     bad = CliRunner().invoke(app, ["eval", "chair", "--captions", str(empty)])
     assert bad.exit_code != 0 and isinstance(bad.exception, DataError)
+
+
+def test_find_image_files_by_coco_name_number_name_or_pattern(tmp_path):
+    from lineage_lens.evals.chair import COCO_FILE_PATTERN, find_image_files
+
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    for i in (42, 7):
+        (coco / COCO_FILE_PATTERN.format(image_id=i)).write_bytes(b"")
+    (coco / "zoo_00042.png").write_bytes(b"")  # COCO's names win when every id has one
+    assert find_image_files(coco, [42, "7"]) == {
+        "42": coco / "COCO_val2014_000000000042.jpg",
+        "7": coco / "COCO_val2014_000000000007.jpg",
+    }
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    for name in ("zoo_00000.png", "zoo_00012.PNG", "cat.jpg", "notes_3.txt"):
+        (zoo / name).write_bytes(b"")
+    assert find_image_files(zoo, ["0", "12", "cat"]) == {
+        "0": zoo / "zoo_00000.png",
+        "12": zoo / "zoo_00012.PNG",
+        "cat": zoo / "cat.jpg",
+    }
+    assert find_image_files(zoo, [0], "zoo_{image_id:0>5}.png") == {"0": zoo / "zoo_00000.png"}
+    with pytest.raises(DataError, match=r"2 of 3 images are missing .*ids 3, dog"):
+        find_image_files(zoo, ["0", "3", "dog"])  # a .txt is not an image
+    with pytest.raises(DataError, match=r"by file_pattern 'x\{image_id\}.png'"):
+        find_image_files(zoo, [0], "x{image_id}.png")
+    (zoo / "scene_0.png").write_bytes(b"")
+    with pytest.raises(DataError, match="matches several files.*pass file_pattern"):
+        find_image_files(zoo, ["0"])
+    with pytest.raises(DataError, match="image folder not found"):
+        find_image_files(tmp_path / "none", ["0"])

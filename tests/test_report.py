@@ -333,10 +333,13 @@ def test_cli_report_bad_input_is_one_line_and_exit_2(extra, pattern, tmp_path, c
     assert_one_line_error(code, err, pattern)
 
 
-def test_report_pope_transfer_on_an_mllm_descendant(tiny_dirs, tmp_path):
-    """``evaluation="pope"`` on rendered scenes: the LLaVA descendant is gated with the text
-    ancestor's scores, its own and a random control on POPE, the transfer reads POPE accuracy,
-    and the text-only ancestor's POPE sweep is skipped with its reason."""
+@pytest.mark.parametrize(
+    ("evaluation", "metric"), [("pope", "pope_accuracy"), ("chair", "chair_i")]
+)
+def test_report_image_eval_transfer_on_an_mllm_descendant(tiny_dirs, tmp_path, evaluation, metric):
+    """``evaluation="pope"`` / ``"chair"`` on rendered scenes: the LLaVA descendant is gated with
+    the text ancestor's scores, its own and a random control, the transfer reads the image
+    metric, and the text-only ancestor's image sweep is skipped with its reason."""
     from lineage_lens.testing import make_tiny_model
     from lineage_lens.zoo.images import write_eval_set
 
@@ -348,15 +351,50 @@ def test_report_pope_transfer_on_an_mllm_descendant(tiny_dirs, tmp_path):
         [tiny_dirs["llava"]],
         out=tmp_path / "out",
         plan=PLAN,
-        evaluation="pope",
+        evaluation=evaluation,
         eval_dir=eval_dir,
         progress=False,
     )
     gated = rep.gating[rep.gating["model"] == "llava"]
     assert {"none", "inherited", "own", "random control"} <= set(gated["scores"])
-    assert gated["pope_accuracy"].between(0, 1).all()
+    assert gated[metric].between(0, 1).all()
     transfer = rep.transfer()
     assert list(transfer["model"]) == ["llava"] and transfer.notna().any(axis=None)
-    assert any(
-        "pope" in reason.lower() or "text" in reason.lower() for reason in rep.skipped.values()
+    assert any(evaluation in reason.lower() for reason in rep.skipped.values())
+    assert "REPORT.md" in {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(family, tmp_path):
+    """Two reports writing one folder would write the same step files and activation memmaps:
+    while another process holds the folder's lock, a run stops at once with an OutputError, and
+    once the lock is free the folder is usable again."""
+    import subprocess
+    import sys
+
+    from lineage_lens.errors import OutputError
+
+    out = tmp_path / "out"
+    (out / "cache").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+            "lock.acquire(); print('held', flush=True); sys.stdin.read()",
+            str(out / "cache" / ".lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match="another lineage report is running"):
+            lineage_report(family["anc"], [family["ft"]], out=out, plan=PLAN, progress=False)
+        assert sorted(p.name for p in (out / "cache").iterdir()) == [".lock"]
+    finally:
+        holder.communicate("")
+    from lineage_lens.report.cache import StepCache
+
+    with StepCache(out / "cache").lock():  # released with its process: free again
+        pass

@@ -264,8 +264,11 @@ def chair_command(
     ),
     model: Model = "",
     images: Images = None,
-    file_pattern: str = typer.Option(
-        "COCO_val2014_{image_id:0>12}.jpg", "--file-pattern", help="Image file name per id."
+    file_pattern: str | None = typer.Option(
+        None,
+        "--file-pattern",
+        help="Image file name per id, e.g. 'COCO_val2014_{image_id:0>12}.jpg' (default: COCO's "
+        "names if present, else the image whose name's last number is the id).",
     ),
     limit: Limit = None,
     gate: GateScores = None,

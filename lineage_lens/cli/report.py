@@ -44,7 +44,7 @@ def report(
         None,
         "--eval-images",
         help="POPE/CHAIR folder: pope_*.json question files and/or images (in images/ if "
-        "present); gt_objects.json for CHAIR.",
+        "present); for CHAIR, gt_objects.json (ground truth) and synonyms.txt (vocabulary).",
     ),
     n_probe: int | None = typer.Option(
         None, "--n", help="Probing source rows (default: the profile's; 0 for a whole file)."

@@ -820,6 +820,64 @@ def compute_chair(
 # ------------------------------------------------------------------------------ generation
 #: File names of COCO val2014 images by image id.
 COCO_FILE_PATTERN = "COCO_val2014_{image_id:0>12}.jpg"
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def find_image_files(
+    folder: str | Path, image_ids: Sequence[str | int], file_pattern: str | None = None
+) -> dict[str, Path]:
+    """Each image id's file in ``folder``.
+
+    With ``file_pattern`` the name is ``file_pattern.format(image_id=id)``. Without it, COCO's
+    val2014 names (:data:`COCO_FILE_PATTERN`) when the folder has them; otherwise the image whose
+    name (without suffix) is the id, or whose name's last number equals a numeric id
+    (``zoo_00042.png`` for id ``42``). A missing or ambiguous image is a
+    :class:`~lineage_lens.errors.DataError` naming the folder and a few of the ids.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("image folder not found.", path=folder)
+    ids = [str(i) for i in image_ids]
+
+    def by_pattern(pattern: str) -> dict[str, Path]:
+        return {i: folder / pattern.format(image_id=i) for i in ids}
+
+    if file_pattern is not None:
+        files = by_pattern(file_pattern)
+        how = f"file_pattern {file_pattern!r}"
+    else:
+        files = by_pattern(COCO_FILE_PATTERN)
+        how = "COCO's file names or the ids' numbers"
+        if not all(f.is_file() for f in files.values()):
+            images = [f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES]
+            by_name = {f.stem: f for f in images}
+            by_number: dict[int, list[Path]] = {}
+            for f in images:
+                digits = re.findall(r"\d+", f.stem)
+                if digits:
+                    by_number.setdefault(int(digits[-1]), []).append(f)
+            ambiguous = [i for i in ids if i not in by_name and len(by_number.get(_num(i), [])) > 1]
+            if ambiguous:
+                names = ", ".join(p.name for p in by_number[_num(ambiguous[0])][:3])
+                raise DataError(
+                    f"image id {ambiguous[0]!r} matches several files in {folder} ({names}); "
+                    "pass file_pattern to say which."
+                )
+            files = {
+                i: by_name.get(i) or next(iter(by_number.get(_num(i), [])), folder / i) for i in ids
+            }
+    missing = [i for i, f in files.items() if not f.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(files)} images are missing from {folder} by {how} "
+            f"(e.g. ids {', '.join(missing[:3])}); pass the right folder or file_pattern."
+        )
+    return files
+
+
+def _num(image_id: str) -> int:
+    """A numeric id's number (-1 for other ids, which match by name only)."""
+    return int(image_id) if image_id.isdigit() else -1
 
 
 def generate_captions(
@@ -827,7 +885,7 @@ def generate_captions(
     image_dir: str | Path,
     image_ids: Sequence[str | int] | None = None,
     *,
-    file_pattern: str = COCO_FILE_PATTERN,
+    file_pattern: str | None = None,
     prompt: str = CAPTION_PROMPT,
     prompt_template: str | None = None,
     max_new_tokens: int = CAPTION_MAX_NEW_TOKENS,
@@ -840,7 +898,9 @@ def generate_captions(
     """Greedy captions of images by a vision-language ``model`` (the paper's setting by default).
 
     Args:
-        image_dir: folder of the images; file names are ``file_pattern.format(image_id=...)``.
+        image_dir: folder of the images, each found by :func:`find_image_files` (``file_pattern``
+            gives the names as ``file_pattern.format(image_id=...)``; default: COCO's names, else
+            the ids' numbers).
         image_ids: which images (default: those of the vendored COCO ground truth, sorted).
         prompt, max_new_tokens: the paper's "Please describe this image in detail." and 64.
         prompt_template: ``{image}``/``{question}`` template (default: LLaVA-1.5's).
@@ -865,15 +925,7 @@ def generate_captions(
     if not ids:
         raise DataError("no images to caption.")
     folder = Path(image_dir)
-    if not folder.is_dir():
-        raise DataError("image folder not found.", path=folder)
-    files = {i: folder / file_pattern.format(image_id=i) for i in ids}
-    missing = [str(f.name) for f in files.values() if not f.is_file()]
-    if missing:
-        raise DataError(
-            f"{len(missing)} of {len(files)} images are missing from {folder} "
-            f"(e.g. {', '.join(missing[:3])}); pass the right folder or file_pattern."
-        )
+    files = find_image_files(folder, ids, file_pattern)
     img_in = image_inputs(model)  # the family's image tokens and inputs (lineage_lens.images)
     template = prompt_template or LLAVA_TEMPLATE
     items = [

@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lineage_lens.errors import OutputError
 
 if TYPE_CHECKING:
     from lineage_lens.data import ProbeExample
@@ -69,6 +72,28 @@ class StepCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.computed: list[str] = []
         self.reused: list[str] = []
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's lock file (``.lock``) for one run: a second run on the same folder,
+        from another process, gets an :class:`~lineage_lens.errors.OutputError` at once instead
+        of writing the same step files (or the same activation memmap) beside the first. The
+        operating system drops the lock when its process ends, so a killed run leaves none."""
+        from filelock import FileLock, Timeout
+
+        file = self.root / ".lock"
+        lock = FileLock(file)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise OutputError(
+                f"another lineage report is running in {self.root.parent} (it holds {file}); "
+                "wait for it to finish, or pass another out folder."
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def path(self, step: str, key: Mapping[str, Any], suffix: str) -> Path:
         return self.root / f"{step}-{_digest({'v': CACHE_VERSION, **key})}{suffix}"

@@ -482,9 +482,12 @@ def make_evaluator(
     ``halueval``: the vendored HaluEval QA judgement (its probing rows excluded when the probes
     used them). ``pope``: the POPE question files ``pope_*.json`` of ``eval_dir`` (images in
     ``eval_dir/images`` if that folder exists, else ``eval_dir``), or the vendored splits with
-    COCO images in ``eval_dir``. ``chair``: captions of the images in ``eval_dir`` (a
-    ``gt_objects.json`` there is the ground truth).
+    COCO images in ``eval_dir``. ``chair``: captions of the images (found by
+    :func:`~lineage_lens.evals.chair.find_image_files`); a ``gt_objects.json`` in ``eval_dir`` is
+    the ground truth (its ids are the images captioned) and a ``synonyms.txt`` there the object
+    vocabulary (default: COCO's).
     """
+    from lineage_lens.evals.chair import ObjectVocabulary
     from lineage_lens.evals.outcomes import ChairCaptions, HaluEvalJudgement, PopeAnswers
 
     if evaluation not in EVALS:
@@ -519,10 +522,13 @@ def make_evaluator(
             PopeAnswers(images, splits, limit=plan.eval_rows, batch_size=plan.eval_batch_size),
             key,
         )
-    gt = eval_dir / "gt_objects.json"
+    gt, synonyms = eval_dir / "gt_objects.json", eval_dir / "synonyms.txt"
+    vocabulary = ObjectVocabulary.from_synonyms_file(synonyms) if synonyms.is_file() else None
+    key |= {"gt": gt.is_file(), "vocabulary": vocabulary.name if vocabulary else "coco"}
     return (
         ChairCaptions(
             images,
+            vocabulary=vocabulary,
             ground_truth=gt if gt.is_file() else None,
             limit=plan.eval_rows,
             n_resamples=plan.n_resamples,
@@ -620,20 +626,21 @@ def lineage_report(
         )
     anc = run.entries[0]
     result: dict[str, Any] = {"comparisons": {}, "drift": {}, "cka": {}}
-    bar = tqdm(total=2 * len(run.entries) - 1, desc="lineage report", disable=not progress)
-    for entry in run.entries:
-        bar.set_postfix_str(entry.name)
-        _model_steps(run, entry, anc)
-        bar.update()
-    for entry in run.entries[1:]:
-        bar.set_postfix_str(f"{entry.name} vs {anc.name}")
-        _pair_steps(run, anc, entry, result)
-        bar.update()
-    bar.close()
-    report = _assemble(run, result, probe_ids, command)
-    report.meta["out"] = str(out)
-    if write:
-        report.save(out)
+    with run.cache.lock():
+        bar = tqdm(total=2 * len(run.entries) - 1, desc="lineage report", disable=not progress)
+        for entry in run.entries:
+            bar.set_postfix_str(entry.name)
+            _model_steps(run, entry, anc)
+            bar.update()
+        for entry in run.entries[1:]:
+            bar.set_postfix_str(f"{entry.name} vs {anc.name}")
+            _pair_steps(run, anc, entry, result)
+            bar.update()
+        bar.close()
+        report = _assemble(run, result, probe_ids, command)
+        report.meta["out"] = str(out)
+        if write:
+            report.save(out)
     log.info(
         "lineage report: computed %d step(s), reused %d",
         len(run.cache.computed),
