@@ -398,3 +398,22 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(fam
 
     with StepCache(out / "cache").lock():  # released with its process: free again
         pass
+
+
+def test_chair_evaluator_is_keyed_by_the_contents_of_its_ground_truth_and_vocabulary(tmp_path):
+    """Editing gt_objects.json or synonyms.txt in place changes the gating cache key (the folder
+    path alone would reuse captions scored against the old ground truth)."""
+    from lineage_lens.report.run import make_evaluator
+
+    (tmp_path / "gt_objects.json").write_text('{"0": ["dog"]}')
+    (tmp_path / "synonyms.txt").write_text("dog\ncat\n")
+    ev, before = make_evaluator("chair", PLAN, exclude_ids=None, eval_dir=tmp_path)
+    assert ev.vocabulary.classes == ["cat", "dog"]
+    (tmp_path / "gt_objects.json").write_text('{"0": ["cat"]}')
+    _, gt_edited = make_evaluator("chair", PLAN, exclude_ids=None, eval_dir=tmp_path)
+    (tmp_path / "synonyms.txt").write_text("dog\ncat\nbird\n")
+    _, vocab_edited = make_evaluator("chair", PLAN, exclude_ids=None, eval_dir=tmp_path)
+    assert before != gt_edited != vocab_edited != before
+    (tmp_path / "synonyms.txt").unlink()
+    ev, _ = make_evaluator("chair", PLAN, exclude_ids=None, eval_dir=tmp_path)
+    assert ev.vocabulary is None  # COCO's, the default

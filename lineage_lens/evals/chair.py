@@ -877,7 +877,7 @@ def find_image_files(
 
 def _num(image_id: str) -> int:
     """A numeric id's number (-1 for other ids, which match by name only)."""
-    return int(image_id) if image_id.isdigit() else -1
+    return int(image_id) if image_id.isascii() and image_id.isdigit() else -1
 
 
 def generate_captions(

@@ -47,6 +47,12 @@ def model_identity(name_or_path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def file_identity(path: Path) -> str | None:
+    """A content address of a small input file (``None`` when there is no such file), so a
+    cached step is recomputed when, e.g., a ground-truth or synonyms file is edited in place."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

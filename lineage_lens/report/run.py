@@ -19,7 +19,13 @@ from tqdm.auto import tqdm
 
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.fileio import atomic_open
-from lineage_lens.report.cache import StepCache, _digest, examples_identity, model_identity
+from lineage_lens.report.cache import (
+    StepCache,
+    _digest,
+    examples_identity,
+    file_identity,
+    model_identity,
+)
 from lineage_lens.report.plan import EVALS, PROFILES, ReportPlan, top_k
 from lineage_lens.report.result import LineageReport, ModelEntry, _rank
 
@@ -524,7 +530,7 @@ def make_evaluator(
         )
     gt, synonyms = eval_dir / "gt_objects.json", eval_dir / "synonyms.txt"
     vocabulary = ObjectVocabulary.from_synonyms_file(synonyms) if synonyms.is_file() else None
-    key |= {"gt": gt.is_file(), "vocabulary": vocabulary.name if vocabulary else "coco"}
+    key |= {"gt": file_identity(gt), "vocabulary": file_identity(synonyms) or "coco"}
     return (
         ChairCaptions(
             images,
