@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from lineage_lens._display import ShortRepr, label
 from lineage_lens.batching import (
     MIN_SHARED_PREFIX,
+    check_context,
     fill_prefix_cache,
     group_by_prefix,
     model_device,
@@ -77,11 +78,12 @@ from lineage_lens.data import (
 )
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.fileio import atomic_open, atomic_path
+from lineage_lens.identity import image_identities, model_fingerprint
 from lineage_lens.images import (
     ImageInputs,
     image_batch_kwargs,
     image_inputs,
-    image_key,
+    image_inputs_identity,
     is_multimodal,
 )
 from lineage_lens.kvcache import kv_cache_ok
@@ -613,10 +615,11 @@ def collect_head_activations(
         ]
         for i, e in enumerate(encoded):
             img_in.check_prompt(e.input_ids, f"example {i} ({examples[i].source_id})", images[i])
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    longest = max(len(e.input_ids) for e in encoded)
-    if n_ctx and longest > n_ctx:
-        raise DataError(f"a prompt has {longest} tokens, more than the model's n_ctx={n_ctx}.")
+    check_context(
+        model,
+        [e.input_ids for e in encoded],
+        [f"example {i} ({ex.source_id})" for i, ex in enumerate(examples)],
+    )
 
     lengths = np.array([len(e.input_ids) for e in encoded])
     keys = prefix_keys(encoded) if share_prefix and img_in is None else [()] * n
@@ -653,22 +656,28 @@ def collect_head_activations(
             },
         )
 
-    fingerprint = _fingerprint(
-        {
-            "model": model_label(model),
-            "geometry": geo.to_dict(),
-            "template": template.to_dict(),
-            "position": position,
-            "dtype": str(dtype),
-            "batch_size": batch_size,
-            "sort": sort_by_length,
-            "share_prefix": bool(any(keys)),
-            "condition": condition,
-            "images": [image_key(im) for im in images],
-        },
-        encoded,
-        labels,
-    )
+    # What a resumed capture must match: the model's content, the settings, every prompt's
+    # tokens and label, and every image's content (a file's bytes, not its path).
+    fingerprint = ""
+    if out is not None:
+        fingerprint = _fingerprint(
+            {
+                "model": model_label(model),
+                "model_sha": model_fingerprint(model),
+                "image_inputs": None if img_in is None else image_inputs_identity(img_in),
+                "geometry": geo.to_dict(),
+                "template": template.to_dict(),
+                "position": position,
+                "dtype": str(dtype),
+                "batch_size": batch_size,
+                "sort": sort_by_length,
+                "share_prefix": bool(any(keys)),
+                "condition": condition,
+                "images": image_identities(images),
+            },
+            encoded,
+            labels,
+        )
 
     done = 0
     if out is None:

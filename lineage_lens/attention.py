@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._display import label
-from lineage_lens.batching import model_device, pad_batch, pad_token_id, to_model
+from lineage_lens.batching import check_context, model_device, pad_batch, pad_token_id, to_model
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.headmap import HeadMap
 from lineage_lens.images import image_batch_kwargs, image_inputs
@@ -492,6 +492,7 @@ def evidence_attention(
         ids_list.append(ids)
         masks.append(mask)
         qpos.append(q)
+    check_context(model, ids_list)
 
     device = model_device(model)
     pad_id = pad_token_id(tok)

@@ -39,7 +39,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from lineage_lens._display import ShortRepr, label, number
 from lineage_lens.activations import AnyTemplate, collect_head_activations
 from lineage_lens.data import ProbeExample, PromptTemplate, as_probe_examples, check_two_classes
-from lineage_lens.errors import ConfigError, DataError, ModelLoadError
+from lineage_lens.errors import ConfigError, DataError, ModelLoadError, check_seed
 from lineage_lens.fileio import tmp_build_dir
 from lineage_lens.headmap import draw_heatmap, read_npz, write_npz
 from lineage_lens.models import head_geometry, load_model, model_label
@@ -91,6 +91,7 @@ def random_init_model(
     :func:`~lineage_lens.models.load_model`, exactly like a model from disk; the directory is
     deleted afterwards.
     """
+    seed = check_seed(seed)
     if isinstance(model_or_dir, TransformerBridge):
         hf_model = model_or_dir.original_model
         config = copy.deepcopy(hf_model.config)
@@ -359,6 +360,8 @@ def probe_baselines(
     """
     examples = as_probe_examples(examples)
     check_two_classes(examples)
+    check_seed(seed)  # both seeds before any capture
+    check_seed(init_seed, "init_seed")
     label = model_label(model)
     if scores is not None:
         scores.check_shape(head_geometry(model).shape, label)

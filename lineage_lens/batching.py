@@ -12,21 +12,32 @@ key/value cache are written once:
 * :func:`fill_prefix_cache` runs distinct prefixes once (left-padded) into a ``DynamicCache``,
   and :func:`run_on_prefix_cache` runs each example's own tokens on its prefix's cache
   (right-padded, positions continuing after the prefix). Callers decide whether the cache may be
-  used at all with :func:`lineage_lens.kvcache.kv_cache_ok`.
+  used at all with :func:`lineage_lens.kvcache.kv_cache_ok`;
+* :func:`check_context` is the one context-length rule: a batch of prompts (plus the tokens to be
+  generated) must fit the model's ``n_ctx``, else a :class:`~lineage_lens.errors.DataError`
+  names the longest prompt, its length and the limit;
+* :func:`check_logits` is the one check of what a forward returned: NaN/inf logits, or a row
+  whose vocabulary logits are all equal (nothing can be read from it), raise a
+  :class:`~lineage_lens.errors.ModelOutputError`; :func:`logits_checked` applies it to every
+  forward inside a ``with`` (e.g. each step of ``model.generate``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.errors import ConfigError, DataError, ModelOutputError
+
+log = logging.getLogger(__name__)
 
 #: Shortest token prefix worth running once for several prompts (capture and scoring).
 MIN_SHARED_PREFIX = 16
@@ -193,3 +204,127 @@ def run_on_prefix_cache(
         past_key_values=cache,
     )
     return out, batch
+
+
+# ------------------------------------------------------------------------ context length
+def _preview(tokenizer: Any, ids: Sequence[int], width: int = 40) -> str:
+    """The decoded start and end of a token sequence, on one line."""
+    if tokenizer is None or not hasattr(tokenizer, "decode"):
+        return ""
+    text = " ".join(str(tokenizer.decode(list(ids), skip_special_tokens=True)).split())
+    return text if len(text) <= 2 * width + 5 else f"{text[:width]} ... {text[-width:]}"
+
+
+def check_context(
+    model: Any,
+    seqs: Sequence[Sequence[int]],
+    labels: Sequence[str] | None = None,
+    *,
+    new_tokens: int = 0,
+) -> None:
+    """Raise :class:`DataError` unless every token sequence of ``seqs``, with ``new_tokens``
+    generated after it, fits the model's context (``model.cfg.n_ctx``; nothing is checked when it
+    is unknown).
+
+    The one context-length rule of lineage-lens: capture, attention to evidence, every evaluator
+    and ``lineage-lens gate`` call it before running a prompt. Image prompts count their image
+    tokens (the ids hold them). The message names the longest prompt (``labels[i]``, else its
+    index, with a short preview), its length (prompt + tokens to generate) and the limit.
+    Nothing is truncated: a prompt that does not fit is an error.
+    """
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if not n_ctx or not seqs:
+        return
+    lengths = [len(s) for s in seqs]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    total = lengths[i] + new_tokens
+    if total <= n_ctx:
+        return
+    n_over = sum(n + new_tokens > n_ctx for n in lengths)
+    name = repr(labels[i]) if labels is not None else f"#{i}"
+    preview = _preview(getattr(model, "tokenizer", None), seqs[i])
+    size = (
+        f"{lengths[i]} prompt tokens + {new_tokens} to generate = {total} tokens"
+        if new_tokens
+        else f"{total} tokens"
+    )
+    raise DataError(
+        f"prompt {name}{f' ({preview!r})' if preview else ''} has {size}, more than the model's "
+        f"context n_ctx={n_ctx} ({n_over} of {len(lengths)} prompts are too long). Shorten the "
+        "prompts (a shorter context, knowledge passage or instruction)"
+        + (", generate fewer tokens" if new_tokens else "")
+        + " or use a model with a longer context."
+    )
+
+
+# ------------------------------------------------------------------------------- logits
+def check_logits(
+    logits: Float[Tensor, "batch *pos vocab"],
+    labels: Sequence[str] | None = None,
+    *,
+    alpha: float | None = None,
+) -> None:
+    """Raise :class:`ModelOutputError` if a row of ``logits`` holds NaN or inf, or has every
+    vocabulary logit equal (then log p(Yes) == log p(No) and greedy decoding picks token 0:
+    nothing can be read from it).
+
+    Rows are the batch (dim 0), named by ``labels`` (prompt keys) in the message; any dims between
+    the batch and the vocabulary (positions, steps) are checked too. ``alpha`` is the strength of
+    the TruthGate the model ran under, if any (a gate too strong for the dtype is the usual
+    cause: the residual stream overflows and the final norm outputs NaN or zeros).
+    """
+    flat = logits.detach().reshape(logits.shape[0], -1, logits.shape[-1])
+    finite = torch.isfinite(flat).all(dim=-1)
+    equal = flat.amax(dim=-1) == flat.amin(dim=-1)
+    bad = (~finite | equal).any(dim=-1)
+    if not bool(bad.any()):
+        return
+    row = int(bad.nonzero()[0, 0])
+    name = repr(labels[row]) if labels is not None else f"#{row}"
+    if not bool(finite[row].all()):
+        what = "NaN or inf"
+    else:
+        value = float(flat[row][equal[row]][0, 0])
+        what = f"all equal (every vocabulary logit is {value:g})"
+    dtype = str(logits.dtype).removeprefix("torch.")
+    if alpha is not None:
+        fix = (
+            f"The model ran under a TruthGate with alpha={alpha:g}, too strong for it: use a "
+            "smaller alpha"
+            + (" or load the model in float32." if dtype in ("float16", "bfloat16") else ".")
+        )
+    else:
+        fix = (
+            "If a gate or other hooks are active on the model, weaken them; otherwise check the "
+            f"model's weights (the logits are {dtype}; float16 overflows easily: load the model "
+            "in float32)."
+        )
+    raise ModelOutputError(
+        f"the model's logits for prompt {name} are {what} ({int(bad.sum())} of {len(bad)} "
+        f"prompts in the batch): no answer can be read from them. {fix}"
+    )
+
+
+#: The hook point whose output is the logits (every supported family has it).
+LOGITS_HOOK = "unembed.hook_out"
+
+
+@contextlib.contextmanager
+def logits_checked(
+    model: Any, labels: Sequence[str] | None = None, *, alpha: float | None = None
+) -> Iterator[None]:
+    """Within the ``with``, the last position's logits of every forward of ``model`` (a bridge)
+    go through :func:`check_logits` -- e.g. each step of ``model.generate`` on a left-padded
+    batch, whose last column is every row's newest token."""
+    if LOGITS_HOOK not in getattr(model, "hook_dict", {}):
+        log.warning(
+            "%s has no %s hook: its logits are not checked", type(model).__name__, LOGITS_HOOK
+        )
+        yield
+        return
+
+    def check(logits: Tensor, hook: Any) -> None:
+        check_logits(logits[:, -1], labels, alpha=alpha)
+
+    with model.hooks(fwd_hooks=[(LOGITS_HOOK, check)]):
+        yield

@@ -26,6 +26,7 @@ came from differs (a :class:`RecordLocation`: file and line, or dataset row).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import string
 from collections.abc import Iterable, Sequence
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, overload
 import numpy as np
 
 from lineage_lens._resources import resource_path
-from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.errors import ConfigError, DataError, check_seed
 from lineage_lens.hf_datasets import dataset_rows, is_dataset, to_dataset
 
 if TYPE_CHECKING:
@@ -533,6 +534,43 @@ def check_two_classes(
         )
 
 
+def example_keys(examples: Sequence[ProbeExample], *, images: bool = True) -> list[str]:
+    """Per example, a digest of what makes it the example it is: its context, question, answer
+    and label, and (with ``images``) its image's content -- the pixels of a PIL image, the bytes
+    of an image file (two files with the same bytes are the same image).
+
+    Equal keys mean identical examples (the source id is left out: a copy under another id is
+    still a copy). :func:`~lineage_lens.probing.fit_truth_scores` keeps examples with equal keys
+    in one cross-validation fold. Pass ``images=False`` where the image is not shown (a text
+    prompt, or a black image in its place).
+    """
+    files: dict[str, str] = {}
+
+    def image_digest(image: Any) -> str:
+        if image is None or not images:
+            return ""
+        if isinstance(image, (str, Path)):
+            path = str(Path(image).resolve())
+            if path not in files:
+                try:
+                    with open(path, "rb") as fh:
+                        files[path] = hashlib.file_digest(fh, "sha256").hexdigest()
+                except OSError as exc:
+                    raise DataError(
+                        f"cannot read the image ({exc.strerror or exc}).", path=path
+                    ) from exc
+            return files[path]
+        h = hashlib.sha256(f"{getattr(image, 'mode', '')}{getattr(image, 'size', '')}".encode())
+        h.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
+        return h.hexdigest()
+
+    out = []
+    for ex in examples:
+        fields = [ex.context, ex.question, ex.answer, int(ex.label), image_digest(ex.image)]
+        out.append(hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:32])
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Splits
 # --------------------------------------------------------------------------------------------
@@ -576,7 +614,7 @@ def split_probe_eval(
         raise ConfigError(
             f"n_probe={n_probe} must be between 1 and the number of source rows ({len(sources)})."
         )
-    perm = np.random.default_rng(seed).permutation(len(sources))
+    perm = np.random.default_rng(check_seed(seed)).permutation(len(sources))
     probe_ids = {sources[i] for i in perm[:n_probe]}
     probe = [r for r in rows if _source_of(r) in probe_ids]
     evals = [r for r in rows if _source_of(r) not in probe_ids]

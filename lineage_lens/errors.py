@@ -6,6 +6,7 @@ wrong and how to fix it: data errors name the file and line, shape errors name b
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 
@@ -50,3 +51,29 @@ class OutputError(LineageLensError, OSError):
 
     Raised before anything is written where possible; otherwise no partial file is left behind.
     """
+
+
+class ModelOutputError(LineageLensError, ArithmeticError):
+    """A model's forward returned logits no result can be read from: NaN or inf, or every
+    vocabulary logit of a row equal (a gate too strong for the dtype makes the final norm output
+    zeros). The message names the prompt, what was wrong and how to fix it."""
+
+
+#: The largest seed: numpy's legacy ``RandomState`` (and scikit-learn's ``random_state``) take
+#: seeds from 0 to ``2**32 - 1``; every seed lineage-lens takes is held to that range.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an ``int`` if it is an integer from 0 to :data:`MAX_SEED`, else a
+    :class:`ConfigError` naming ``name`` (numpy would raise a bare ``ValueError`` later)."""
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not (0 <= int(seed) <= MAX_SEED)
+    ):
+        raise ConfigError(
+            f"{name} must be an integer from 0 to {MAX_SEED} (2**32 - 1, numpy's seed range), "
+            f"got {seed!r}."
+        )
+    return int(seed)

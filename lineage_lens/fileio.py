@@ -5,11 +5,13 @@
 * :func:`check_output_path` refuses an unwritable output before any work;
 * :func:`tmp_build_dir` / :func:`publish_dir` build a directory under a temporary name whose
   :func:`tmp_prefix` records the owner (host, pid), and :func:`sweep_stale_tmp_dirs` removes
-  those whose owner is gone; :func:`sigterm_as_exit` lets SIGTERM clean up like Ctrl-C.
+  those whose owner is gone; :func:`sigterm_as_exit` lets SIGTERM clean up like Ctrl-C;
+* :func:`read_text` reads a UTF-8 input file, or says which file, line and byte is not UTF-8.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import logging
@@ -24,9 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from lineage_lens.errors import ConfigError, LineageLensError, OutputError
+from lineage_lens.errors import ConfigError, DataError, LineageLensError, OutputError
 
 log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """Where converted models, built zoo members and the file digest index are cached
+    (``$LINEAGE_LENS_CACHE``, else ``$XDG_CACHE_HOME/lineage_lens`` or ``~/.cache/lineage_lens``)."""
+    root = os.environ.get("LINEAGE_LENS_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lineage_lens"
 
 
 @contextlib.contextmanager
@@ -81,6 +92,29 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
     out = OutputError(f"cannot write {path}: {reason}; {hint}. No partial file was left.")
     out.errno = exc.errno
     return out
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped).
+
+    A :class:`~lineage_lens.errors.DataError` names the file when it cannot be read, and the
+    line and byte offset of the first byte that is not UTF-8 (``what`` names the file's role).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read the {what} ({exc.strerror or exc}).", path=path) from exc
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start
+        raise DataError(
+            f"the {what} is not UTF-8 text (byte {at} is 0x{raw[at]:02x}); save it as UTF-8.",
+            path=path,
+            line=raw.count(b"\n", 0, at) + 1,
+        ) from exc
 
 
 def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:

@@ -71,7 +71,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lineage_lens._display import label, number
-from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError, check_seed
 from lineage_lens.headmap import HeadMap
 from lineage_lens.models import head_geometry, model_label
 from lineage_lens.scores import TruthScores
@@ -179,6 +179,7 @@ def control_scores(
         seed: seed of the ``"random"`` permutation.
     """
     _check_choice(kind, CONTROLS, "control kind")
+    seed = check_seed(seed)
     ts = _as_scores(scores)
     values = ts.get(metric)
     _check_finite_scores(values, f"scores of {ts.model or 'the model'}")
@@ -246,13 +247,44 @@ class FoldHandle(contextlib.AbstractContextManager):
         return f"FoldHandle(layers={self.layers}, {state})"
 
 
+#: A gate's head output (per unit gate) and the residual stream are assumed below this magnitude.
+GATE_HEADROOM = 2.0**10
+#: The widest residual stream (d_model) the gate limit allows for: the norm sums d_model squares.
+MAX_D_MODEL = 2**14
+
+
+def gate_limit(dtype: torch.dtype) -> float:
+    """The largest gate magnitude :class:`TruthGate` accepts for a model computing in ``dtype``.
+
+    A gate ``g`` multiplies a head's output, which joins the residual stream; the next
+    RMSNorm/LayerNorm computes the mean of its squares (in float32 or wider: Hugging Face norms
+    upcast float16 and bfloat16). So the residual stream must stay finite in ``dtype`` and its
+    squares summed over ``d_model <= MAX_D_MODEL`` dimensions finite in the norm's dtype; with head
+    outputs and residual values below :data:`GATE_HEADROOM` per unit gate that gives
+
+        limit = min(max(dtype), sqrt(max(norm dtype) / MAX_D_MODEL)) / GATE_HEADROOM
+
+    i.e. about 1.4e14 for float32 and bfloat16 and 64 for float16 (whose range ends at 65504).
+    Beyond it the logits become NaN or all exactly 0 (measured on the tiny Llama: float32 breaks
+    between gates of 1e20 and 1e25, float16 between 1e4 and 1e6). Useful gates are a few units:
+    ``1 + alpha * norm(S)`` with alpha ~ 1-10. Evaluators still check every forward's logits
+    (:func:`lineage_lens.batching.check_logits`) for heads whose outputs exceed the headroom.
+    """
+    norm_dtype = torch.promote_types(dtype, torch.float32)
+    residual = min(
+        float(torch.finfo(dtype).max), math.sqrt(float(torch.finfo(norm_dtype).max) / MAX_D_MODEL)
+    )
+    return residual / GATE_HEADROOM
+
+
 # ------------------------------------------------------------------------------- the gate
 class TruthGate(HeadMap):
     """Per-head soft gates ``g[l, h] = 1 + alpha * norm_l(S)[h]`` built from Truth Scores.
 
     Args:
         scores: :class:`TruthScores` or a raw ``[n_layers, n_heads]`` array / tensor.
-        alpha: gating strength (finite; 0 gives the identity).
+        alpha: gating strength (0 gives the identity); every gate must stay within
+            :func:`gate_limit` of float32 (and of the model's dtype when applied).
         norm: within-layer normalisation: ``"center"``, ``"minmax"`` or ``"raw"``.
         metric: which metric of a :class:`TruthScores` to gate by (ignored for raw arrays).
         clamp_min: lower bound of the gates (default 0.0); ``None`` keeps negative gates (as the
@@ -424,28 +456,38 @@ class TruthGate(HeadMap):
             )
 
     def check_dtype(self, dtype: torch.dtype) -> None:
-        """Raise :class:`ConfigError` unless every gate is finite in ``dtype``.
+        """Raise :class:`ConfigError` unless every gate is within :func:`gate_limit` of ``dtype``.
 
-        Gates are stored in float32 and applied in the activations' (or, folded, the weights')
-        dtype: a huge ``alpha`` overflows float32 (max 3.4e38) and a large one float16 (max
-        65504), giving inf gates and NaN logits. The message names alpha and the largest gate.
+        Gates are stored in float32 (checked when the gate is built) and applied in the
+        activations' (or, folded, the weights') dtype (checked when applied). A gate beyond the
+        limit makes the gated model output NaN, or logits that are all exactly 0 (the norm after
+        the residual stream squares it, overflows and divides by inf). The message names alpha,
+        the largest gate, the limit, the dtype and the largest alpha these scores allow.
         """
         if not dtype.is_floating_point:
             return
-        limit = torch.finfo(dtype).max
+        limit = gate_limit(dtype)
         gates = (
             self.raw_gates if self.clamp_min is None else np.maximum(self.raw_gates, self.clamp_min)
         )
         final = np.abs(gates)
         layer, head = (int(i) for i in np.unravel_index(np.argmax(final), final.shape))
         largest = float(final[layer, head])
-        if largest > limit:
-            raise ConfigError(
-                f"alpha={self.alpha:g} gives a gate of magnitude {largest:.4g} (layer {layer}, "
-                f"head {head}), which overflows {str(dtype).removeprefix('torch.')} (largest "
-                f"finite value {limit:.4g}): the gated model would output inf/NaN. Use a smaller "
-                "alpha" + (" or run the model in float32." if limit < 1e38 else ".")
-            )
+        if largest <= limit:
+            return
+        name = str(dtype).removeprefix("torch.")
+        spread = float(np.abs(self.normalized).max())
+        if self.clamp_min is not None and abs(self.clamp_min) > limit:
+            fix = f"Use a clamp_min of magnitude at most {limit:.4g}"
+        else:
+            fix = f"Use a smaller alpha (|alpha| <= {(limit - 1) / spread:.4g} with these scores)"
+        raise ConfigError(
+            f"alpha={self.alpha:g} gives a gate of magnitude {largest:.4g} (layer {layer}, head "
+            f"{head}), beyond the limit {limit:.4g} above which the gated model overflows {name} "
+            "(a gate multiplies its head's output; the residual stream it joins must stay finite "
+            "when the next RMSNorm/LayerNorm squares it, or the logits become NaN or all exactly "
+            f"0). {fix}" + (" or run the model in float32." if limit < 1e6 else ".")
+        )
 
     # ------------------------------------------------------------------------ hooks
     def _gate_for(self, layer: int) -> Callable[[Tensor], Tensor]:

@@ -36,7 +36,6 @@ size and no centre crop, which for square images equals its shortest-edge resize
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.identity import file_digests, image_identity, record_digest
 from lineage_lens.zoo.images import CLIP_MEAN, CLIP_STD
 
 #: LLaVA-1.5's conversation format for one image and one question.
@@ -126,13 +126,43 @@ def fallback_image_processor(settings: VisionSettings) -> Any:
     )
 
 
-@functools.lru_cache(maxsize=8)
+#: The files a saved image processor is read from (``AutoImageProcessor.from_pretrained``).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def processor_identity(processor_dir: str | Path | None) -> str:
+    """The content identity of a saved image processor: the bytes of its config files
+    (:data:`PROCESSOR_FILES`); ``""`` for none. Processors are memoised by it, so a config edited
+    in place is read again."""
+    if processor_dir is None:
+        return ""
+    files = [Path(processor_dir) / n for n in PROCESSOR_FILES]
+    files = [f for f in files if f.is_file()]
+    return record_digest(dict(zip([f.name for f in files], file_digests(files), strict=True)))
+
+
+def image_inputs_identity(inputs: ImageInputs) -> str:
+    """The content identity of how a model family turns image files into model inputs: its
+    :meth:`ImageInputs.describe` (without the processor's folder) and the processor's config
+    files (:func:`processor_identity`)."""
+    desc = dict(inputs.describe())
+    return record_digest(
+        {"inputs": desc, "processor": processor_identity(desc.pop("processor_dir", None))}
+    )
+
+
 def image_processor(settings: VisionSettings) -> Any:
     """The model's Hugging Face image processor (PIL backend; no torchvision).
 
     ``AutoImageProcessor.from_pretrained(settings.processor_dir, backend="pil")`` when the model
     was saved with a ``preprocessor_config.json``, else :func:`fallback_image_processor`.
+    Memoised by ``settings`` and the content of the saved config (:func:`processor_identity`).
     """
+    return _image_processor(settings, processor_identity(settings.processor_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _image_processor(settings: VisionSettings, identity: str) -> Any:
     if settings.processor_dir is None:
         return fallback_image_processor(settings)
     from transformers import AutoImageProcessor
@@ -146,8 +176,13 @@ def image_processor(settings: VisionSettings) -> Any:
         ) from exc
 
 
-def _open_image(image: Any) -> Any:
-    from PIL import Image, UnidentifiedImageError
+def open_image(image: Any) -> Any:
+    """An image file or PIL image as an RGB PIL image.
+
+    A file that is missing, unreadable (truncated, not an image) or larger than PIL's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; also its warning when warnings are
+    errors) is a :class:`~lineage_lens.errors.DataError` naming the file."""
+    from PIL import Image
 
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
@@ -155,10 +190,22 @@ def _open_image(image: Any) -> Any:
         try:
             with Image.open(image) as im:
                 return im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            what = str(exc).rstrip(".")  # "Image size (N pixels) exceeds limit of M pixels, ..."
+            raise DataError(
+                f"PIL refuses this image as a possible decompression bomb ({what}). If you trust "
+                "the file, raise the limit before loading: PIL.Image.MAX_IMAGE_PIXELS = "
+                "<pixels> (None: no limit); PIL errors above twice the limit.",
+                path=image,
+            ) from exc
+        except OSError as exc:  # UnidentifiedImageError, truncated or corrupt data
             raise DataError(f"unreadable image ({exc}).", path=image) from exc
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        try:
+            return image.convert("RGB")
+        except OSError as exc:  # a lazily opened file that turns out truncated
+            where = getattr(image, "filename", "") or None
+            raise DataError(f"unreadable image ({exc}).", path=where) from exc
     raise ConfigError(f"an image must be a file path or a PIL image, got {type(image).__name__}.")
 
 
@@ -169,7 +216,7 @@ def load_pixel_values(
     Hugging Face image processor (:func:`image_processor`)."""
     if not images:
         raise ConfigError("no images given.")
-    opened = [_open_image(im) for im in images]
+    opened = [open_image(im) for im in images]
     pixels = image_processor(settings)(images=opened, return_tensors="pt")["pixel_values"]
     s = settings.image_size
     if tuple(pixels.shape[1:]) != (3, s, s):
@@ -266,8 +313,13 @@ def _processor_dir(cfg: Any) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=16)
 def _saved_processor(processor_dir: str) -> Any:
+    return _load_saved_processor(processor_dir, processor_identity(processor_dir))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_saved_processor(processor_dir: str, identity: str) -> Any:
+    """The processor saved in ``processor_dir``, memoised by the content of its config files."""
     from transformers import AutoImageProcessor
 
     try:
@@ -350,7 +402,7 @@ class _FamilyImageInputs:
     def _process(self, images: Sequence[Any]) -> Any:
         if not images:
             raise ConfigError("no images given.")
-        return self.processor(images=[_open_image(im) for im in images], return_tensors="pt")
+        return self.processor(images=[open_image(im) for im in images], return_tensors="pt")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -451,7 +503,7 @@ class LlavaNextImageInputs(_FamilyImageInputs):
     def n_image_tokens(self, image: Any | None = None) -> int:
         from transformers.image_processing_utils import select_best_resolution
 
-        width, height = _open_image(image if image is not None else self.black_image()).size
+        width, height = open_image(image if image is not None else self.black_image()).size
         best_h, best_w = select_best_resolution([height, width], [list(p) for p in self.pinpoints])
         side = self.image_size // self.patch_size
         cur_h, cur_w = side * (best_h // self.image_size), side * (best_w // self.image_size)
@@ -670,14 +722,10 @@ def image_batch_kwargs(
 
 
 def image_key(image: Any) -> str:
-    """A short identity of an image for fingerprints: its path, or a digest of its pixels."""
-    if image is None:
-        return ""
-    if isinstance(image, (str, Path)):
-        return str(Path(image).resolve())
-    h = hashlib.sha256(f"{getattr(image, 'mode', '')}{getattr(image, 'size', '')}".encode())
-    h.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
-    return h.hexdigest()[:16]
+    """A short content identity of an image for fingerprints: the sha256 of a path's file bytes
+    (indexed, :func:`lineage_lens.identity.image_identity`), or of an in-memory image's pixels;
+    ``""`` for none. A file whose pixels change under the same path gets a new key."""
+    return image_identity(image)
 
 
 def greedy_generate(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from jaxtyping import Float
 from scipy import stats
 
 from lineage_lens._display import ShortRepr, label
-from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError, check_seed
 from lineage_lens.fileio import atomic_open
 from lineage_lens.scores import TruthScores, load_scores
 
@@ -49,7 +50,24 @@ log = logging.getLogger(__name__)
 #: Anything :func:`as_score_array` accepts: scores, an ``[L, H]`` array, or a scores file.
 ScoresLike = TruthScores | np.ndarray | str | Path
 
+#: The top-k sizes compared by default (those up to the number of heads).
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100)
+
+
+def check_ks(ks: Sequence[int] | None, n_heads: int) -> tuple[int, ...]:
+    """The top-k sizes to compare over ``n_heads`` heads: ``None`` gives :data:`DEFAULT_KS` up
+    to ``n_heads``; given sizes must each be an integer from 1 to ``n_heads``, else a
+    :class:`~lineage_lens.errors.ConfigError` (a size is never dropped or clamped in silence)."""
+    if ks is None:
+        return tuple(k for k in DEFAULT_KS if k <= n_heads)
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n_heads:
+            raise ConfigError(
+                f"top-k size {k!r} is not an integer from 1 to the number of heads ({n_heads}); "
+                f"give top-k sizes in that range (leave them out for {DEFAULT_KS} up to "
+                f"{n_heads})."
+            )
+    return tuple(dict.fromkeys(int(k) for k in ks))
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +187,7 @@ def correlation_with_ci(
         raise ConfigError(f"confidence_level must be in (0, 1), got {confidence_level}")
     if n_resamples < 10 or n_permutations < 10:
         raise ConfigError("n_resamples and n_permutations must be at least 10")
+    seed = check_seed(seed)
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     fn = _STATISTICS[method]
@@ -219,24 +238,25 @@ def correlation_with_ci(
     )
 
 
-def topk_overlap(a: np.ndarray, b: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> pd.DataFrame:
+def topk_overlap(a: np.ndarray, b: np.ndarray, ks: Sequence[int] | None = None) -> pd.DataFrame:
     """Overlap of the ``k`` best heads of two score arrays, against chance.
 
     Columns: ``k, overlap`` (heads in both top-k sets), ``jaccard``, ``expected`` (k*k/N, the
     hypergeometric mean for two random top-k sets), ``expected_jaccard`` and ``p_value``
     (hypergeometric probability of at least this overlap by chance). Ties are broken by head
-    index (lower layer, then lower head first). ``k`` larger than the number of heads is skipped.
+    index (lower layer, then lower head first). ``ks`` go through :func:`check_ks`: a ``k``
+    below 1 or above the number of heads is a ConfigError; ``None`` compares the
+    :data:`DEFAULT_KS` up to the number of heads.
     """
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     n = a.size
+    ks = check_ks(ks, n)
     idx = np.arange(n)
     order_a = np.lexsort((idx, -a))
     order_b = np.lexsort((idx, -b))
     rows = []
     for k in ks:
-        if not 0 < k <= n:
-            continue
         c = len(set(order_a[:k].tolist()) & set(order_b[:k].tolist()))
         expected = k * k / n
         rows.append(
@@ -422,7 +442,7 @@ def compare_scores(
     metric: str = "accuracy",
     name_a: str | None = None,
     name_b: str | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] | None = None,
     n_resamples: int = 2000,
     n_permutations: int = 2000,
     confidence_level: float = 0.95,
@@ -435,7 +455,8 @@ def compare_scores(
             ``.npy`` or ``cv5_head_metrics.csv``). Both must have the same shape.
         metric: which metric of TruthScores to compare.
         name_a, name_b: labels (default: the scores' model names, else ``"A"``/``"B"``).
-        ks: top-k sizes for the overlap table.
+        ks: top-k sizes for the overlap table, each from 1 to the number of heads
+            (:func:`check_ks`; default: :data:`DEFAULT_KS` up to the number of heads).
         n_resamples: bootstrap resamples for the BCa CIs; n_permutations: head shuffles for the
             permutation p-values (the smallest attainable p is ``1 / (n_permutations + 1)``).
         confidence_level: of the CIs; seed: makes CIs and p-values reproducible.
@@ -449,6 +470,7 @@ def compare_scores(
     name_a = name_a or label_a or "A"
     name_b = name_b or label_b or "B"
     x, y, _ = _paired_finite(arr_a, arr_b, f"scores of {name_a} vs {name_b}")
+    ks = check_ks(ks, x.size)  # before the bootstrap: a bad k costs nothing
     kw = dict(
         n_resamples=n_resamples,
         n_permutations=n_permutations,
@@ -609,7 +631,7 @@ def compare_many(
     *,
     reference: str | None = None,
     metric: str = "accuracy",
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] | None = None,
     n_resamples: int = 2000,
     n_permutations: int = 2000,
     confidence_level: float = 0.95,
@@ -623,10 +645,12 @@ def compare_many(
     """
     if len(scores) < 2:
         raise ConfigError("compare_many needs at least two score sets")
+    check_seed(seed)
     names = list(scores)
     if reference is not None and reference not in scores:
         raise ConfigError(f"reference {reference!r} is not one of {names}")
     arrays = {n: as_score_array(s, metric)[0] for n, s in scores.items()}
+    check_ks(ks, min(a.size for a in arrays.values()))  # before any bootstrap
     comps = {}
     for a, b in itertools.combinations(names, 2):
         comps[(a, b)] = compare_scores(

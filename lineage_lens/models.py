@@ -11,11 +11,9 @@ bridges the vision tower lives under ``vision_encoder.*`` and is never probed, g
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens.adapters import register_adapters
 from lineage_lens.errors import ConfigError, ModelLoadError, ShapeMismatchError
-from lineage_lens.fileio import publish_dir, tmp_build_dir
+from lineage_lens.fileio import cache_dir, publish_dir, tmp_build_dir
+from lineage_lens.identity import file_digest
 from lineage_lens.kvcache import install_cache_shim
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,6 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
 }
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-
-
-def cache_dir() -> Path:
-    """Where converted models and built zoo members are cached (``$LINEAGE_LENS_CACHE``)."""
-    root = os.environ.get("LINEAGE_LENS_CACHE")
-    if root:
-        return Path(root).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lineage_lens"
 
 
 @dataclass(frozen=True)
@@ -137,21 +128,11 @@ def packaged_model_path(alias: str) -> Path:
     return path
 
 
-def _file_digest(path: Path, head_bytes: int = 1 << 20) -> str:
-    """A cheap content address: size plus the hashes of the first and last MiB."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(head_bytes))
-        fh.seek(max(0, size - head_bytes))
-        h.update(fh.read(head_bytes))
-    return h.hexdigest()[:16]
-
-
 def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> Path:
     """Dequantise a ``.gguf`` file once into a Hugging Face directory (weights + tokenizer).
 
-    The directory is cached under :func:`cache_dir` by content and reused on later calls. It is
+    The directory is cached under :func:`cache_dir`, named by the sha256 of every byte of the
+    ``.gguf`` file (:func:`lineage_lens.identity.file_digest`), and reused on later calls. It is
     written to a temporary directory and renamed, so an interrupted conversion (an exception,
     Ctrl-C, SIGTERM) leaves nothing; the leftovers of one killed outright (SIGKILL) are removed by
     the next conversion into the same folder.
@@ -162,7 +143,7 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path | None = None) -> 
     if not gguf_path.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_path}")
     if out_dir is None:
-        out_dir = cache_dir() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+        out_dir = cache_dir() / "gguf" / f"{gguf_path.stem}-{file_digest(gguf_path)}"
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
@@ -297,12 +278,68 @@ def _processor_only_libraries_optional() -> Iterator[None]:
         ArchitectureAdapter._check_required_libraries = original  # type: ignore[method-assign]
 
 
+def read_model_json(path: Path, *, object_only: bool = True) -> Any:
+    """A model's JSON file (``config.json``, ``tokenizer_config.json``), a dict unless
+    ``object_only`` is false.
+
+    A :class:`~lineage_lens.errors.ModelLoadError` names the file when it is not valid JSON (or
+    not an object), e.g. one cut short by an interrupted download or save."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path} ({exc.strerror or exc}).") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        what = f"{exc.msg}: line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else exc
+        raise ModelLoadError(
+            f"{path} is not valid JSON ({what}); it may have been cut short by an interrupted "
+            "download or save: download or save the model again."
+        ) from exc
+    if object_only and not isinstance(data, dict):
+        raise ModelLoadError(f"{path} holds no JSON object; download or save the model again.")
+    return data
+
+
+def check_model_files(directory: str | Path) -> None:
+    """Check that a model directory's JSON files (config, tokenizer, ...) parse and its
+    ``.safetensors`` files are whole, before anything loads: a
+    :class:`~lineage_lens.errors.ModelLoadError` names the first file cut short."""
+    for file in sorted(Path(directory).glob("*.json")):
+        read_model_json(file, object_only=False)
+    check_safetensors(directory)
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Check that each ``.safetensors`` file of a model directory (or ``path`` itself) is whole:
+    a :class:`~lineage_lens.errors.ModelLoadError` names the first one that is not (cut short
+    by an interrupted download or save). Reads only each file's header."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as exc:
+            raise safetensors_error(file, exc) from exc
+
+
+def safetensors_error(path: str | Path, exc: BaseException) -> ModelLoadError:
+    """The :class:`~lineage_lens.errors.ModelLoadError` of a ``.safetensors`` file that
+    ``safetensors`` cannot read (``exc``): which file, and how to fix it."""
+    return ModelLoadError(
+        f"{path} is not a complete safetensors file ({' '.join(str(exc).split())}); it was "
+        "probably cut short by an interrupted download or save: download or save the model "
+        "again."
+    )
+
+
 def _declared_generic_tokenizer(source: str) -> Any | None:
     """The generic fast tokenizer of a local directory that declares it, else None."""
     config_path = Path(source) / "tokenizer_config.json"
     if not config_path.is_file():
         return None
-    declared = json.loads(config_path.read_text()).get("tokenizer_class")
+    declared = read_model_json(config_path).get("tokenizer_class")
     if declared not in ("PreTrainedTokenizerFast", "TokenizersBackend"):
         return None
     from transformers import PreTrainedTokenizerFast
@@ -360,6 +397,8 @@ def load_model(
             (transformers would otherwise substitute the architecture's own, e.g. Qwen2Tokenizer).
     """
     source = resolve_model_path(name_or_path)
+    if Path(source).is_dir():
+        check_model_files(source)  # a half-written file: one line naming it, not a traceback
     kwargs: dict[str, Any] = {"dtype": dtype}
     if tokenizer is None:
         tokenizer = _declared_generic_tokenizer(source)
@@ -371,6 +410,8 @@ def load_model(
             kwargs["n_devices"] = n_devices
     else:
         kwargs["device"] = resolve_device(device)
+    from safetensors import SafetensorError
+
     install_cache_shim()  # transformers >= 5.24 passes the KV cache as cache= (lineage_lens.kvcache)
     register_adapters()  # Qwen2.5-Omni thinker, InternVL (lineage_lens.adapters)
     try:
@@ -381,6 +422,8 @@ def load_model(
             f"Could not load {name_or_path!r} ({exc}). Without network access, pass a local "
             f"HF directory, a .gguf file, or one of {', '.join(PACKAGED_MODELS)}."
         ) from exc
+    except SafetensorError as exc:  # e.g. a cut file in the hub cache
+        raise safetensors_error(f"a weight file of {name_or_path!r}", exc) from exc
     model.eval()
     tok = model.tokenizer
     if tok is not None and tok.pad_token is None:

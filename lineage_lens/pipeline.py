@@ -13,11 +13,13 @@ from lineage_lens.activations import HeadActivations, collect_head_activations
 from lineage_lens.data import (
     ProbeExample,
     check_two_classes,
+    example_keys,
     halueval_probe_examples,
     load_halueval_qa,
     load_probe_examples,
     split_probe_eval,
 )
+from lineage_lens.errors import check_seed
 from lineage_lens.models import model_label
 from lineage_lens.probing import Solver, fit_truth_scores
 from lineage_lens.scores import TruthScores
@@ -57,14 +59,24 @@ def score_model(
 
     Checks both classes are present before any model work, captures ``hook_z`` at the answer's last
     token in float32 (``capture`` passes further options to
-    :func:`~lineage_lens.activations.collect_head_activations`), then fits the per-head probes.
+    :func:`~lineage_lens.activations.collect_head_activations`), then fits the per-head probes,
+    identical examples (:func:`~lineage_lens.data.example_keys`) kept in one fold.
     """
     check_two_classes(examples)
+    check_seed(seed)  # before the capture, not after it
     capture.setdefault("dtype", torch.float32)
     acts = collect_head_activations(
         model, examples, batch_size=batch_size, out=activations_out, **capture
     )
+    # identical examples (prompt text, label, and the image where it is shown) share a fold
+    keys = example_keys(examples, images=acts.meta.get("condition") == "image")
     scores = fit_truth_scores(
-        acts, folds=folds, solver=solver, seed=seed, model=model_label(model), dataset=dataset
+        acts,
+        folds=folds,
+        solver=solver,
+        seed=seed,
+        example_keys=keys,
+        model=model_label(model),
+        dataset=dataset,
     )
     return scores, acts

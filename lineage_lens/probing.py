@@ -42,13 +42,19 @@ Three solvers:
     index order without shuffling, 200 epochs, prediction ``float32 sigmoid(logit) > 0.5``, and
     each metric the mean of its per-fold values. It runs through the same compiled kernel as
     ``"adamw"``; use it to reproduce published score files (``cv5_head_metrics.csv``).
-    Its folds can put the truthful and hallucinated answers of one source row (or duplicate
-    examples) on both sides of a split -- that is the authors' choice, kept on purpose.
+    Its folds can put the truthful and hallucinated answers of one source row on both sides of
+    a split -- that is the authors' choice, kept on purpose. Identical examples are the one
+    exception (below): their ``KFold`` runs over groups of identical examples, which is the
+    authors' ``KFold`` exactly when there are none.
 
 Folds: ``"newton"`` and ``"adamw"`` cross-validate with ``StratifiedGroupKFold`` by source row
 whenever groups are known (the ``source_ids`` of a HeadActivations, or ``groups=``), so the two
 answers of one HaluEval row never sit on both sides of a split, and with ``StratifiedKFold``
-otherwise. Exact duplicate examples that could still straddle folds are reported with
+otherwise. Every solver keeps identical examples -- the same label and the same
+``example_keys`` (prompt text and image content; :func:`lineage_lens.pipeline.score_model`
+passes them), or without keys exactly the same activations -- in one fold: they join one group,
+together with everything their groups hold (a union of the groups), so copies can never sit on
+both sides of a split and inflate the scores. Such copies are still reported with
 ``warnings.warn``.
 
 Which to use (BENCHMARKS.md 7a, 2 CPU cores, 32x32 heads of 128 dims): on a CPU ``"adamw"`` is
@@ -77,6 +83,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from scipy.stats import rankdata
@@ -85,7 +92,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lineage_lens._display import ShortRepr, label, number
-from lineage_lens.errors import ConfigError, DataError, LineageLensError, ShapeMismatchError
+from lineage_lens.errors import (
+    ConfigError,
+    DataError,
+    LineageLensError,
+    ShapeMismatchError,
+    check_seed,
+)
 from lineage_lens.scores import METRICS, TruthScores
 
 log = logging.getLogger(__name__)
@@ -206,8 +219,9 @@ def _as_groups(groups: Any, n: int, folds: int) -> np.ndarray | None:
     return arr
 
 
-def _duplicate_rows(acts: Any) -> list[tuple[int, int]]:
-    """Pairs ``(first, later)`` of examples whose activations are exactly equal in every head.
+def _duplicate_rows(acts: Any, labels: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs ``(first, later)`` of examples with the same label whose activations are exactly
+    equal in every head.
 
     A fingerprint of three heads finds candidates (cheap, one pass over ``3 * d`` values per
     example); candidates are confirmed on the whole row."""
@@ -221,7 +235,7 @@ def _duplicate_rows(acts: Any) -> list[tuple[int, int]]:
     first: dict[bytes, list[int]] = {}
     pairs: list[tuple[int, int]] = []
     for i in range(n):
-        key = sample[i].tobytes()
+        key = int(labels[i]).to_bytes(8, "little", signed=True) + sample[i].tobytes()
         for j in first.get(key, []):
             a, b = flat[j], flat[i]
             same = bool(torch.equal(a, b)) if isinstance(a, Tensor) else np.array_equal(a, b)
@@ -233,36 +247,87 @@ def _duplicate_rows(acts: Any) -> list[tuple[int, int]]:
     return pairs
 
 
-def _warn_duplicates(acts: Any, groups: np.ndarray | None, solver: str) -> None:
-    """``warnings.warn`` (visible in notebooks) when exact duplicate examples can leak."""
-    pairs = _duplicate_rows(acts)
-    if not pairs:
-        return
-    j, i = pairs[0]
-    if groups is not None and solver != "truthprobe":
-        crossing = [(a, b) for a, b in pairs if groups[a] != groups[b]]
-        if not crossing:
-            log.info("%d duplicate examples, each within its own group (one fold)", len(pairs))
-            return
-        j, i = crossing[0]
-        warnings.warn(
-            f"{len(crossing)} examples duplicate the activations of an example in another group "
-            f"(e.g. examples {j} and {i}, groups {str(groups[j])!r} and {str(groups[i])!r}); "
-            "the copies can land in training and test folds and inflate the Truth Scores. Drop "
-            "the duplicates or give copies the same group.",
-            UserWarning,
-            stacklevel=3,
+def _identical_pairs(acts: Any, labels: np.ndarray, keys: Any) -> list[tuple[int, int]]:
+    """Pairs ``(first, later)`` of identical examples, both with the same label: with ``keys``
+    (what each example is: prompt text, image) those with the same key, else -- the activations
+    being all there is to go by -- those with exactly the same activations
+    (:func:`_duplicate_rows`).
+
+    With keys, examples of different keys stay apart even where their activations are equal (a
+    model that cannot tell prompts apart, e.g. one whose activations are constant); that is
+    logged."""
+    if keys is None:
+        return _duplicate_rows(acts, labels)
+    keys = list(keys)
+    if len(keys) != len(labels):
+        raise ShapeMismatchError(
+            "example_keys vs activations",
+            (len(labels),),
+            (len(keys),),
+            "example_keys need one entry per example (axis 0 of acts).",
         )
+    pairs: list[tuple[int, int]] = []
+    first: dict[tuple[Any, int], int] = {}
+    for i, key in enumerate(keys):
+        j = first.setdefault((key, int(labels[i])), i)
+        if j != i:
+            pairs.append((j, i))
+    alike = [(a, b) for a, b in _duplicate_rows(acts, labels) if keys[a] != keys[b]]
+    if alike:
+        log.warning(
+            "%d examples have exactly the activations of an example with another prompt (e.g. "
+            "examples %d and %d): the model does not tell them apart",
+            len(alike),
+            *alike[0],
+        )
+    return pairs
+
+
+def _join_identical(
+    groups: np.ndarray | None, pairs: list[tuple[int, int]], n: int
+) -> np.ndarray | None:
+    """The groups with identical examples joined: the connected components of "same group" and
+    "identical" (a union of both), each labelled by the group of its first example (or, without
+    ``groups``, that example's index). Unchanged when no pair crosses two groups."""
+    if groups is not None:
+        pairs = [(a, b) for a, b in pairs if groups[a] != groups[b]]
+    if not pairs:
+        return groups
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    src, dst = [a for a, _ in pairs], [b for _, b in pairs]
+    if groups is not None:  # link every example to the first example of its group
+        codes, _ = pd.factorize(groups)
+        _, first = np.unique(codes, return_index=True)  # codes are 0, 1, ...: first[code]
+        src += list(range(n))
+        dst += first[codes].tolist()
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    _, head = np.unique(comp, return_index=True)  # the first example of each component
+    rep = head[comp]
+    return np.asarray(groups)[rep] if groups is not None else rep
+
+
+def _warn_identical(pairs: list[tuple[int, int]], groups: np.ndarray | None) -> None:
+    """``warnings.warn`` (visible in notebooks) about identical examples in different groups:
+    they are kept in one fold, but they still weigh more than once in training."""
+    crossing = pairs if groups is None else [(a, b) for a, b in pairs if groups[a] != groups[b]]
+    if not crossing:
+        if pairs:
+            log.info("%d duplicate examples, each within its own group (one fold)", len(pairs))
         return
-    how = (
-        "the truthprobe preset's KFold is ungrouped, so copies"
-        if solver == "truthprobe"
-        else "without groups= (e.g. source_id) the copies"
+    j, i = crossing[0]
+    where = (
+        "another example"
+        if groups is None
+        else f"an example in another group (groups {str(groups[j])!r} and {str(groups[i])!r})"
     )
     warnings.warn(
-        f"{len(pairs)} examples duplicate another example's activations exactly (e.g. examples "
-        f"{j} and {i}); {how} can land in training and test folds and inflate the Truth Scores. "
-        "Drop the duplicates, or pass groups= so that copies share a fold.",
+        f"{len(crossing)} examples duplicate {where} exactly: the same label and the same "
+        f"prompt or activations (e.g. examples {j} and {i}). Each set of copies is kept in one "
+        "cross-validation fold, so they cannot inflate the Truth Scores, but each copy still "
+        "weighs as one more example in training; drop the duplicates.",
         UserWarning,
         stacklevel=3,
     )
@@ -694,12 +759,22 @@ def _heads_per_chunk(n: int, d: int, n_heads: int, memory_bytes: int, itemsize: 
 def _splits(
     labels: np.ndarray, groups: np.ndarray | None, *, folds: int, solver: str, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The cross-validation folds: the authors' unstratified ``KFold`` for ``"truthprobe"``,
-    ``StratifiedGroupKFold`` when groups are known, else ``StratifiedKFold`` (all shuffled with
-    ``random_state=seed``)."""
+    """The cross-validation folds: the authors' unstratified ``KFold`` for ``"truthprobe"`` (over
+    ``groups`` of identical examples when there are any), ``StratifiedGroupKFold`` when groups
+    are known, else ``StratifiedKFold`` (all shuffled with ``random_state=seed``). Every solver
+    and backend fits exactly these folds."""
     n = len(labels)
     if solver == "truthprobe":
-        return list(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(n)))
+        cv_k = KFold(folds, shuffle=True, random_state=seed)
+        if groups is None:
+            return list(cv_k.split(np.zeros(n)))
+        # KFold over the groups (identical examples) in order of first appearance: with every
+        # group a single example this is the authors' KFold over the examples, index for index
+        codes, uniques = pd.factorize(groups)
+        return [
+            (np.flatnonzero(np.isin(codes, tr)), np.flatnonzero(np.isin(codes, te)))
+            for tr, te in cv_k.split(np.zeros(len(uniques)))
+        ]
     if groups is None:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
         return list(cv.split(np.zeros(n), labels))
@@ -810,6 +885,7 @@ def fit_truth_scores(
     l2: float = 1.0,
     seed: int | None = None,
     groups: Any = None,
+    example_keys: Any = None,
     model: str = "",
     dataset: str = "",
     device: str | torch.device | None = None,
@@ -839,8 +915,13 @@ def fit_truth_scores(
         groups: ``[N]`` group label of each example (e.g. ``source_id``) for grouped folds;
             default: the ``source_ids`` of a HeadActivations, none for arrays. At least
             ``folds`` groups are needed (:class:`~lineage_lens.errors.ConfigError` otherwise).
-            Exact duplicate examples that could straddle folds are reported with
-            ``warnings.warn``. Not allowed with ``"truthprobe"`` (its folds are the authors').
+            Not allowed with ``"truthprobe"`` (its folds are the authors').
+        example_keys: ``[N]`` identity of each example's content (e.g.
+            :func:`lineage_lens.data.example_keys`: prompt text, label and image). Identical
+            examples -- the same label and the same key; without keys, exactly the same
+            activations -- are always put in one group with everything their groups hold, so
+            copies never sit on both sides of a fold (every solver); copies across groups are
+            reported with ``warnings.warn``.
         model, dataset: provenance stored in the result (``model`` defaults to the
             HeadActivations' model).
         device: torch device for the fits (default: the tensor's device, else CPU).
@@ -867,16 +948,14 @@ def fit_truth_scores(
         memory_bytes=memory_bytes,
         progress=progress,
     )
-    probe.fit(acts, labels, model=model, dataset=dataset)
+    probe.fit(acts, labels, example_keys=example_keys, model=model, dataset=dataset)
     return probe.scores_
 
 
 def _resolve_seed(solver: str, seed: int | None) -> int:
     if seed is None:
         return TRUTHPROBE_SEED if solver == "truthprobe" else 0
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ConfigError(f"seed must be an integer or None, got {seed!r}.")
-    return int(seed)
+    return check_seed(seed)
 
 
 class HeadProbe(ShortRepr):
@@ -953,13 +1032,15 @@ class HeadProbe(ShortRepr):
         labels: Any = None,
         *,
         groups: Any = None,
+        example_keys: Any = None,
         model: str = "",
         dataset: str = "",
     ) -> HeadProbe:
         """Cross-validate (and optionally refit) a probe per head; returns ``self``.
 
         ``groups`` (``[N]``, e.g. ``source_id``) overrides ``self.groups`` and the
-        ``source_ids`` of a HeadActivations; see :func:`fit_truth_scores`."""
+        ``source_ids`` of a HeadActivations; identical examples (``example_keys``, or equal
+        activations) share a fold; see :func:`fit_truth_scores`."""
         self._validate_params()
         arr, y, info = _as_arrays(acts, labels)
         exact = self.solver == "truthprobe"
@@ -972,11 +1053,21 @@ class HeadProbe(ShortRepr):
                 "KFold), so it takes no groups=; use solver='adamw' or 'newton' for grouped folds."
             )
         if exact:
-            group_arr = None
+            base = None
         else:
             chosen = explicit if explicit is not None else info.get("source_ids")
-            group_arr = _as_groups(chosen, len(y), self.folds)
-        _warn_duplicates(arr, group_arr, self.solver)
+            base = _as_groups(chosen, len(y), self.folds)
+        pairs = _identical_pairs(arr, y, example_keys)
+        _warn_identical(pairs, base)
+        group_arr = _join_identical(base, pairs, len(y))  # copies in one fold, every solver
+        n_joined = 0 if group_arr is None else len(np.unique(group_arr))
+        if group_arr is not None and n_joined < self.folds:
+            raise DataError(
+                f"{self.folds}-fold cross-validation needs at least {self.folds} groups of "
+                f"examples; with identical examples kept together, the {len(y)} examples fall "
+                f"into {n_joined} group(s). Add distinct examples, drop the copies, or use fewer "
+                "folds."
+            )
         device = _resolve_device(self.device, arr)
         t0 = time.perf_counter()
         n, n_layers, n_heads, d = arr.shape
@@ -1014,10 +1105,15 @@ class HeadProbe(ShortRepr):
             log.warning(
                 "%d head fits did not converge within max_iter=%d", res.not_converged, self.max_iter
             )
-        if exact:
+        joined = group_arr is not base
+        if exact and not joined:
             cv = "KFold (unstratified, ungrouped: the authors')"
+        elif exact:
+            cv = "KFold over groups of identical examples (the authors' KFold otherwise)"
         elif group_arr is not None:
-            cv = "StratifiedGroupKFold (groups: source_id)"
+            what = "source_id" if base is not None else "identical examples"
+            extra = ", identical examples joined" if joined and base is not None else ""
+            cv = f"StratifiedGroupKFold (groups: {what}{extra})"
         else:
             cv = "StratifiedKFold"
         meta: dict[str, Any] = {

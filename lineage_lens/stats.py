@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.errors import ConfigError, DataError, check_seed
 
 #: The threshold metrics of :func:`binary_metrics` (``n``, ``n_unparsed``, ``accuracy_all`` and
 #: ``auroc`` come beside them).
@@ -110,7 +110,7 @@ def paired_auroc_delta(
         return float(np.mean([roc_auc_score(yy, row) for row in scores]))
 
     delta = auroc(y, b) - auroc(y, a)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     diffs = []
     for _ in range(n_resamples):
         i = rng.integers(0, len(y), len(y))
@@ -172,7 +172,7 @@ def paired_bootstrap_delta(
         n_resamples=n_resamples,
         confidence_level=confidence_level,
         method="percentile",
-        rng=np.random.default_rng(seed),
+        rng=np.random.default_rng(check_seed(seed)),
     )
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -205,7 +205,7 @@ def bootstrap_ci(
         n_resamples=n_resamples,
         confidence_level=confidence_level,
         method="percentile",
-        rng=np.random.default_rng(seed),
+        rng=np.random.default_rng(check_seed(seed)),
     ).confidence_interval
     return float(ci.low), float(ci.high)
 

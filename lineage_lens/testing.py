@@ -195,6 +195,11 @@ def make_word_tokenizer(
     )
 
 
+#: The tiny models' context: the vendored HaluEval prompts (up to ~800 tokens of the tiny word
+#: tokenizer) fit, as they fit the real models' (lineage_lens.batching.check_context).
+TINY_N_CTX = 1024
+
+
 def make_tiny_model(
     out_dir: str | Path,
     arch: Arch = "llama",
@@ -206,6 +211,7 @@ def make_tiny_model(
     seed: int = 0,
     extra_words: list[str] | None = None,
     dtype: torch.dtype = torch.float32,
+    n_ctx: int = TINY_N_CTX,
 ) -> Path:
     """Write a tiny random-init model of ``arch`` with its tokenizer to ``out_dir``; return it.
 
@@ -213,7 +219,8 @@ def make_tiny_model(
     ``n_heads * d_head``. For ``"llava"`` the language model is a tiny Llama and the vision tower
     a tiny CLIP (16x16 images, 8x8 patches, 4 image tokens); the other vision-language families
     are described in the module docstring and save their Hugging Face image processor config
-    beside the weights. ``dtype`` is the dtype the weights are saved in.
+    beside the weights. ``dtype`` is the dtype the weights are saved in; ``n_ctx`` the language
+    model's context (``max_position_embeddings``; ``model.cfg.n_ctx`` once loaded).
     """
     import transformers as tf
 
@@ -226,7 +233,7 @@ def make_tiny_model(
         extra_words, bos=arch not in _NO_BOS, extra_special=FAMILY_TOKENS.get(arch)
     )
     d_model = n_heads * d_head
-    text_kw = tiny_text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head)
+    text_kw = tiny_text_kwargs(tok, n_layers, n_heads, n_kv_heads, d_head, n_ctx=n_ctx)
     # mRoPE (Qwen-VL): the rotary half-dimension split over temporal / height / width positions.
     half = d_head // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
@@ -351,10 +358,16 @@ def make_tiny_model(
 
 
 def tiny_text_kwargs(
-    tok: Any, n_layers: int, n_heads: int, n_kv_heads: int | None, d_head: int
+    tok: Any,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int | None,
+    d_head: int,
+    *,
+    n_ctx: int = TINY_N_CTX,
 ) -> dict[str, Any]:
     """The Hugging Face text-config fields of a tiny language model over ``tok``'s vocabulary
-    (hidden ``n_heads * d_head``, MLP twice that, untied embeddings, 256 positions)."""
+    (hidden ``n_heads * d_head``, MLP twice that, untied embeddings, ``n_ctx`` positions)."""
     d_model = n_heads * d_head
     return dict(
         vocab_size=len(tok),
@@ -364,7 +377,7 @@ def tiny_text_kwargs(
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads or n_heads,
         head_dim=d_head,
-        max_position_embeddings=256,
+        max_position_embeddings=n_ctx,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
         eos_token_id=tok.eos_token_id,

@@ -26,7 +26,6 @@ and value rows.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -45,7 +44,13 @@ from tqdm.auto import tqdm
 from lineage_lens._display import label
 from lineage_lens.errors import ConfigError, ModelLoadError, ShapeMismatchError
 from lineage_lens.headmap import HeadMap
-from lineage_lens.models import HeadGeometry, head_geometry, model_label
+from lineage_lens.models import (
+    HeadGeometry,
+    head_geometry,
+    model_label,
+    read_model_json,
+    safetensors_error,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -122,7 +127,7 @@ class SafetensorsWeights:
     """
 
     def __init__(self, directory: str | Path, label: str | None = None):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         self.directory = Path(directory)
         self.label = label or self.directory.name
@@ -133,15 +138,19 @@ class SafetensorsWeights:
         self._where: dict[tuple[int, str], tuple[Path, str]] = {}
         prefixes: set[str] = set()
         for path in files:
-            with safe_open(str(path), framework="pt") as fh:
-                for key in fh.keys():  # noqa: SIM118 - safe_open is not a dict
-                    m = _LAYER_KEY.match(key)
-                    if m is None or _OTHER_TOWER.search(m["prefix"]):  # multi-tower
-                        continue
-                    prefixes.add(m["prefix"])
-                    fused = m["proj"] == "qkv"  # Phi3: one tensor holds q, k and v
-                    for proj in ("q", "k", "v") if fused else (m["proj"],):
-                        self._where[(int(m["layer"]), proj)] = (path, key)
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    keys = list(fh.keys())
+            except SafetensorError as exc:  # a half-written file
+                raise safetensors_error(path, exc) from exc
+            for key in keys:
+                m = _LAYER_KEY.match(key)
+                if m is None or _OTHER_TOWER.search(m["prefix"]):  # multi-tower
+                    continue
+                prefixes.add(m["prefix"])
+                fused = m["proj"] == "qkv"  # Phi3: one tensor holds q, k and v
+                for proj in ("q", "k", "v") if fused else (m["proj"],):
+                    self._where[(int(m["layer"]), proj)] = (path, key)
         if len(prefixes) > 1:
             raise ModelLoadError(
                 f"{self.directory}: attention weights under several prefixes {sorted(prefixes)}; "
@@ -159,13 +168,16 @@ class SafetensorsWeights:
             )
 
     def layer(self, index: int) -> dict[str, Tensor]:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         out: dict[str, Tensor] = {}
         for p in PROJECTIONS:
             path, key = self._where[(index, p)]
-            with safe_open(str(path), framework="pt") as fh:
-                tensor = fh.get_tensor(key)
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    tensor = fh.get_tensor(key)
+            except SafetensorError as exc:  # e.g. cut short since it was opened
+                raise safetensors_error(path, exc) from exc
             out[p] = self._split_fused(tensor, p, key) if ".qkv_proj." in key else tensor
         return out
 
@@ -187,10 +199,7 @@ class SafetensorsWeights:
 
 
 def _geometry_from_config(directory: Path) -> HeadGeometry:
-    try:
-        cfg = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {directory / 'config.json'} ({exc})") from exc
+    cfg = read_model_json(directory / "config.json")
     cfg = cfg.get("thinker_config") or cfg  # multi-tower: Qwen2.5-Omni's language model
     text = cfg.get("text_config") or cfg
     try:

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from lineage_lens.errors import ShapeMismatchError
+from lineage_lens.errors import ConfigError, ShapeMismatchError
 from lineage_lens.lineage import (
     ScoreComparison,
     ScoreMatrix,
@@ -60,8 +60,10 @@ def test_permutation_p_value_is_not_small_for_independent_scores():
 def test_topk_overlap_by_hand():
     a = np.array([9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0])
     b = np.array([9.0, 0, 7, 1, 2, 8, 3, 4, 5, 6])  # top-3 of b: heads 0, 5, 2
-    tab = topk_overlap(a, b, ks=(1, 3, 20)).set_index("k")
-    assert list(tab.index) == [1, 3]  # k=20 > 10 heads is skipped
+    tab = topk_overlap(a, b, ks=(1, 3)).set_index("k")
+    assert list(tab.index) == [1, 3]
+    with pytest.raises(ConfigError, match="top-k size 20"):  # k=20 > 10 heads: an error
+        topk_overlap(a, b, ks=(1, 3, 20))
     assert tab.loc[1, "overlap"] == 1 and tab.loc[3, "overlap"] == 2  # heads 0 and 2
     assert tab.loc[3, "jaccard"] == pytest.approx(2 / 4)
     assert tab.loc[3, "expected"] == pytest.approx(9 / 10)

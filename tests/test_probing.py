@@ -108,17 +108,18 @@ def test_fits_head_activations_end_to_end(tiny_llama):
     from lineage_lens.activations import collect_head_activations
     from lineage_lens.data import ProbeExample
 
+    objects = ["cat", "dog", "car", "tree", "house", "book", "table", "chair", "cup"]
     examples = [
-        ProbeExample("the cat is on the mat", "where is the cat", ans, label, f"r{i}")
-        for i in range(10)
+        ProbeExample(f"the {obj} is on the mat", f"where is the {obj}", ans, label, f"r{i}")
+        for i, obj in enumerate([*objects, objects[0]])
         for ans, label in (("on the mat", 1), ("in the tree", 0))
     ]
     acts = collect_head_activations(tiny_llama, examples, batch_size=8, dtype=torch.float32)
-    # the ten rows are word for word the same: exact duplicates across source rows, reported
-    with pytest.warns(UserWarning, match="duplicate the activations of an example in another"):
+    # row r9 is word for word r0: exact duplicates across source rows, reported, one fold
+    with pytest.warns(UserWarning, match="duplicate an example in another group"):
         scores = fit_truth_scores(acts, folds=2, seed=0, progress=False)
     assert scores.shape == (2, 4) and scores.n == 20 and scores.folds == 2
-    assert scores.meta["cv"].startswith("StratifiedGroupKFold") and scores.meta["n_groups"] == 10
+    assert scores.meta["cv"].startswith("StratifiedGroupKFold") and scores.meta["n_groups"] == 9
 
 
 @pytest.mark.parametrize("hessian_dtype", [torch.float32, None])
@@ -387,13 +388,13 @@ def duplicated_noise(unique: int = 50, copies: int = 3, d: int = 32, seed: int =
 @pytest.mark.parametrize("solver", ["newton", "adamw"])
 def test_grouped_folds_remove_the_duplicate_leak(solver: str) -> None:
     x, y, rows = duplicated_noise()
-    with pytest.warns(UserWarning, match=r"without groups=.*inflate"):
-        leaky = fit_truth_scores(x, y, solver=solver, progress=False)
+    with pytest.warns(UserWarning, match=r"duplicate another example exactly.*one .*fold"):
+        auto = fit_truth_scores(x, y, solver=solver, progress=False)  # copies joined (issue 24)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # copies share a group: no leak, no warning
         grouped = fit_truth_scores(x, y, solver=solver, groups=rows, progress=False)
-    assert leaky.accuracy.mean() > 0.8  # the old, example-level folds memorise the copies
-    assert abs(grouped.accuracy.mean() - 0.5) < 0.08  # chance, as pure noise should be
+    for scores in (auto, grouped):  # example-level folds would memorise the copies (> 0.8)
+        assert abs(scores.accuracy.mean() - 0.5) < 0.08  # chance, as pure noise should be
     assert grouped.meta["cv"].startswith("StratifiedGroupKFold") and grouped.meta["n_groups"] == 50
 
 

@@ -12,9 +12,11 @@ not by typer's ``min=`` (whose usage errors span several lines).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from lineage_lens.errors import MAX_SEED, check_seed
 
 # ------------------------------------------------------------------ models and devices
 Model = Annotated[
@@ -33,6 +35,18 @@ Device = Annotated[
     ),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
+
+
+def _seed(value: int) -> int:
+    return check_seed(value, "--seed")
+
+
+def seed_option(what: str) -> Any:
+    """The ``--seed`` option (default 0) of a command; ``what`` says what it seeds. Its range,
+    0 to 2**32 - 1 (numpy's), is declared here once: a seed outside it is a one-line
+    :class:`~lineage_lens.errors.ConfigError` (exit 2) as the command line is read."""
+    return typer.Option(0, "--seed", help=f"Seed of {what} (0 to {MAX_SEED}).", callback=_seed)
+
 
 # ------------------------------------------------------------------ gates (TruthGate)
 Alpha = Annotated[float, typer.Option("--alpha", help="Gating strength: g = 1 + alpha * norm(S).")]
@@ -100,4 +114,5 @@ __all__ = [
     "Placement",
     "SweepAlphas",
     "SweepControls",
+    "seed_option",
 ]

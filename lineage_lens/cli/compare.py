@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from lineage_lens.cli import app
-from lineage_lens.cli._options import Metric
+from lineage_lens.cli._options import Metric, seed_option
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -32,8 +32,12 @@ def compare(
     ),
     n_resamples: int = typer.Option(2000, help="Bootstrap resamples for the 95 % CIs."),
     n_permutations: int = typer.Option(2000, help="Head shuffles for the permutation p-values."),
-    top_k: str = typer.Option("10,20,50,100", help="Comma-separated k for top-k overlap."),
-    seed: int = typer.Option(0, help="Seed of bootstrap and permutations."),
+    top_k: str = typer.Option(
+        "",
+        help="Comma-separated k for top-k overlap, each from 1 to the number of heads "
+        "(default: 10,20,50,100, those up to the number of heads).",
+    ),
+    seed: int = seed_option("bootstrap and permutations"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     out: Path | None = typer.Option(None, help="Also save the full comparison as JSON here."),
 ) -> None:
@@ -56,9 +60,11 @@ def compare(
         taken: set[str] = set()
         labels = [_label(p, taken) for p in scores]
     try:
-        ks = tuple(int(k) for k in top_k.split(",") if k.strip())
+        ks = tuple(int(k) for k in top_k.split(",") if k.strip()) or None
     except ValueError as exc:
         raise ConfigError(f"--top-k must be comma-separated integers, got {top_k!r}") from exc
+    for k in ks or ():
+        check_at_least(k, "--top-k", 1)  # above the number of heads: a ConfigError once loaded
     loaded = {lab: load_scores(p) for lab, p in zip(labels, scores, strict=True)}
     result = compare_many(
         loaded,

@@ -29,7 +29,7 @@ from lineage_lens.cli._options import (
     SweepAlphas,
     SweepControls,
 )
-from lineage_lens.errors import ConfigError
+from lineage_lens.errors import ConfigError, check_seed
 
 if TYPE_CHECKING:  # the library (torch) loads when a command runs, not for --help
     from lineage_lens.evals.runner import TaskEvaluator
@@ -174,7 +174,7 @@ def halueval_command(
     from lineage_lens.evals.outcomes import HaluEvalJudgement
 
     evaluator = HaluEvalJudgement(
-        seeds=tuple(parse_ints(seeds)),
+        seeds=tuple(check_seed(s, "a --seeds value") for s in parse_ints(seeds)),
         mode=mode,  # type: ignore[arg-type]
         n_probe=n_probe,
         limit=limit,

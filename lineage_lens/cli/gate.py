@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from lineage_lens.cli import app
-from lineage_lens.cli._options import Alpha, Device, GateControl, Metric, Model, Norm, Placement
+from lineage_lens.cli._options import (
+    Alpha,
+    Device,
+    GateControl,
+    Metric,
+    Model,
+    Norm,
+    Placement,
+    seed_option,
+)
 from lineage_lens.errors import ConfigError
 
 
@@ -47,7 +56,7 @@ def gate_command(
     ),
     layers: str = typer.Option("", "--layers", help="Layers to gate, e.g. '0,2,10-15' (all)."),
     control: GateControl = "",
-    seed: int = typer.Option(0, "--seed", help="Seed of the random control."),
+    seed: int = seed_option("the random control"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     chat: bool = typer.Option(
         False, "--chat/--no-chat", help="Wrap the prompt in the tokenizer's chat template."
@@ -57,6 +66,7 @@ def gate_command(
     """Show the greedy continuation of PROMPT without and with the gate, and the gate summary."""
     import torch
 
+    from lineage_lens.batching import check_context, logits_checked
     from lineage_lens.cli._checks import check_device
     from lineage_lens.gating import TruthGate
     from lineage_lens.kvcache import kv_cache_ok
@@ -85,24 +95,26 @@ def gate_command(
         )
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
     else:
-        ids = bridge.to_tokens(prompt)
+        ids = bridge.to_tokens(prompt, truncate=False)  # never cut silently: check_context
+    check_context(bridge, [ids[0].tolist()], ["--prompt"], new_tokens=max_new_tokens)
     ids = ids.to(bridge.cfg.device)
+    use_cache = kv_cache_ok(bridge)  # uncached if the cache is unsound
 
-    def continuation() -> str:
-        with torch.no_grad():
+    def continuation(alpha: float | None = None) -> str:
+        with torch.no_grad(), logits_checked(bridge, ["--prompt"], alpha=alpha):
             out = bridge.generate(
                 ids,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 verbose=False,
                 return_type="tokens",
-                use_past_kv_cache=kv_cache_ok(bridge),  # uncached if the cache is unsound
+                use_past_kv_cache=use_cache,
             )
         return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
     ungated = continuation()
     with gate.applied(bridge):
-        gated = continuation()
+        gated = continuation(gate.alpha)
     typer.echo(gate.summary())
     typer.echo(f"\nprompt: {prompt}")
     typer.echo(f"\n--- ungated ---\n{ungated}")

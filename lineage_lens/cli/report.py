@@ -69,7 +69,7 @@ def report(
     from dataclasses import replace
 
     from lineage_lens.cli._checks import check_at_least, check_device, check_output_dir
-    from lineage_lens.errors import ConfigError
+    from lineage_lens.errors import ConfigError, check_seed
     from lineage_lens.report import EVALS, PROFILES, lineage_report
 
     if profile not in PROFILES:
@@ -94,7 +94,9 @@ def report(
             raise ConfigError(
                 f"--control-seeds {control_seeds!r}: give comma-separated integers, e.g. 0,1,2."
             )
-        plan = replace(plan, control_seeds=seeds)
+        plan = replace(
+            plan, control_seeds=tuple(check_seed(s, "a --control-seeds value") for s in seeds)
+        )
     check_output_dir(out, "--out")
     device = check_device(device)
     start = time.perf_counter()

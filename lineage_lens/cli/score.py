@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from lineage_lens.cli import app
-from lineage_lens.cli._options import BatchSize, Device, Model
+from lineage_lens.cli._options import BatchSize, Device, Model, seed_option
 
 
 @app.command()
@@ -32,7 +32,7 @@ def score(
         "grouped folds, faster on a CPU) or 'truthprobe' (the authors' published probe "
         "exactly: their unstratified KFold, raw features; --seed 42 gives their folds).",
     ),
-    seed: int = typer.Option(0, help="Seed of the row split and the folds."),
+    seed: int = seed_option("the row split and the folds"),
     device: Device = None,
     top: int = typer.Option(10, help="How many top heads to print."),
 ) -> None:

@@ -8,7 +8,8 @@
   change or a rate is (paired bootstrap over the same examples; Wilson interval)
 * :func:`run_prompts` over :class:`PromptItem` s, :func:`encode_chat`, :func:`yes_no_token_ids`,
   :func:`model_fingerprint` -- the building blocks of a yes/no evaluator (batched log-prob or
-  greedy runs, gated or not, resumable through a :class:`ResultCache` keyed by the model)
+  greedy runs, gated or not, resumable through a :class:`ResultCache` keyed by the model and
+  each prompt's content: its tokens and image bytes)
 """
 
 from lineage_lens.evals._common import (

@@ -40,7 +40,10 @@ from tqdm.auto import tqdm
 from lineage_lens._display import ShortRepr, label
 from lineage_lens.batching import (
     MIN_SHARED_PREFIX,
+    check_context,
+    check_logits,
     fill_prefix_cache,
+    logits_checked,
     model_device,
     pad_batch,
     pad_token_id,
@@ -50,7 +53,13 @@ from lineage_lens.batching import (
 )
 from lineage_lens.errors import ConfigError, DataError, OutputError
 from lineage_lens.fileio import atomic_open
-from lineage_lens.images import ImageInputs, greedy_generate, image_batch_kwargs
+from lineage_lens.identity import file_digests, model_fingerprint
+from lineage_lens.images import (
+    ImageInputs,
+    greedy_generate,
+    image_batch_kwargs,
+    image_inputs_identity,
+)
 from lineage_lens.kvcache import kv_cache_ok
 from lineage_lens.models import model_label
 from lineage_lens.stats import METRIC_NAMES
@@ -140,6 +149,22 @@ class PromptItem:
     image: str | None = None
 
 
+def prompt_identities(items: Sequence[PromptItem]) -> list[str]:
+    """Per item, the content identity of what the model reads for it: its token ids (the
+    question, answer and instruction text as tokenized) and its image file's bytes
+    (:func:`lineage_lens.identity.file_digests`, indexed). Cached results are keyed by it, so a
+    question or image changed under the same key is computed again. Labels are not part of it:
+    a record is the model's answer, and the metrics are computed from the labels read anew."""
+    images = [it.image for it in items if it.image is not None]
+    digests = iter(file_digests(images))
+    out = []
+    for it in items:
+        h = hashlib.sha256(np.asarray(it.input_ids, dtype=np.int64).tobytes())
+        h.update(b"|" + (next(digests) if it.image is not None else "").encode())
+        out.append(h.hexdigest()[:32])
+    return out
+
+
 def gate_context(
     model: TransformerBridge, gate: TruthGate | None
 ) -> contextlib.AbstractContextManager:
@@ -178,13 +203,19 @@ def run_prompts(
     an ``image`` need ``image_inputs`` (the model family's :class:`~lineage_lens.images.ImageInputs`:
     every image forward input, e.g. ``image_sizes`` or ``image_grid_thw``) or, for LLaVA-1.5-style
     models, ``pixel_loader`` (paths -> ``[batch, 3, S, S]``). With a ``cache``, records
-    already stored under ``setting`` are reused and new ones appended after each batch.
+    already stored under ``setting``, the model's content and the prompt's content (its tokens and
+    image bytes, :func:`prompt_identities`) are reused and new ones appended after each batch.
 
     With ``share_prefix`` (logprob mode, text-only prompts), the longest token prefix common to
     all prompts (e.g. HaluEval's instruction with its few-shot examples, ~600 tokens) is run once,
     under the same gate, and its key/value cache is reused by every batch, which then runs only
     each prompt's own tokens (right-padded, positions continuing after the prefix). The logits are
     those of the full prompts (tested to float tolerance); any hooks see only the new positions.
+
+    Every prompt, with ``max_new_tokens`` in generate mode, must fit the model's context
+    (:func:`~lineage_lens.batching.check_context`: a :class:`DataError` before anything runs), and
+    the logits of every forward are checked (:func:`~lineage_lens.batching.check_logits`: NaN,
+    inf or all-equal logits raise :class:`~lineage_lens.errors.ModelOutputError`).
     """
     mode = check_mode(mode)
     if (
@@ -196,6 +227,9 @@ def run_prompts(
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         raise DataError("prompt keys must be unique.")
+    n_new = max_new_tokens if mode == "generate" else 0
+    check_context(model, [it.input_ids for it in items], keys, new_tokens=n_new)
+    alpha = None if gate is None else gate.alpha
     setting = dict(setting or {})
     setting.update(
         {
@@ -207,13 +241,21 @@ def run_prompts(
     )
     if mode == "generate":
         setting["max_new_tokens"] = max_new_tokens
+    if image_inputs is not None:  # how image files become pixels (the processor's config)
+        setting["image_inputs"] = image_inputs_identity(image_inputs)
     prefix = setting_digest(setting)
     results: dict[str, dict[str, Any]] = {}
     todo = list(items)
+    cache_keys: dict[str, str] = {}
     if cache is not None:
+        # the setting, then what the model reads (tokens, image bytes), then the item's key
+        content = prompt_identities(items)
+        cache_keys = {
+            it.key: f"{prefix}:{c}:{it.key}" for it, c in zip(items, content, strict=True)
+        }
         todo = []
         for it in items:
-            rec = cache.get(f"{prefix}:{it.key}")
+            rec = cache.get(cache_keys[it.key])
             if rec is None:
                 todo.append(it)
             else:
@@ -253,11 +295,13 @@ def run_prompts(
                     )
                     last = (suffixes.attention_mask.sum(dim=1) - 1).to(device)
                     rows = torch.arange(len(batch), device=device)
-                    recs = _yes_no_records(logits[rows, last], yes_ids, no_ids)
+                    logits = logits[rows, last]
+                    check_logits(logits, [it.key for it in batch], alpha=alpha)
+                    recs = _yes_no_records(logits, yes_ids, no_ids)
                     for it, rec in zip(batch, recs, strict=True):
                         results[it.key] = rec
                         if cache is not None:
-                            cache.put(f"{prefix}:{it.key}", rec)
+                            cache.put(cache_keys[it.key], rec)
                     bar.update(len(batch))
                     continue
                 ids, mask, pos, _ = pad_batch([it.input_ids for it in batch], pad)
@@ -282,31 +326,36 @@ def run_prompts(
                     if positions:
                         kwargs["position_ids"] = pos.to(device)
                     logits = model(ids.to(device), **kwargs)[:, -1]
+                    check_logits(logits, [it.key for it in batch], alpha=alpha)
                     recs = _yes_no_records(logits, yes_ids, no_ids)
                 else:
+                    # every step's logits are checked (check_logits)
+                    checked = logits_checked(model, [it.key for it in batch], alpha=alpha)
                     if image_inputs is not None and any(im is not None for im in images):
                         # image prompts decode in lineage_lens.images (TransformerLens' generate
                         # mishandles some families' image inputs)
-                        new_tokens = greedy_generate(
-                            model,
-                            ids,
-                            mask,
-                            image_inputs,
-                            images,
-                            max_new_tokens,
-                            eos_token_id=eos,
-                            use_cache=use_cache,
-                        )
+                        with checked:
+                            new_tokens = greedy_generate(
+                                model,
+                                ids,
+                                mask,
+                                image_inputs,
+                                images,
+                                max_new_tokens,
+                                eos_token_id=eos,
+                                use_cache=use_cache,
+                            )
                     else:
-                        out = model.generate(
-                            ids.to(device),
-                            max_new_tokens=max_new_tokens,
-                            do_sample=False,
-                            verbose=False,
-                            return_type="tokens",
-                            use_past_kv_cache=use_cache,
-                            **kwargs,
-                        )
+                        with checked:
+                            out = model.generate(
+                                ids.to(device),
+                                max_new_tokens=max_new_tokens,
+                                do_sample=False,
+                                verbose=False,
+                                return_type="tokens",
+                                use_past_kv_cache=use_cache,
+                                **kwargs,
+                            )
                         new_tokens = out[:, ids.shape[1] :]
                     recs = []
                     for row in new_tokens.tolist():
@@ -317,7 +366,7 @@ def run_prompts(
                 for it, rec in zip(batch, recs, strict=True):
                     results[it.key] = rec
                     if cache is not None:
-                        cache.put(f"{prefix}:{it.key}", rec)
+                        cache.put(cache_keys[it.key], rec)
                 bar.update(len(batch))
     finally:
         bar.close()
@@ -337,63 +386,6 @@ def _yes_no_records(
 
 
 # ------------------------------------------------------------------------------ cache
-_FINGERPRINT_ATTR = "_lineage_lens_fingerprint"
-
-
-def _tensor_bytes(t: Tensor) -> memoryview:
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def _tokenizer_digest(tok: Any) -> str:
-    if tok is None:
-        return "none"
-    h = hashlib.sha256(type(tok).__name__.encode())
-    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
-    h.update(json.dumps(sorted(vocab.items()), default=str).encode())
-    extra = {
-        "chat_template": getattr(tok, "chat_template", None),
-        "special": getattr(tok, "special_tokens_map", None),
-        "padding_side": getattr(tok, "padding_side", None),
-        "bos": getattr(tok, "add_bos_token", None),
-    }
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def model_fingerprint(model: Any) -> str:
-    """A sha256 of what a model computes: its parameters and buffers, config and tokenizer.
-
-    Result caches are keyed by it, so two models whose directories share a base name (``A/model``
-    and ``B/model``) never share cached results, and a model changed in place (fine-tuned, weights
-    copied in) is not mistaken for its former self. The digest is memoised on the model and
-    recomputed whenever a parameter or buffer is replaced or modified in place (its storage or
-    version counter changes); hashing SmolLM2-135M takes about half a second.
-    """
-    named = sorted([*model.named_parameters(), *model.named_buffers()], key=lambda item: item[0])
-    tok = getattr(model, "tokenizer", None)
-    state = (
-        id(tok),
-        tuple((n, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for n, t in named),
-    )
-    memo = getattr(model, _FINGERPRINT_ATTR, None)
-    if memo is not None and memo[0] == state:
-        return memo[1]
-    h = hashlib.sha256(type(model).__name__.encode())
-    cfg = getattr(model, "cfg", None)
-    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else vars(cfg) if cfg is not None else {}
-    cfg_dict = {k: v for k, v in cfg_dict.items() if k not in ("device", "model_name")}
-    h.update(json.dumps(cfg_dict, sort_keys=True, default=str).encode())
-    for name, t in named:
-        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t))
-    h.update(_tokenizer_digest(tok).encode())
-    digest = h.hexdigest()
-    with contextlib.suppress(AttributeError, TypeError):
-        object.__setattr__(model, _FINGERPRINT_ATTR, (state, digest))
-    return digest
-
-
 def setting_digest(setting: Mapping[str, Any]) -> str:
     """A short stable hash of a JSON-able setting (the cache key prefix)."""
     return hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[

@@ -54,7 +54,7 @@ import pandas as pd
 from lineage_lens._display import ShortRepr, label
 from lineage_lens._resources import resource_path
 from lineage_lens.errors import ConfigError, DataError
-from lineage_lens.fileio import atomic_open
+from lineage_lens.fileio import atomic_open, read_text
 from lineage_lens.stats import chair_i_of_counts as chair_i_of_counts  # re-exported
 
 if TYPE_CHECKING:
@@ -379,7 +379,8 @@ class ObjectVocabulary:
         if not p.is_file():
             raise DataError("synonyms file not found.", path=p)
         synonyms: dict[str, str] = {}
-        for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        text = read_text(p, "synonyms file")
+        for lineno, line in enumerate(text.splitlines(), start=1):
             if exact:
                 words = [w for w in line.strip().split(", ") if w]
             else:
@@ -499,7 +500,7 @@ def load_captions(path: str | Path) -> list[Caption]:
     p = Path(path)
     if not p.is_file():
         raise DataError("caption file not found.", path=p)
-    values = _decode_json_values(p.read_text(encoding="utf-8"), p)
+    values = _decode_json_values(read_text(p, "caption file"), p)
     if not values:
         raise DataError("caption file holds no captions (it is empty).", path=p)
     return captions_from_records(values, path=p)
@@ -540,16 +541,11 @@ def load_ground_truth(
     p = Path(path) if path is not None else resource_path("chair", "coco_gt_objects.json")
     if not p.is_file():
         raise DataError("ground-truth file not found.", path=p)
+    text = read_text(p, "ground-truth file")
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
+        raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}).", path=p, line=exc.lineno) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"not UTF-8 text (byte {exc.start}); save the file as UTF-8 JSON.", path=p
-        ) from exc
-    except OSError as exc:
-        raise DataError(f"cannot read the file ({exc.strerror or exc}).", path=p) from exc
     if not isinstance(raw, dict):
         raise DataError("expected a JSON object {image_id: [classes]}.", path=p)
     for key, value in raw.items():
@@ -576,8 +572,9 @@ def _read_coco_json(path: str | Path, kind: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"COCO {kind} file not found.", path=p)
+    text = read_text(p, f"COCO {kind} file")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}).", path=p, line=exc.lineno) from exc
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
@@ -709,8 +706,15 @@ class ChairResult(ShortRepr):
         p = Path(path)
         if not p.is_file():
             raise DataError("CHAIR result file not found.", path=p)
-        d = json.loads(p.read_text(encoding="utf-8"))
-        return cls(d["metrics"], pd.DataFrame(d["per_caption"]), d["skipped_ids"], d["config"])
+        try:
+            d = json.loads(read_text(p, "CHAIR result file"))
+            return cls(d["metrics"], pd.DataFrame(d["per_caption"]), d["skipped_ids"], d["config"])
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg}).", path=p, line=exc.lineno) from exc
+        except (KeyError, TypeError) as exc:
+            raise DataError(
+                f"not a CHAIR result file (no {exc}); write it with ChairResult.save.", path=p
+            ) from exc
 
     def plot(self, ax: Axes | None = None) -> Axes:
         """Bar chart of CHAIR_s, CHAIR_i and recall."""

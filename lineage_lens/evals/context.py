@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool
 
+from lineage_lens.batching import check_context, check_logits
 from lineage_lens.data import PAPER_TEMPLATE
 from lineage_lens.errors import DataError
 from lineage_lens.evals._common import gate_context
@@ -39,9 +40,15 @@ Item = tuple[str, str, str, str]
 
 
 @torch.no_grad()
-def followed(model: TransformerBridge, items: Sequence[Item]) -> Bool[np.ndarray, " item"]:
+def followed(
+    model: TransformerBridge, items: Sequence[Item], *, alpha: float | None = None
+) -> Bool[np.ndarray, " item"]:
     """Per ``(context, question, context answer, prior)`` item: does the context answer get a
-    higher next-token logit than the prior after the paper's prompt (bridge forward)?"""
+    higher next-token logit than the prior after the paper's prompt (bridge forward)?
+
+    Prompts must fit the model's context and the logits must be usable
+    (:func:`~lineage_lens.batching.check_context`, :func:`~lineage_lens.batching.check_logits`;
+    ``alpha``, the strength of a gate the model runs under, only goes into that error message)."""
     if not items:
         raise DataError("no context-following items to evaluate.")
     tok = model.tokenizer
@@ -49,6 +56,8 @@ def followed(model: TransformerBridge, items: Sequence[Item]) -> Bool[np.ndarray
         PAPER_TEMPLATE.split("{answer}")[0].format(context=c, question=q) for c, q, _, _ in items
     ]
     enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    mask = enc.attention_mask.bool()
+    check_context(model, [ids[m].tolist() for ids, m in zip(enc.input_ids, mask, strict=True)])
     logits = model(enc.input_ids, attention_mask=enc.attention_mask)
     if tok.padding_side == "left":
         last = torch.full((len(items),), enc.input_ids.shape[1] - 1)
@@ -56,6 +65,7 @@ def followed(model: TransformerBridge, items: Sequence[Item]) -> Bool[np.ndarray
         last = enc.attention_mask.sum(1) - 1
     rows = torch.arange(len(items))
     out = logits[rows, last]
+    check_logits(out, alpha=alpha)
     ctx = torch.tensor([tok.convert_tokens_to_ids(a) for _, _, a, _ in items])
     prior = torch.tensor([tok.convert_tokens_to_ids(p) for _, _, _, p in items])
     return (out[rows, ctx] > out[rows, prior]).numpy()
@@ -77,7 +87,7 @@ class ContextFollowing:
 
     def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome:
         with gate_context(model, gate):
-            hits = followed(model, self.items)
+            hits = followed(model, self.items, alpha=None if gate is None else gate.alpha)
         rate, low, high = proportion_ci(int(hits.sum()), len(hits))
         metrics = {"n": len(hits), "context_following": rate, "ci_low": low, "ci_high": high}
         return Outcome(metrics, {"context_following": PerExample.mean(hits)})

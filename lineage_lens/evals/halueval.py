@@ -18,6 +18,7 @@ explicit ``rows`` are checked against ``exclude_ids``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ import pandas as pd
 
 from lineage_lens._resources import resource_path
 from lineage_lens.data import HaluEvalRow, as_halueval_rows, load_halueval_qa, split_probe_eval
-from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.errors import ConfigError, DataError, check_seed
 from lineage_lens.evals._common import (
     EvalResult,
     Mode,
@@ -40,6 +41,7 @@ from lineage_lens.evals._common import (
     maybe_cache,
     run_prompts,
 )
+from lineage_lens.identity import record_digest
 from lineage_lens.models import model_label
 from lineage_lens.stats import binary_metrics
 
@@ -77,7 +79,7 @@ def halueval_user_message(
 
 def shown_answers(rows: Sequence[HaluEvalRow], seed: int) -> np.ndarray:
     """Per row, ``True`` when the seed shows the hallucinated answer (ground truth "Yes")."""
-    return np.random.default_rng(seed).random(len(rows)) > 0.5
+    return np.random.default_rng(check_seed(seed)).random(len(rows)) > 0.5
 
 
 def eval_rows(
@@ -108,6 +110,30 @@ def eval_rows(
         )
     assert not {r.row_id for r in rows} & {str(i) for i in excluded}
     return list(rows)
+
+
+def halueval_inputs_identity(
+    rows: Sequence[HaluEvalRow] | Dataset | None = None,
+    *,
+    n_probe: int = 292,
+    split_seed: int = 0,
+    exclude_ids: Iterable[str] | None = None,
+    limit: int | None = None,
+    instruction: str | None = None,
+) -> str:
+    """The content identity of what :func:`evaluate_halueval` reads with these arguments: the
+    text of every evaluation row (:func:`eval_rows`, the first ``limit``), the instruction
+    (vendored or given) and the system message."""
+    evaluated = eval_rows(rows, n_probe=n_probe, split_seed=split_seed, exclude_ids=exclude_ids)
+    if limit is not None:
+        evaluated = evaluated[: max(limit, 0)]
+    return record_digest(
+        {
+            "rows": [dataclasses.asdict(r) for r in evaluated],
+            "instruction": qa_instruction() if instruction is None else instruction,
+            "system": HALUEVAL_SYSTEM,
+        }
+    )
 
 
 def evaluate_halueval(
@@ -151,6 +177,7 @@ def evaluate_halueval(
     mode = check_mode(mode)
     if not seeds:
         raise ConfigError("give at least one seed.")
+    seeds = [check_seed(s) for s in seeds]  # before any forward pass
     rows = eval_rows(rows, n_probe=n_probe, split_seed=split_seed, exclude_ids=exclude_ids)
     if limit is not None:
         if limit < 1:

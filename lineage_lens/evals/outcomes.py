@@ -27,7 +27,8 @@ The context-following evaluator of the zoo lives in :mod:`lineage_lens.evals.con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import dataclasses
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -184,6 +185,19 @@ class HaluEvalJudgement:
     cache: ResultCache | None = None
     progress: bool = False
 
+    def inputs_identity(self) -> str:
+        """The content identity of the rows and instruction this evaluator reads
+        (:func:`~lineage_lens.evals.halueval.halueval_inputs_identity`)."""
+        from lineage_lens.evals.halueval import halueval_inputs_identity
+
+        return halueval_inputs_identity(
+            self.rows,
+            n_probe=self.n_probe,
+            exclude_ids=self.exclude_ids,
+            limit=self.limit,
+            instruction=self.instruction,
+        )
+
     def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome:
         from lineage_lens.evals.halueval import evaluate_halueval
 
@@ -239,6 +253,13 @@ class PopeAnswers:
     batch_size: int = 8
     cache: ResultCache | None = None
     progress: bool = False
+
+    def inputs_identity(self) -> str:
+        """The content identity of the questions and images this evaluator reads
+        (:func:`~lineage_lens.evals.pope.pope_inputs_identity`)."""
+        from lineage_lens.evals.pope import pope_inputs_identity
+
+        return pope_inputs_identity(self.image_dir, list(self.splits), limit=self.limit)
 
     def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome:
         from lineage_lens.evals.pope import evaluate_pope
@@ -299,6 +320,40 @@ class ChairCaptions:
     n_resamples: int = 2000
     cache: ResultCache | None = None
     progress: bool = False
+
+    def inputs_identity(self) -> str:
+        """The content identity of what this evaluator reads: the bytes of each image captioned
+        (found as :func:`~lineage_lens.evals.chair.evaluate_chair` finds them), the ground truth
+        and the vocabulary."""
+        from lineage_lens.evals.chair import find_image_files, load_ground_truth
+        from lineage_lens.identity import file_digest, file_digests, record_digest
+
+        gt = self.ground_truth
+        ids = self.image_ids
+        if ids is None:  # as evaluate_chair: the ground truth's ids, else the vendored ones
+            if isinstance(gt, Mapping):
+                gt_ids: Any = gt
+            elif gt is None:
+                gt_ids = load_ground_truth()
+            else:
+                gt_ids = load_ground_truth(gt, self.vocabulary)
+            ids = sorted(gt_ids, key=lambda s: (len(str(s)), str(s)))
+        names = [str(i) for i in ids][: self.limit]
+        files = find_image_files(self.image_dir, names, self.file_pattern)
+        digests = file_digests([files[i] for i in names])
+        if isinstance(gt, (str, Path)):
+            truth: Any = file_digest(gt)
+        else:
+            mapping = load_ground_truth() if gt is None else gt
+            truth = {str(k): sorted(v) for k, v in mapping.items()}
+        vocabulary = "coco" if self.vocabulary is None else dataclasses.asdict(self.vocabulary)
+        return record_digest(
+            {
+                "images": dict(zip(names, digests, strict=True)),
+                "ground_truth": truth,
+                "vocabulary": vocabulary,
+            }
+        )
 
     def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome:
         from lineage_lens.evals.chair import evaluate_chair

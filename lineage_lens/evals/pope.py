@@ -36,6 +36,7 @@ from lineage_lens.evals._common import (
     run_prompts,
 )
 from lineage_lens.hf_datasets import dataset_rows, is_dataset, to_dataset
+from lineage_lens.identity import file_digests, record_digest
 from lineage_lens.images import (
     LLAVA_TEMPLATE,
     encode_image_prompt,
@@ -170,6 +171,31 @@ def check_images(questions: Sequence[PopeQuestion], image_dir: str | Path) -> Pa
             "POPE files) or pass the right folder."
         )
     return folder
+
+
+def pope_inputs_identity(
+    image_dir: str | Path,
+    splits: Sequence[str | Path | Dataset]
+    | Mapping[str, str | Path | Dataset]
+    | Dataset = POPE_SPLITS,
+    *,
+    limit: int | None = None,
+) -> str:
+    """The content identity of what :func:`evaluate_pope` reads with these arguments: every
+    split's name and questions (id, image name, text, label) and the bytes of every image they
+    name (:func:`lineage_lens.identity.file_digests`, indexed). A question file edited in place,
+    or an image whose pixels change under the same name, gives a new identity. Missing images
+    raise :class:`DataError` as in :func:`evaluate_pope`."""
+    per_split = {name: load_pope(s, limit=limit) for name, s in _named_splits(splits).items()}
+    folder = check_images([q for qs in per_split.values() for q in qs], image_dir)
+    names = sorted({q.image for qs in per_split.values() for q in qs})
+    digests = file_digests([folder / n for n in names])
+    return record_digest(
+        {
+            "questions": {split: [q.to_row() for q in qs] for split, qs in per_split.items()},
+            "images": dict(zip(names, digests, strict=True)),
+        }
+    )
 
 
 def evaluate_pope(

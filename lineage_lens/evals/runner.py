@@ -10,7 +10,9 @@ and optionally with control gates (``"random"``: the same scores permuted across
 against the ungated model (and, for the Truth Scores, against the first control). With
 ``out_dir`` it writes ``results.json`` (every setting with its per-group metrics and
 configuration), ``results.csv`` (one row per setting), ``sweep.png`` and a per-example cache
-``cache.jsonl``: rerunning an interrupted sweep resumes where it stopped.
+``cache.jsonl``: rerunning an interrupted sweep resumes where it stopped. Its records are keyed by
+the model's content and each prompt's (tokens and image bytes), so questions or images changed
+under the same ids are evaluated again.
 
 Typical use::
 

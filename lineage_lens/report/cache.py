@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lineage_lens import identity
 from lineage_lens.errors import OutputError
 
 if TYPE_CHECKING:
@@ -25,32 +26,23 @@ CACHE_VERSION = 1
 # Identities and the step cache
 # --------------------------------------------------------------------------------------------
 
-_WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".gguf", ".pt")
-
 
 def model_identity(name_or_path: str | Path) -> str:
     """A content address of a model: for a local directory (aliases and ``.gguf`` files resolve
-    to one) the size and first/last MiB of each weight, config and tokenizer file; for a hub
-    name the name itself. Equal identities mean the same model for every cached step."""
-    from lineage_lens.models import _file_digest, resolve_model_path
+    to one) every byte of every file a loader may read, in any subfolder
+    (:func:`lineage_lens.identity.model_dir_identity`, indexed so an unchanged checkpoint is not
+    read again); for a hub name its downloaded snapshot, or the name while it is not downloaded.
+    Equal identities mean the same model for every cached step."""
+    from lineage_lens.models import resolve_model_path
 
-    source = resolve_model_path(name_or_path)
-    path = Path(source)
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(path.iterdir()):
-            if f.is_file() and f.suffix in _WEIGHT_SUFFIXES:
-                h.update(f.name.encode())
-                h.update(_file_digest(f).encode())
-    else:
-        h.update(f"hub:{source}".encode())
-    return h.hexdigest()[:16]
+    return identity.model_source_identity(resolve_model_path(name_or_path))[:16]
 
 
 def file_identity(path: Path) -> str | None:
-    """A content address of a small input file (``None`` when there is no such file), so a
-    cached step is recomputed when, e.g., a ground-truth or synonyms file is edited in place."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    """A content address of an input file (``None`` when there is no such file): the sha256 of
+    every byte (:func:`lineage_lens.identity.file_digest`), so a cached step is recomputed when,
+    e.g., a ground-truth or synonyms file is edited in place."""
+    return identity.file_digest(path)[:16] if Path(path).is_file() else None
 
 
 def _digest(obj: Any) -> str:
@@ -58,15 +50,9 @@ def _digest(obj: Any) -> str:
 
 
 def examples_identity(examples: Sequence[ProbeExample]) -> str:
-    """A content address of probing examples (images by their pixels or path)."""
-    h = hashlib.sha256()
-    for ex in examples:
-        row = ex.to_row()
-        image = row.pop("image", None)
-        h.update(json.dumps(row, sort_keys=True).encode())
-        if image is not None and hasattr(image, "tobytes"):
-            h.update(hashlib.sha256(image.tobytes()).digest())
-    return h.hexdigest()[:16]
+    """A content address of probing examples: their text and labels, images by their pixels or,
+    for a path, the file's bytes (:func:`lineage_lens.identity.examples_identity`)."""
+    return identity.examples_identity(examples)[:16]
 
 
 class StepCache:

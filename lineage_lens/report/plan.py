@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from lineage_lens.errors import ConfigError
+from lineage_lens.errors import ConfigError, check_seed
 
 EVALS: tuple[str, ...] = ("halueval", "pope", "chair")
 #: The statistic of each evaluation the transfer test reads, and which direction is better.
@@ -75,6 +75,10 @@ class ReportPlan:
             raise ConfigError("ReportPlan.eval_seeds must name at least one seed.")
         if not self.control_seeds:
             raise ConfigError("ReportPlan.control_seeds must name at least one seed.")
+        check_seed(self.seed, "ReportPlan.seed")
+        for name in ("eval_seeds", "control_seeds"):
+            for s in getattr(self, name):
+                check_seed(s, f"ReportPlan.{name} entry")
         if not math.isfinite(self.alpha) or self.alpha == 0:
             raise ConfigError(
                 f"ReportPlan.alpha must be a finite non-zero number, got {self.alpha}."

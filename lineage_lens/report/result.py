@@ -148,7 +148,7 @@ class LineageReport:
             for p in PROJECTIONS:
                 row[f"drift_{p}"] = float(np.mean(d.heads[f"{p}_rel"])) if d else math.nan
             c = self.cka.get(name)
-            row["cka_mean"] = float(np.mean(c.values)) if c else math.nan
+            row["cka_mean"] = float(np.nanmean(c.values)) if c else math.nan  # defined heads
             ev = self.evidence_stats.get(name, {})
             for key in ("delta", "ci_low", "ci_high"):
                 row[f"evidence_top_minus_bottom{'' if key == 'delta' else '_' + key}"] = ev.get(
@@ -251,10 +251,15 @@ class LineageReport:
                 if lo_desc > hi_ctrl
                 else "; a control reaches a descendant's r (family not separated)"
             )
-        lines.append(
-            f"**Inherited Truth Scores** ({verdict}: Pearson r with {self.ancestor}, CI above 0 "
-            f"and permutation p < 0.05): " + "; ".join(parts) + note + "."
-        )
+        if parts:
+            lines.append(
+                f"**Inherited Truth Scores** ({verdict}: Pearson r with {self.ancestor}, CI above "
+                f"0 and permutation p < 0.05): " + "; ".join(parts) + note + "."
+            )
+        else:
+            lines.append(
+                "**Inherited Truth Scores** (not measured: " + self._skips("inheritance") + ")."
+            )
         # 2. weights
         if self.drift:
             mean = {
@@ -278,8 +283,12 @@ class LineageReport:
         else:
             lines.append("**Weights stay close** (not measured: " + self._skips("drift") + ").")
         if self.cka:
-            text = "; ".join(f"{n} {float(np.mean(c.values)):.3f}" for n, c in self.cka.items())
+            text = "; ".join(f"{n} {_cka_mean(c.values)}" for n, c in self.cka.items())
             lines.append(f"**Per-head CKA with {self.ancestor}** (mean over heads): {text}.")
+        elif any(k.startswith("cka") for k in self.skipped):
+            lines.append(
+                f"**Per-head CKA with {self.ancestor}** (not measured: " + self._skips("cka") + ")."
+            )
         # 3. evidence
         if self.evidence_stats:
             ok = [s["ci_low"] > 0 for s in self.evidence_stats.values()]
@@ -437,6 +446,14 @@ def _verdict(ok: Sequence[bool], what: str) -> str:
     if not any(ok):
         return "did not hold"
     return f"held for {sum(ok)} of {len(ok)} {what}"
+
+
+def _cka_mean(values: np.ndarray) -> str:
+    """The mean CKA over the heads where it is defined (a constant head's CKA is NaN), saying
+    how many heads it leaves out."""
+    ok = np.isfinite(values)
+    text = f"{float(values[ok].mean()):.3f}" if ok.any() else "undefined"
+    return text if ok.all() else f"{text} ({int((~ok).sum())} of {ok.size} heads undefined)"
 
 
 def _num(value: float, spec: str = ".3f") -> str:

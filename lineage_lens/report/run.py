@@ -5,7 +5,6 @@ pair, each cached (:mod:`lineage_lens.report.cache`), and the assembled
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import platform
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
+from lineage_lens.errors import ConfigError, DataError, ModelLoadError, ShapeMismatchError
 from lineage_lens.fileio import atomic_open
 from lineage_lens.report.cache import (
     StepCache,
@@ -26,7 +25,7 @@ from lineage_lens.report.cache import (
     file_identity,
     model_identity,
 )
-from lineage_lens.report.plan import EVALS, PROFILES, ReportPlan, top_k
+from lineage_lens.report.plan import EVAL_STAT, EVALS, PROFILES, PROJECTIONS, ReportPlan, top_k
 from lineage_lens.report.result import LineageReport, ModelEntry, _rank
 
 if TYPE_CHECKING:
@@ -234,7 +233,28 @@ def _model_steps(run: _Run, entry: ModelEntry, anc: ModelEntry) -> None:
 def _gating_skip(run: _Run, entry: ModelEntry) -> str:
     if run.evaluation in ("pope", "chair") and not entry.multimodal:
         return f"{run.evaluation} needs a vision-language model; {entry.name} is text-only"
+    anc = run.entries[0]  # whose scores gate every model (the ancestor its own)
+    file = run.score_files.get(anc.name)
+    if file is not None and file.exists():  # else _gating_step checks once they are computed
+        from lineage_lens.scores import TruthScores
+
+        return constant_map_reason(TruthScores.load(file), anc.name, "gate")
     return ""
+
+
+def constant_map_reason(scores: TruthScores, name: str, use: str) -> str:
+    """Why a step that ranks heads by ``name``'s Truth Scores (``use``: what it does with them)
+    is skipped when their map is constant (zero variance, e.g. constant activations), else ``""``:
+    a constant map ranks no head above another, so any verdict from it would come from nothing."""
+    values = np.asarray(scores.accuracy, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() < finite.max():
+        return ""
+    level = f"every head {finite[0]:.3f}" if finite.size else "no finite score"
+    return (
+        f"the Truth Score map of {name} is constant ({level}, zero variance): its {use} ranks "
+        "no head above another"
+    )
 
 
 def _score_step(run: _Run, model: Any, entry: ModelEntry, cond: str, file: Path, acts: Path):
@@ -306,6 +326,14 @@ def _gating_step(run: _Run, model: Any, entry: ModelEntry, anc: ModelEntry, file
     from lineage_lens.sweep import GateSettings, ScoreSource, gating_sweep, transfer_sources
 
     own = TruthScores.load(run.score_files[entry.name])
+    reason = constant_map_reason(
+        own if entry.role == "ancestor" else TruthScores.load(run.score_files[anc.name]),
+        anc.name,
+        "gate",
+    )
+    if reason:
+        run.skipped[f"gating {entry.name}"] = reason
+        return
     if entry.role == "ancestor":
         sources, alphas = [ScoreSource("own", own)], run.plan.ancestor_alphas
     else:
@@ -338,13 +366,14 @@ def _gating_step(run: _Run, model: Any, entry: ModelEntry, anc: ModelEntry, file
 def _pair_steps(run: _Run, anc: ModelEntry, entry: ModelEntry, result: dict[str, Any]) -> None:
     """The steps comparing ``entry`` with the ancestor, from cached results and checkpoints."""
     from lineage_lens.cka import HeadCKA, head_cka
-    from lineage_lens.lineage import DEFAULT_KS, ScoreComparison, compare_scores
+    from lineage_lens.lineage import ScoreComparison, check_ks, compare_scores
     from lineage_lens.models import resolve_model_path
     from lineage_lens.scores import TruthScores
     from lineage_lens.weights import WeightDrift, weight_drift
 
     anc_scores = TruthScores.load(run.score_files[anc.name])
-    ks = tuple(sorted({top_k(run.plan, anc_scores.accuracy.size), *DEFAULT_KS}))
+    n_heads = anc_scores.accuracy.size
+    ks = tuple(sorted({top_k(run.plan, n_heads), *check_ks(None, n_heads)}))
     names = [entry.name] + [
         n for n in run.score_files if n.startswith(f"{entry.name} [")
     ]  # extra conditions
@@ -399,7 +428,15 @@ def _pair_steps(run: _Run, anc: ModelEntry, entry: ModelEntry, result: dict[str,
         run, file, f"{entry.name}: weight drift", f"drift {entry.name}", drift, WeightDrift.load
     )
     if value is not None:
-        result["drift"][entry.name] = value
+        rel = np.array([value.heads[f"{p}_rel"] for p in PROJECTIONS])
+        if np.isfinite(rel).all():
+            result["drift"][entry.name] = value
+        else:  # a statistic from nothing is skipped, never judged
+            bad = int((~np.isfinite(rel)).sum())
+            run.skipped[f"drift {entry.name}"] = (
+                f"the relative weight change is undefined (NaN or inf) for {bad} head "
+                f"projection(s): a projection of {anc.name} is all zeros"
+            )
     # per-head CKA of the probed activations (same examples, same order)
     acts_a, acts_b = run.acts_dirs[anc.name], run.acts_dirs[entry.name]
 
@@ -423,8 +460,13 @@ def _pair_steps(run: _Run, anc: ModelEntry, entry: ModelEntry, result: dict[str,
         HeadCKA.load,
         errors=(ShapeMismatchError, DataError),
     )
-    if value is not None:
+    if value is not None and np.isfinite(value.values).any():
         result["cka"][entry.name] = value
+    elif value is not None:  # NaN CKA is skipped, never reported as a number
+        run.skipped[f"cka {entry.name}"] = (
+            f"CKA is undefined (NaN) for every head: the activations of {anc.name} or "
+            f"{entry.name} are constant (zero variance)"
+        )
 
 
 def _cached_step(
@@ -510,6 +552,7 @@ def make_evaluator(
             "seeds": plan.eval_seeds,
             "rows": plan.eval_rows,
             "exclude": _digest(sorted(exclude_ids or [])),
+            "inputs": ev.inputs_identity(),  # the rows' and instruction's text
         }
         return ev, key
     if eval_dir is None or not Path(eval_dir).is_dir():
@@ -519,28 +562,26 @@ def make_evaluator(
         )
     eval_dir = Path(eval_dir)
     images = eval_dir / "images" if (eval_dir / "images").is_dir() else eval_dir
-    key = {"eval": evaluation, "dir": str(eval_dir.resolve()), "rows": plan.eval_rows}
+    # keyed by the content of what the evaluator reads (questions, labels, image bytes, ground
+    # truth), never by the folder's name: an edited file or image is evaluated again
+    key = {"eval": evaluation, "rows": plan.eval_rows}
     if evaluation == "pope":
         files = sorted(eval_dir.glob("pope_*.json"))
         splits: Sequence[Any] = files or ("random", "popular", "adversarial")
         key["splits"] = [f.name for f in files] or list(splits)
-        return (
-            PopeAnswers(images, splits, limit=plan.eval_rows, batch_size=plan.eval_batch_size),
-            key,
-        )
+        pope = PopeAnswers(images, splits, limit=plan.eval_rows, batch_size=plan.eval_batch_size)
+        return pope, key | {"inputs": pope.inputs_identity()}
     gt, synonyms = eval_dir / "gt_objects.json", eval_dir / "synonyms.txt"
     vocabulary = ObjectVocabulary.from_synonyms_file(synonyms) if synonyms.is_file() else None
     key |= {"gt": file_identity(gt), "vocabulary": file_identity(synonyms) or "coco"}
-    return (
-        ChairCaptions(
-            images,
-            vocabulary=vocabulary,
-            ground_truth=gt if gt.is_file() else None,
-            limit=plan.eval_rows,
-            n_resamples=plan.n_resamples,
-        ),
-        key,
+    chair = ChairCaptions(
+        images,
+        vocabulary=vocabulary,
+        ground_truth=gt if gt.is_file() else None,
+        limit=plan.eval_rows,
+        n_resamples=plan.n_resamples,
     )
+    return chair, key | {"inputs": chair.inputs_identity()}
 
 
 def lineage_report(
@@ -610,9 +651,16 @@ def lineage_report(
                 f"task is one of {', '.join(EVALS)}."
             )
         eval_key = {"eval": evaluation, "evaluator": repr(evaluator)}
+        if hasattr(evaluator, "inputs_identity"):  # the library's evaluators: by content
+            eval_key["inputs"] = evaluator.inputs_identity()
     sources = [ancestor, *descendants, *controls]
     labels = _labels(sources, names)
     roles = ["ancestor"] + ["descendant"] * len(descendants) + ["control"] * len(controls)
+    # every model is checked (config and weight files whole) before the cache folder is made
+    entries = [
+        ModelEntry(lab, role, str(src), model_identity(src), _is_multimodal(src))  # type: ignore[arg-type]
+        for src, lab, role in zip(sources, labels, roles, strict=True)
+    ]
     run = _Run(
         cache=StepCache(out / "cache"),
         plan=plan,
@@ -626,23 +674,10 @@ def lineage_report(
         device=device,
         progress=progress,
     )
-    for src, lab, role in zip(sources, labels, roles, strict=True):
-        run.entries.append(
-            ModelEntry(lab, role, str(src), model_identity(src), _is_multimodal(src))  # type: ignore[arg-type]
-        )
-    anc = run.entries[0]
+    run.entries.extend(entries)
     result: dict[str, Any] = {"comparisons": {}, "drift": {}, "cka": {}}
     with run.cache.lock():
-        bar = tqdm(total=2 * len(run.entries) - 1, desc="lineage report", disable=not progress)
-        for entry in run.entries:
-            bar.set_postfix_str(entry.name)
-            _model_steps(run, entry, anc)
-            bar.update()
-        for entry in run.entries[1:]:
-            bar.set_postfix_str(f"{entry.name} vs {anc.name}")
-            _pair_steps(run, anc, entry, result)
-            bar.update()
-        bar.close()
+        _run_serial(run, result)
         report = _assemble(run, result, probe_ids, command)
         report.meta["out"] = str(out)
         if write:
@@ -655,17 +690,42 @@ def lineage_report(
     return report
 
 
+def _run_serial(run: _Run, result: dict[str, Any]) -> None:
+    """Every model's steps, one model at a time, then every pair's comparisons."""
+    anc = run.entries[0]
+    bar = tqdm(total=2 * len(run.entries) - 1, desc="lineage report", disable=not run.progress)
+    for entry in run.entries:
+        bar.set_postfix_str(entry.name)
+        _model_steps(run, entry, anc)
+        bar.update()
+    for entry in run.entries[1:]:
+        bar.set_postfix_str(f"{entry.name} vs {anc.name}")
+        _pair_steps(run, anc, entry, result)
+        bar.update()
+    bar.close()
+
+
 def _is_multimodal(source: str | Path) -> bool:
-    """Whether a model's config names a vision tower (read from its config, no model load)."""
-    from lineage_lens.models import resolve_model_path
+    """Whether a model's config names a vision tower (read from its config, no model load).
+    A local model whose JSON or weight files are cut short fails here, before any step runs
+    (the :class:`~lineage_lens.errors.ModelLoadError` :func:`~lineage_lens.models.load_model`
+    gives)."""
+    from lineage_lens.models import check_model_files, read_model_json, resolve_model_path
 
     path = Path(resolve_model_path(source))
     if not path.is_dir():
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(str(path)).to_dict()
+        try:
+            cfg = AutoConfig.from_pretrained(str(path)).to_dict()
+        except OSError as exc:  # as load_model words it
+            raise ModelLoadError(
+                f"Could not load {str(source)!r} ({exc}). Without network access, pass a local "
+                "HF directory, a .gguf file or a packaged alias."
+            ) from exc
     else:
-        cfg = json.loads((path / "config.json").read_text())
+        check_model_files(path)
+        cfg = read_model_json(path / "config.json")
     return any(k in cfg for k in ("vision_config", "vision_tower", "visual"))
 
 
@@ -682,22 +742,39 @@ def _assemble(
     k = top_k(run.plan, scores[run.entries[0].name].accuracy.size)
     for e in run.entries:
         file = run.evidence_path(e)
-        if file.exists():
-            evidence[e.name] = EvidenceAttention.load(file)
-            stats[e.name] = evidence_statistic(
-                evidence[e.name],
-                scores[e.name],
-                top_k(run.plan, scores[e.name].accuracy.size),
-                n_resamples=run.plan.n_resamples,
-                seed=run.plan.seed,
+        if not file.exists():
+            continue
+        reason = constant_map_reason(scores[e.name], e.name, "top-vs-bottom split")
+        if reason:  # skipped with its reason, like a comparison that cannot be computed
+            run.skipped[f"evidence {e.name}"] = reason
+            continue
+        att = EvidenceAttention.load(file)
+        stat = evidence_statistic(
+            att,
+            scores[e.name],
+            top_k(run.plan, scores[e.name].accuracy.size),
+            n_resamples=run.plan.n_resamples,
+            seed=run.plan.seed,
+        )
+        if not all(np.isfinite(stat[c]) for c in ("delta", "ci_low", "ci_high")):
+            run.skipped[f"evidence {e.name}"] = (
+                "the top-minus-bottom attention or its interval is undefined (NaN)"
             )
+            continue
+        evidence[e.name], stats[e.name] = att, stat
     frames = []
+    stat_name = EVAL_STAT[run.evaluation][0]
     for e in run.entries:
         if e.role == "control" or f"gating {e.name}" in run.skipped:
             continue
         file = run.gating_path(e, run.entries[0])
         if file.exists():
-            frames.append(pd.read_csv(file))
+            frame = pd.read_csv(file)
+            reason = _undefined_transfer(frame, stat_name) if e.role == "descendant" else ""
+            if reason:
+                run.skipped[f"gating {e.name}"] = reason
+                continue
+            frames.append(frame)
     gating = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if command is None:
         command = _call_repr(run)
@@ -725,6 +802,23 @@ def _assemble(
             "n_examples": len(run.examples),
             "activations": {n: str(p) for n, p in run.acts_dirs.items()},
         },
+    )
+
+
+def _undefined_transfer(frame: pd.DataFrame, stat: str) -> str:
+    """Why a descendant's transfer test is skipped: its inherited-vs-control statistic (or its
+    interval) is NaN at a gated alpha, e.g. an AUROC of answers that never vary; else ``""``."""
+    cols = [f"{stat}_vs_control{s}" for s in ("", "_ci_low", "_ci_high")]
+    if not set(cols) <= set(frame.columns) or "scores" not in frame.columns:
+        return ""
+    rows = frame[(frame["scores"] == "inherited") & (frame["alpha"] != 0)]
+    bad = rows[~np.isfinite(rows[cols].to_numpy(dtype=np.float64)).all(axis=1)]
+    if bad.empty:
+        return ""
+    alphas = ", ".join(f"{a:g}" for a in sorted(set(bad["alpha"])))
+    return (
+        f"the transfer statistic ({stat}, inherited vs control) is undefined (NaN) at alpha "
+        f"{alphas}"
     )
 
 
