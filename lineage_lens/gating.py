@@ -74,6 +74,7 @@ from lineage_lens._display import label, number
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError, check_seed
 from lineage_lens.headmap import HeadMap
 from lineage_lens.models import head_geometry, model_label
+from lineage_lens.placement import WeightSlot
 from lineage_lens.scores import TruthScores
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ class FoldHandle(contextlib.AbstractContextManager):
     """Handle of gates folded into W_O: :meth:`restore` (or leaving the ``with``) puts back the
     original weights bit-exactly. Restoring twice is harmless."""
 
-    def __init__(self, model: TransformerBridge, saved: list[tuple[Tensor, Tensor]]):
+    def __init__(self, model: TransformerBridge, saved: list[tuple[WeightSlot, Tensor]]):
         self.model = model
         self._saved = saved
         self.layers: list[int] = []
@@ -230,9 +231,8 @@ class FoldHandle(contextlib.AbstractContextManager):
         """Copy the saved original O-projection weights back (bit-exact)."""
         if not self.active:
             return
-        with torch.no_grad():
-            for weight, original in reversed(self._saved):
-                weight.copy_(original)
+        for slot, original in reversed(self._saved):
+            slot.release(original)
         self._saved = []
         self.active = False
         count = getattr(self.model, _FOLD_ATTR, 1) - 1
@@ -586,7 +586,7 @@ class TruthGate(HeadMap):
         targets = []
         for layer in self.active_layers:
             module, out_in = _o_linear(model, layer)
-            weight = module.weight
+            weight = WeightSlot(module)  # resident, or offloaded by a device map
             expected = (
                 (geo.d_model, geo.n_heads * geo.d_head)
                 if out_in
@@ -599,14 +599,15 @@ class TruthGate(HeadMap):
             targets.append((layer, weight, out_in))
         for _, weight, _ in targets:
             self.check_dtype(weight.dtype)
-        saved: list[tuple[Tensor, Tensor]] = []
+        saved: list[tuple[WeightSlot, Tensor]] = []
         handle = FoldHandle(model, saved)
         with torch.no_grad():
             for layer, weight, out_in in targets:
-                saved.append((weight, weight.detach().clone()))
-                scale = self.gates[layer].to(weight.device, weight.dtype)
+                original = weight.read().clone()
+                saved.append((weight, original))
+                scale = self.gates[layer].to(original.device, original.dtype)
                 scale = scale.repeat_interleave(geo.d_head)
-                weight.mul_(scale[None, :] if out_in else scale[:, None])
+                weight.write(original * (scale[None, :] if out_in else scale[:, None]))
                 handle.layers.append(layer)
         object.__setattr__(model, _FOLD_ATTR, getattr(model, _FOLD_ATTR, 0) + 1)
         log.debug("Folded gates into W_O of layers %s", handle.layers)

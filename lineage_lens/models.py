@@ -380,6 +380,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device_map: str | dict[str, Any] | None = None,
     n_devices: int | None = None,
+    max_memory: dict[str | int, str | int] | None = None,
+    offload_folder: str | Path | None = None,
     tokenizer: Any | None = None,
 ) -> TransformerBridge:
     """Load a model as a ``TransformerBridge`` in eval mode, with a padding-ready tokenizer.
@@ -390,8 +392,12 @@ def load_model(
         device: target device; defaults to CUDA when available, else CPU. Exclusive with
             ``device_map``.
         dtype: parameter dtype.
-        device_map, n_devices: passed to ``TransformerBridge.boot_transformers`` to split a model
-            larger than one GPU across devices.
+        device_map, n_devices: passed to ``TransformerBridge.boot_transformers`` (Hugging Face
+            through Accelerate) to split a model larger than one GPU across devices, or to offload
+            layers to ``"cpu"`` or ``"disk"``; capture, gating (hooks and W_O folding) and
+            generation give the numbers of a single-device model (:mod:`lineage_lens.placement`).
+        max_memory: per-device budget for ``device_map="auto"`` (e.g. ``{0: "20GiB",
+            "cpu": "60GiB"}``); offload_folder: where ``"disk"`` layers are stored.
         tokenizer: a tokenizer to use instead of the one saved with the model. A local directory
             whose ``tokenizer_config.json`` declares the generic fast class gets exactly that class
             (transformers would otherwise substitute the architecture's own, e.g. Qwen2Tokenizer).
@@ -405,9 +411,16 @@ def load_model(
     if tokenizer is not None:
         kwargs["tokenizer"] = tokenizer
     if device_map is not None or n_devices is not None:
+        check_device_map(device_map)
         kwargs["device_map"] = device_map if device_map is not None else "auto"
         if n_devices is not None:
             kwargs["n_devices"] = n_devices
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+    elif max_memory is not None or offload_folder is not None:
+        raise ConfigError("max_memory and offload_folder need a device_map (e.g. 'auto').")
     else:
         kwargs["device"] = resolve_device(device)
     from safetensors import SafetensorError
@@ -429,4 +442,41 @@ def load_model(
     if tok is not None and tok.pad_token is None:
         tok.pad_token = tok.eos_token
     log.info("Loaded %s: %s", name_or_path, head_geometry(model))
+    arguments = {
+        "name_or_path": str(name_or_path),
+        "device": str(device) if device is not None else None,
+        "dtype": dtype,
+        "device_map": device_map,
+        "n_devices": n_devices,
+        "max_memory": max_memory,
+        "offload_folder": None if offload_folder is None else str(offload_folder),
+        "tokenizer": tokenizer,
+    }
+    object.__setattr__(model, _LOAD_ATTR, arguments)
     return model
+
+
+def check_device_map(device_map: str | dict[str, Any] | None) -> None:
+    """A :class:`~lineage_lens.errors.ConfigError` for a device map TransformerLens refuses: one
+    that mixes CPU or disk offload with GPU layers (TransformerLens 4.3 has verified offload only
+    on CPU-only maps; use an all-GPU map, ``n_devices``, or an all-CPU/disk map)."""
+    if not isinstance(device_map, dict):
+        return
+    from transformer_lens.utilities.multi_gpu import is_mixed_offload_gpu
+
+    if is_mixed_offload_gpu(device_map.values()):
+        raise ConfigError(
+            "device_map mixes CPU/disk offload with GPU layers, which TransformerLens does not "
+            "support yet; use an all-GPU map (or n_devices=N, or device_map='auto' with "
+            "max_memory limited to GPUs), or an all-CPU/disk map."
+        )
+
+
+_LOAD_ATTR = "_lineage_lens_load"
+
+
+def load_arguments(model: Any) -> dict[str, Any] | None:
+    """The arguments :func:`load_model` loaded ``model`` with (``load_model(**args)`` loads it
+    again, e.g. in another process), or ``None`` for a model it did not load."""
+    args = getattr(model, _LOAD_ATTR, None)
+    return dict(args) if args is not None else None
