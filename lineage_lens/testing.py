@@ -444,3 +444,25 @@ def tiny_pixel_values(
     """Normalised random images for the tiny LLaVA, made with numpy (no image processor)."""
     rng = np.random.default_rng(seed)
     return torch.from_numpy(rng.standard_normal((batch, 3, image_size, image_size))).float()
+
+
+class DieOnceEvaluator:
+    """A sweep evaluator that kills its own process (``os._exit``) the first time it is called,
+    then behaves as ``inner``: it simulates a cluster worker that dies in the middle of a step
+    (the first call creates ``marker``, so the retried task finds it and goes on)."""
+
+    def __init__(self, inner: Any, marker: str | Path):
+        self.inner = inner
+        self.marker = Path(marker)
+        self.task = getattr(inner, "task", None)
+
+    def __call__(self, model: Any, gate: Any) -> Any:
+        import os
+
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return self.inner(model, gate)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)

@@ -63,12 +63,25 @@ def report(
         help="Permutation seeds of the random control, e.g. '0,1,2' (default: the profile's).",
     ),
     device: Device = None,
+    executor: str = typer.Option(
+        "serial",
+        "--executor",
+        help="Where the per-model steps run: serial (this process) or ray (one Ray task per "
+        "model; needs pip install 'lineage-lens[cluster]' and an --out every worker sees).",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="With --executor ray: the cluster's address (default: RAY_ADDRESS, else a new "
+        "local cluster).",
+    ),
 ) -> None:
     """Truth Scores, inheritance, weight drift, CKA, attention to evidence and the transfer test
     of an ancestor and its descendants; every step cached in OUT/cache (re-runs resume)."""
     from dataclasses import replace
 
     from lineage_lens.cli._checks import check_at_least, check_device, check_output_dir
+    from lineage_lens.cluster import check_executor
     from lineage_lens.errors import ConfigError, check_seed
     from lineage_lens.report import EVALS, PROFILES, lineage_report
 
@@ -99,6 +112,9 @@ def report(
         )
     check_output_dir(out, "--out")
     device = check_device(device)
+    check_executor(executor)
+    if address is not None and executor != "ray":
+        raise ConfigError("--address names a Ray cluster: pass it with --executor ray.")
     start = time.perf_counter()
     result = lineage_report(
         ancestor,
@@ -110,6 +126,8 @@ def report(
         evaluation=evaluation,
         eval_dir=eval_images,
         device=device,
+        executor=executor,
+        address=address,
         command=_command(
             ancestor,
             descendant,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lineage_lens.cluster import check_executor, import_ray, ray_session, run_tasks
 from lineage_lens.errors import ConfigError, DataError, ModelLoadError, ShapeMismatchError
 from lineage_lens.fileio import atomic_open
 from lineage_lens.report.cache import (
@@ -601,6 +602,9 @@ def lineage_report(
     command: str | None = None,
     progress: bool = True,
     write: bool = True,
+    executor: str = "serial",
+    address: str | None = None,
+    max_retries: int = 3,
 ) -> LineageReport:
     """The paper's analysis of ``ancestor`` and ``descendants`` (and ``controls``), cached under
     ``out/cache`` and written to ``out`` (see the module docstring).
@@ -621,6 +625,14 @@ def lineage_report(
             part.
         device: of the models; command: recorded in REPORT.md (default: this call).
         write: write the report files (the cache is always written).
+        executor: ``"serial"`` (this process, one model at a time) or ``"ray"``: the ancestor's
+            steps run first, then each descendant's and control's steps, then each pair's
+            comparisons, as Ray tasks (one model per task, a GPU each when ``device`` is CUDA)
+            writing into the same step cache, which must then be a folder every worker sees.
+            The report equals the serial one. Needs ``pip install 'lineage-lens[cluster]'``.
+        address: the Ray cluster to use (default: ``RAY_ADDRESS``, else a local cluster).
+        max_retries: retries of a Ray task whose worker dies; a step is done only once its file
+            is published (atomically), so a killed task's partial work never counts.
 
     Returns:
         a :class:`LineageReport`.
@@ -632,6 +644,9 @@ def lineage_report(
             raise ConfigError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
         plan = PROFILES[profile]
     plan = plan.check()
+    check_executor(executor)
+    if executor != "serial":
+        import_ray()  # before any work: a missing extra is one clear error
     if evaluation not in EVALS:
         raise ConfigError(f"unknown evaluation {evaluation!r}; use one of {', '.join(EVALS)}.")
     out = Path(out)
@@ -677,7 +692,10 @@ def lineage_report(
     run.entries.extend(entries)
     result: dict[str, Any] = {"comparisons": {}, "drift": {}, "cka": {}}
     with run.cache.lock():
-        _run_serial(run, result)
+        if executor == "serial":
+            _run_serial(run, result)
+        else:
+            _run_on_ray(run, result, address=address, max_retries=max_retries)
         report = _assemble(run, result, probe_ids, command)
         report.meta["out"] = str(out)
         if write:
@@ -703,6 +721,65 @@ def _run_serial(run: _Run, result: dict[str, Any]) -> None:
         _pair_steps(run, anc, entry, result)
         bar.update()
     bar.close()
+
+
+@dataclass
+class _StepEffects:
+    """What one task added to a run's state (merged into the driver's run in model order)."""
+
+    run_maps: dict[str, dict[str, Any]]
+    computed: list[str]
+    reused: list[str]
+    result: dict[str, dict[str, Any]]
+
+
+_RUN_MAPS = ("score_files", "score_keys", "acts_dirs", "skipped")
+
+
+def run_step_task(kind: str, run: _Run, a: ModelEntry, b: ModelEntry) -> _StepEffects:
+    """One Ray task of a report: ``kind="model"`` runs model ``a``'s steps (``b`` is the
+    ancestor), ``kind="pair"`` compares descendant ``b`` with ancestor ``a``. Runs on a copy of
+    the driver's run and returns what it added (public so that Ray pickles it by reference)."""
+    before = {name: dict(getattr(run, name)) for name in _RUN_MAPS}
+    n_computed, n_reused = len(run.cache.computed), len(run.cache.reused)
+    result: dict[str, dict[str, Any]] = {"comparisons": {}, "drift": {}, "cka": {}}
+    if kind == "model":
+        _model_steps(run, a, b)
+    else:
+        _pair_steps(run, a, b, result)
+    maps = {
+        name: {k: v for k, v in getattr(run, name).items() if before[name].get(k) != v}
+        for name in _RUN_MAPS
+    }
+    return _StepEffects(maps, run.cache.computed[n_computed:], run.cache.reused[n_reused:], result)
+
+
+def _merge(run: _Run, effects: _StepEffects, result: dict[str, Any]) -> None:
+    for name, added in effects.run_maps.items():
+        getattr(run, name).update(added)
+    run.cache.computed.extend(effects.computed)
+    run.cache.reused.extend(effects.reused)
+    for part, values in effects.result.items():
+        result[part].update(values)
+
+
+def _run_on_ray(
+    run: _Run, result: dict[str, Any], *, address: str | None, max_retries: int
+) -> None:
+    """The serial run's steps as Ray tasks: the ancestor's, then every other model's at once,
+    then every pair's comparisons at once; effects merged in model order, as in the serial run."""
+    anc, others = run.entries[0], run.entries[1:]
+    opts = {"max_retries": max_retries, "progress": run.progress}
+    with ray_session(address):
+        for kind, calls, device in (
+            ("model", [(anc, anc)], run.device),
+            ("model", [(e, anc) for e in others], run.device),
+            ("pair", [(anc, e) for e in others], None),
+        ):
+            desc = f"lineage report: {kind} steps ({len(calls)} task(s))"
+            tasks = [(kind, run, a, b) for a, b in calls]
+            for effects in run_tasks(run_step_task, tasks, device=device, desc=desc, **opts):
+                _merge(run, effects, result)
 
 
 def _is_multimodal(source: str | Path) -> bool:
