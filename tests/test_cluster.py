@@ -12,19 +12,15 @@ import pandas as pd
 import pytest
 
 from lineage_lens.errors import ConfigError
-from lineage_lens.report import ReportPlan, lineage_report
+from lineage_lens.report import lineage_report
+from tests import test_report
+from tests.test_report import PLAN
+
+#: The report tests' tiny family (ancestor, two noisy descendants, an unrelated control).
+family = test_report.family
 
 pytestmark = pytest.mark.model
 
-PLAN = ReportPlan(
-    n_probe=8,
-    folds=2,
-    batch_size=8,
-    eval_rows=4,
-    control_seeds=(0,),
-    n_resamples=100,
-    n_evidence=4,
-)
 TABLES = (
     "scores.csv",
     "inheritance.csv",
@@ -43,21 +39,6 @@ def ray_cluster():
 
     with ray_session(num_cpus=2) as ray:
         yield ray
-
-
-@pytest.fixture(scope="module")
-def family(tiny_dirs, tmp_path_factory) -> dict[str, Path]:
-    from lineage_lens.testing import make_tiny_model
-    from tests.test_report import perturbed_copy
-
-    root = tmp_path_factory.mktemp("cluster_family")
-    anc = tiny_dirs["llama"]
-    return {
-        "anc": anc,
-        "ft": perturbed_copy(anc, root / "ft", 0.002, seed=1),
-        "ft2": perturbed_copy(anc, root / "ft2", 0.004, seed=2),
-        "ctrl": make_tiny_model(root / "ctrl", "llama", seed=7),
-    }
 
 
 def _evaluator():

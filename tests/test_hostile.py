@@ -254,21 +254,13 @@ def flat_copy(src: Path, dst: Path) -> Path:
 
 
 def test_report_skips_every_step_judged_from_a_constant_score_map(tiny_dirs, tmp_path):
-    from lineage_lens.report import ReportPlan, lineage_report
+    from lineage_lens.report import lineage_report
+    from tests.test_report import PLAN
 
-    plan = ReportPlan(
-        n_probe=8,
-        folds=2,
-        batch_size=8,
-        eval_rows=4,
-        control_seeds=(0,),
-        n_resamples=100,
-        n_evidence=4,
-    )
     flat = flat_copy(tiny_dirs["llama"], tmp_path / "flat")
     out = tmp_path / "report"
     rep = lineage_report(
-        flat, [tiny_dirs["llama"]], out=out, plan=plan, device="cpu", progress=False
+        flat, [tiny_dirs["llama"]], out=out, plan=PLAN, device="cpu", progress=False
     )
     assert np.ptp(rep.scores["flat"].accuracy) == 0  # the constant map the test is about
     skipped = rep.skipped
