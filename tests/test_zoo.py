@@ -316,3 +316,32 @@ def test_cli_build_and_list(zoo):
     res = runner.invoke(app, ["zoo", "list", "-o", str(zoo.root)])
     assert res.exit_code == 0, res.output
     assert all(name in res.output for name in TINY)
+
+
+@pytest.mark.parametrize("adds_bos", [False, True], ids=["no-bos", "bos"])
+def test_vlm_training_prompt_is_the_evaluators_prompt(adds_bos):
+    """train_vlm tokenises its questions exactly as the evaluators and the capture do
+    (images.encode_image_prompt): with BOS first when the tokenizer adds one (SmolLM2's does),
+    without when it does not. A mismatch moved smollm2-vlm's POPE from 0.85 to 0.69."""
+    from tokenizers import processors
+
+    from lineage_lens.images import VisionSettings, encode_image_prompt
+    from lineage_lens.zoo.images import POPE_QUESTION
+    from lineage_lens.zoo.train import VLM_PROMPT, encode_vlm
+    from lineage_lens.zoo.train import adds_bos as tokenizer_adds_bos
+    from lineage_lens.zoo.world import make_world_tokenizer
+
+    tok = make_world_tokenizer()
+    if adds_bos:
+        bos = (tok.bos_token, tok.bos_token_id)
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos[0]} $A", special_tokens=[bos]
+        )
+    assert tokenizer_adds_bos(tok) is adds_bos
+    image_id = tok.convert_tokens_to_ids(tok.image_token)
+    settings = VisionSettings(16, 8, 4, image_id)
+    question = POPE_QUESTION.format(obj="cat")
+    ids, _, mask = encode_vlm(tok, 4, [(question, "")], eos=False)
+    trained = ids[0, : int(mask[0].sum())].tolist()
+    assert trained == encode_image_prompt(tok, question, settings, template=VLM_PROMPT)
+    assert (trained[0] == tok.bos_token_id) is adds_bos

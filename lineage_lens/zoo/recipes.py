@@ -17,7 +17,7 @@ from typing import Any, Literal
 from lineage_lens.errors import ConfigError
 
 #: Bumped when a builder changes in a way that changes its output.
-ZOO_CODE_VERSION = "zoo-2"
+ZOO_CODE_VERSION = "zoo-3"
 
 Profile = Literal["test", "demo", "full"]
 PROFILES: tuple[str, ...] = ("test", "demo", "full")
@@ -149,7 +149,7 @@ REAL_MEMBERS: list[MemberSpec] = [
             "align_lr": 3e-3,
             "e2e_steps": 250,
             "e2e_lr": 1e-3,
-            "lm_lr": 2e-5,
+            "lm_lr": 8e-5,
             "lm_trainable": "layers",
             "batch_size": 8,
             "seed": 3,

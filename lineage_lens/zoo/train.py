@@ -294,13 +294,26 @@ def encode_vlm(
     n_img: int,
     items: Sequence[tuple[str, str]],
     *,
-    bos: bool = False,
+    bos: bool | None = None,
     eos: bool = True,
 ) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"], Int[Tensor, "n pos"]]:
-    """Tokenise ``(question, answer)`` pairs after ``n_img`` image tokens (answer trained)."""
+    """Tokenise ``(question, answer)`` pairs after ``n_img`` image tokens (answer trained).
+
+    ``bos=None`` starts each prompt with BOS exactly when the tokenizer adds one
+    (:func:`adds_bos`), as :func:`lineage_lens.images.encode_image_prompt` -- the evaluators' and
+    the capture's tokenization -- does: a model trained otherwise is evaluated on a first token it
+    never saw (SmolLM2's ``<|im_start|>`` moved ``smollm2-vlm``'s POPE from 0.85 to 0.69)."""
+    if bos is None:
+        bos = adds_bos(tokenizer)
     image = IMAGE_TOKEN * n_img
     docs = [[(VLM_PROMPT.format(image=image, question=q), False), (a, True)] for q, a in items]
     return encode_segments(tokenizer, docs, max_len=n_img + 64, bos=bos, eos=eos)
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts its BOS token first when it adds special tokens."""
+    ids = list(tokenizer("a", add_special_tokens=True).input_ids)
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
 
 def cell_targets(
