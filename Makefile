@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?= -n 2
+# --dist loadfile: one worker per test file, so a module's shared fixtures (test_experiments'
+# run_all, which locks its report folder) never run twice at once.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 # The tested lock: every package of the environment the suite passes in, torch's CPU wheel included.
 LOCK := constraints.txt
 # The environment `make lock` freezes (e.g. LOCK_FROM=.venv-latest after `make test-latest`).

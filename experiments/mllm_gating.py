@@ -1,4 +1,4 @@
-"""Tabs. 2-3 on the zoo: POPE and CHAIR of a zoo MLLM gated with its ancestor LLM's Truth Scores.
+"""Tabs. 2-3: POPE and CHAIR of an MLLM gated with its ancestor LLM's Truth Scores, over alpha.
 
 The MLLM answers POPE-style existence questions (random, popular, adversarial splits) and captions
 its own evaluation scenes (``<member>/eval/`` of the zoo: rendered images, POPE files, per-image
@@ -10,7 +10,7 @@ only) with
   examples),
 * ``own image`` -- the MLLM's own image-context Truth Scores (the paper's ``TruthProbe_MLLM``:
   rendered scenes with a question and a truthful or hallucinated answer,
-  :func:`experiments.mllm_conditions.image_context_scores`),
+  :mod:`experiments.mllm_family`, set d),
 * ``random control`` -- the ancestor's scores permuted over heads
   (:func:`lineage_lens.gating.control_scores`), one row per control seed of the profile.
 
@@ -20,15 +20,14 @@ How sure each number is: POPE accuracies and CHAIR_s carry 95 % Wilson intervals
 bootstrap interval over captions; every gated row carries the paired bootstrap change against the
 ungated model on the same questions and captions (pooled POPE accuracy, CHAIR_i), and inherited and
 own-image rows also against the random control at the same alpha (averaged over its seeds item by
-item): the
-library sweep (:func:`lineage_lens.sweep.gating_sweep`) with the POPE and CHAIR evaluators of
+item): the library sweep (:func:`lineage_lens.sweep.gating_sweep`) with the POPE and CHAIR evaluators of
 :mod:`lineage_lens.evals.outcomes`.
 
-Profiles ``test`` and ``demo`` use the tiny family (``base`` -> ``vlm``, scores from
-:mod:`experiments.zoo_family` and :mod:`experiments.mllm_conditions`); ``full`` uses ``smollm2-vlm`` with
-SmolLM2-135M-Instruct's scores (292 HaluEval probing rows,
-:func:`experiments.real_family.cached_scores`) and its own on as many rendered scenes. Writes
-``mllm_gating.png`` and ``mllm_gating.csv`` (one row per setting: POPE accuracy/F1/yes-ratio/AUROC
+The lineage and its Truth Scores come from :mod:`experiments.mllm_family` (``demo``/``full``:
+``smollm2-vlm`` gated with SmolLM2-135M-Instruct's HaluEval scores; ``test``: the tiny family).
+Its evaluation scenes (``eval/``) are held out: drawn with another seed than its training scenes.
+
+Writes ``mllm_gating.png`` and ``mllm_gating.csv`` (one row per setting: POPE accuracy/F1/yes-ratio/AUROC
 per split, pooled POPE accuracy, CHAIR_s, CHAIR_i, recall, caption length, their intervals and the
 paired changes).
 """
@@ -51,6 +50,7 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
+from experiments.mllm_family import mllm_lineage
 from lineage_lens.evals.chair import ObjectVocabulary
 from lineage_lens.evals.outcomes import ChairCaptions, Outcome, PopeAnswers
 from lineage_lens.models import load_model
@@ -83,8 +83,10 @@ class Plan:
 
 PLANS = {
     "test": Plan((4.0,), pope_limit=30, chair_limit=8, max_new_tokens=16, control_seeds=(0, 1)),
-    "demo": Plan((2.0, 8.0), None, None, max_new_tokens=24, control_seeds=(0, 1, 2)),
-    "full": Plan((2.0, 4.5), None, None, max_new_tokens=32, control_seeds=(0, 1)),
+    "demo": Plan(
+        (2.0, 4.0, 8.0), pope_limit=40, chair_limit=24, max_new_tokens=16, control_seeds=(0, 1, 2)
+    ),
+    "full": Plan((1.0, 2.0, 4.0, 8.0), None, None, max_new_tokens=24, control_seeds=(0, 1, 2)),
 }
 
 
@@ -109,29 +111,15 @@ class MllmFamily:
 
 
 def family(profile: str) -> MllmFamily:
-    """The MLLM of the profile, its directory and the three score sets."""
-    from experiments.mllm_conditions import image_context_scores
-
-    if profile == "full":
-        from experiments.real_family import ANCESTOR, cached_scores, real_family
-        from lineage_lens.zoo import build_zoo
-
-        anc = real_family("full").scores[ANCESTOR]
-        path = build_zoo(profile="full", members=["smollm2-vlm"]).path("smollm2-vlm")
-        own = cached_scores("smollm2-vlm", path, anc.n // 2)
-        image = image_context_scores(str(path), anc.n // 2, "smollm2-vlm")
-        scores = {"inherited": anc, "own": own, OWN_IMAGE: image}
-        return MllmFamily(ANCESTOR, "smollm2-vlm", path, scores)
-    from experiments.mllm_conditions import vlm_conditions
-    from experiments.zoo_family import ANCESTOR as TINY_ANCESTOR
-
-    cond = vlm_conditions(profile)
+    """The MLLM of the profile, its directory and the three score sets
+    (:func:`experiments.mllm_family.mllm_lineage`)."""
+    lin = mllm_lineage(profile)
     scores = {
-        "inherited": cond.lineage.scores[TINY_ANCESTOR],
-        "own": cond.scores["a"],  # text-only: the language model on the ancestor's examples
-        OWN_IMAGE: cond.scores["d"],
+        "inherited": lin.text[lin.ancestor],
+        "own": lin.sets["a"],  # text-only: the language model on the ancestor's examples
+        OWN_IMAGE: lin.sets["d"],
     }
-    return MllmFamily(TINY_ANCESTOR, "vlm", cond.lineage.path("vlm"), scores)
+    return MllmFamily(lin.ancestor, lin.mllm, lin.path, scores)
 
 
 CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "n")
@@ -210,21 +198,17 @@ def evaluate(profile: str) -> pd.DataFrame:
     return frame
 
 
-def _label(r) -> str:
-    if r.scores == "none":
-        return "none"
-    seed = "" if pd.isna(r.control_seed) else f" s{int(r.control_seed)}"
-    return f"{r.scores}{seed}\nα={r.alpha:g}"
+#: One colour per source, as in every figure: the ancestor's scores blue, the control red.
+COLORS = {"none": "grey", "inherited": "C0", "own": "C1", OWN_IMAGE: "C2", CONTROL: "C3"}
+MARKERS = {"inherited": "-o", "own": "-s", OWN_IMAGE: "-^"}
 
 
 def plot(frame: pd.DataFrame) -> plt.Figure:
-    """POPE accuracy and CHAIR_i per setting with their 95 % intervals, and the paired changes
-    against the ungated model."""
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), layout="constrained")
-    labels = [_label(r) for r in frame.itertuples()]
-    x = np.arange(len(frame))
-    colors = {"none": "grey", "inherited": "C0", "own": "C1", OWN_IMAGE: "C2", CONTROL: "C3"}
-    color = [colors[s] for s in frame["scores"]]
+    """Per score source a line over alpha (alpha 0 is the ungated model, shared by every line):
+    POPE accuracy and CHAIR_i with their 95 % intervals, and the paired changes against the
+    ungated model; each random-control seed its own dashed line."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4), layout="constrained")
+    base = frame[frame["scores"] == "none"].iloc[0]
     panels = (
         (
             "pope_accuracy",
@@ -236,23 +220,52 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
         ("pope_delta", "pope_delta_ci_low", "pope_delta_ci_high", "Δ POPE accuracy vs ungated"),
         ("chair_i_delta", "chair_i_delta_ci_low", "chair_i_delta_ci_high", "Δ CHAIR_i vs ungated"),
     )
+    gated = frame[frame["scores"] != "none"]
+    alphas = [0.0, *sorted(gated["alpha"].unique())]
+    seeds = sorted(int(v) for v in gated["control_seed"].dropna().unique())
     for ax, (col, low, high, title) in zip(axes, panels, strict=True):
-        v = frame[col].fillna(0.0).to_numpy()
-        err = np.vstack([v - frame[low].fillna(0.0), frame[high].fillna(0.0) - v])
-        ax.bar(x, v, color=color, yerr=np.clip(err, 0, None), capsize=2)
-        ax.set_xticks(x, labels, fontsize=6, rotation=60, ha="right")
+        delta = "delta" in col
+        start = (0.0, 0.0, 0.0) if delta else (base[col], base[low], base[high])
+        labelled = set()
+        for (source, _), rows in gated.groupby(
+            ["scores", "control_seed"], dropna=False, sort=False
+        ):
+            rows = rows.sort_values("alpha")
+            x = np.r_[0.0, rows["alpha"]]
+            y, lo, hi = (np.r_[v0, rows[c]] for v0, c in zip(start, (col, low, high), strict=True))
+            if (
+                source == CONTROL
+            ):  # one thin dashed line per seed, no band (they would hide the rest)
+                label = None if CONTROL in labelled else f"random control (seeds {seeds})"
+                ax.plot(x, y, "--", color=COLORS[source], linewidth=1.0, label=label)
+                labelled.add(CONTROL)
+                continue
+            ax.plot(
+                x,
+                y,
+                MARKERS[source],
+                color=COLORS[source],
+                markersize=5,
+                linewidth=1.8,
+                zorder=3 if source == "inherited" else 2,  # on top: own text-only often equals it
+                label=f"{source} ({PAPER_NAMES[source]})",
+            )
+            ax.fill_between(x, lo, hi, color=COLORS[source], alpha=0.12)
+        ax.axhline(0 if delta else base[col], color="grey", linewidth=0.7, linestyle=":")
+        ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+        ax.set_xlabel("alpha (0 = ungated)")
         ax.set_title(title, fontsize=9)
-        if "delta" in col:
-            ax.axhline(0, color="black", lw=0.6)
+    axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(
-        f"{frame['mllm'].iloc[0]} gated with its ancestor's Truth Scores (TruthProbe_LLM) vs its own "
-        "(text-only; image context: TruthProbe_MLLM) and random-control scores (bars: 95 % CI)"
+        f"{frame['mllm'].iloc[0]} gated with its ancestor's Truth Scores (TruthProbe_LLM), its own "
+        "(text-only; image context: TruthProbe_MLLM) and random controls (bands: 95 % CI; "
+        "paired bootstrap for the changes)"
     )
     return fig
 
 
 def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
-    """POPE and CHAIR of the zoo MLLM under each gate; write the figure and its CSV."""
+    """POPE and CHAIR of the profile's MLLM under each gate; write the figure and its CSV."""
     out_dir = Path(out_dir)
     plan = PLANS[profile]
     frame = evaluate(profile)
@@ -318,7 +331,14 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
         + "; ".join(own_image)
         + ".",
     ]
-    return Section("POPE and CHAIR of the zoo MLLM under TruthProbe gates", "\n".join(lines), files)
+    if base.pope_accuracy_ci_low > 0.9:
+        lines.append(
+            f"Caveat: ungated, {frame['mllm'].iloc[0]} is near the ceiling on these scenes (POPE "
+            f"{base.pope_accuracy:.3f}), so a gate can hardly improve POPE; what the rows can show "
+            "is which gates leave the answers intact as alpha grows and which degrade them."
+        )
+    title = f"POPE and CHAIR of {frame['mllm'].iloc[0]} under TruthProbe gates, over alpha"
+    return Section(title, "\n".join(lines), files)
 
 
 if __name__ == "__main__":

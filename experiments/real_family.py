@@ -36,8 +36,6 @@ member's Truth Score), ``real_family_drift.csv`` (per descendant and layer) and
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +53,11 @@ from experiments._common import (
     save_csv,
     save_figure,
 )
-from lineage_lens.data import ProbeExample
-from lineage_lens.models import cache_dir, gguf_to_hf_dir, load_model, packaged_model_path
-from lineage_lens.pipeline import probing_examples, score_model
+from lineage_lens.models import cache_dir, gguf_to_hf_dir, packaged_model_path
 from lineage_lens.report import (
     LineageReport,
     ReportPlan,
-    examples_identity,
     lineage_report,
-    model_identity,
 )
 from lineage_lens.scores import TruthScores
 from lineage_lens.sweep import change_columns
@@ -102,7 +96,7 @@ PLANS = {
         eval_rows=4,
         seeds=(0,),
         alpha=4.5,
-        zoo_profile="demo",
+        zoo_profile="full",
         overrides={"smollm2-ft": {"steps": 2, "n_rows": 16, "batch_size": 2, "max_len": 64}},
         control_seeds=(0, 1),
         n_evidence=4,
@@ -113,7 +107,7 @@ PLANS = {
         eval_rows=60,
         seeds=(0,),
         alpha=4.5,
-        zoo_profile="demo",
+        zoo_profile="full",
         ancestor_alphas=(2.0, 4.5, 8.0),
     ),
     "full": Plan(
@@ -122,7 +116,7 @@ PLANS = {
         eval_rows=None,
         seeds=(0, 1, 2),
         alpha=4.5,
-        zoo_profile="demo",
+        zoo_profile="full",
         ancestor_alphas=(1.0, 2.0, 4.5, 8.0),
         n_evidence=146,
     ),
@@ -142,39 +136,6 @@ class RealFamily:
 def _zoo_dir(profile: str) -> Path:
     # the test profile's cheap smollm2-ft lives apart, so it never shadows the real one
     return default_zoo_dir().with_name("zoo-real-test") if profile == "test" else default_zoo_dir()
-
-
-def cached_scores_key(path: Path, examples: list[ProbeExample], seed: int) -> str:
-    """The cache key of :func:`cached_scores`: the content of the model (every byte of its files,
-    :func:`lineage_lens.report.model_identity`) and of the probing examples
-    (:func:`lineage_lens.report.examples_identity`), the seed, and a version that changes
-    whenever capture or probing changes its numbers (v2: shared-prefix capture)."""
-    parts = {
-        "model": model_identity(path),
-        "examples": examples_identity(examples),
-        "seed": seed,
-        "version": 2,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cached_scores(name: str, path: Path, n_probe: int, seed: int = 0) -> TruthScores:
-    """Truth Scores of the model at ``path`` on the HaluEval probing rows, cached on disk (used by
-    :mod:`experiments.mllm_gating` for ``smollm2-vlm``; the real lineage's own come from its report),
-    keyed by the content of the model and of the rows (:func:`cached_scores_key`).
-    """
-    examples = probing_examples("halueval", n=n_probe, seed=seed)
-    key = cached_scores_key(path, examples, seed)
-    file = cache_dir() / "scores" / f"{name}-{n_probe}-{key}.npz"
-    if file.is_file():
-        log.info("%s: Truth Scores from %s", name, file)
-        return TruthScores.load(file)
-    model = load_model(path)
-    scores, _ = score_model(model, examples, batch_size=16, seed=seed, dataset="halueval")
-    scores.model = name
-    file.parent.mkdir(parents=True, exist_ok=True)
-    scores.save(file)
-    return scores
 
 
 def report_plan(profile: str) -> ReportPlan:

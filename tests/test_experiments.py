@@ -17,6 +17,7 @@ from experiments import (
     heatmaps,
     inheritance,
     mllm_conditions,
+    mllm_family,
     mllm_gating,
     real_family,
     weight_drift,
@@ -28,6 +29,8 @@ from lineage_lens.lineage import compare_scores, published_cross_dataset_scores
 from lineage_lens.weights import weight_drift as library_weight_drift
 
 #: Builds or loads models: the model tier (make test-fast skips it).
+# One xdist worker runs this module (make test: --dist loadfile): every test shares the module's
+# run_all("test"), whose real-lineage report holds a lock on its cache folder while it runs.
 pytestmark = pytest.mark.model
 
 FIGURE_NAMES = (
@@ -340,9 +343,10 @@ def test_mllm_gating_csv_holds_the_plotted_metrics(report):
     assert gated.loc[gated["scores"] == "own", "pope_vs_control"].isna().all()
     # TruthProbe_MLLM: the VLM's own image-context scores, not its text-only ones
     fam = mllm_gating.family("test")
-    conditions = mllm_conditions.vlm_conditions("test")
-    assert fam.scores[mllm_gating.OWN_IMAGE] is conditions.scores["d"]
-    assert fam.scores["own"] is conditions.scores["a"]
+    lin = mllm_family.mllm_lineage("test")
+    assert fam.scores[mllm_gating.OWN_IMAGE] is lin.sets["d"]
+    assert fam.scores["own"] is lin.sets["a"]
+    assert fam.scores["inherited"] is lin.text[lin.ancestor]
     for col in ("chair_s", "chair_i", "recall", "pope_adversarial_accuracy"):
         assert frame[col].between(0, 1).all(), col
     assert (frame["n"] == plan.chair_limit).all()
@@ -407,8 +411,10 @@ def test_mllm_conditions_csv_holds_the_plotted_correlations(report):
         "role",
         "n_examples",
         "mllm_mean_score",
+        "mllm_median_score",
         "mllm_max_score",
         "reference_mean_score",
+        "reference_max_score",
         "pearson",
         "pearson_ci_low",
         "pearson_ci_high",
@@ -417,26 +423,85 @@ def test_mllm_conditions_csv_holds_the_plotted_correlations(report):
         "spearman_ci_low",
         "spearman_ci_high",
         "spearman_p_perm",
+        "top10_overlap",
+        "top10_expected",
+        "top10_p",
     ]
     assert list(zip(frame["set"], frame["reference"], strict=True)) == [
         (s, ref) for s in "abd" for ref in (ANCESTOR, "control")
     ]
+    assert list(frame["role"][:2]) == ["ancestor", "control"]
     assert list(frame["condition"][::2]) == ["text_only", "black_image", "image"]
-    conditions = mllm_conditions.vlm_conditions("test")
+    lin = mllm_family.mllm_lineage("test")
     lineage = zoo_lineage("test")
     assert (frame["n_examples"] == 2 * lineage.n_items).all()
     # set a is the VLM's text-only scores of the zoo lineage; set d its image-context scores
-    assert conditions.scores["a"] is lineage.scores["vlm"]
-    assert conditions.scores["d"].n == 2 * lineage.n_items
+    assert lin.sets["a"] is lineage.scores["vlm"]
+    assert lin.sets["d"].n == 2 * mllm_family.PLANS["test"].n_scenes
     for s, ref in (("d", ANCESTOR), ("b", "control")):
         row = frame[(frame["set"] == s) & (frame["reference"] == ref)].iloc[0]
         expected = compare_scores(
-            lineage.scores[ref], conditions.scores[s], n_resamples=200, n_permutations=200, seed=0
+            lineage.scores[ref],
+            lin.sets[s],
+            ks=[10],
+            n_resamples=200,
+            n_permutations=200,
+            seed=0,
         )
         assert row["pearson"] == pytest.approx(expected.pearson.r, abs=1e-5)
         assert row["pearson_ci_low"] == pytest.approx(expected.pearson.ci_low, abs=1e-5)
         assert row["spearman_p_perm"] == pytest.approx(expected.spearman.p_permutation, abs=1e-5)
-        assert row["mllm_mean_score"] == pytest.approx(conditions.scores[s].accuracy.mean())
+        assert row["mllm_mean_score"] == pytest.approx(lin.sets[s].accuracy.mean())
+        top = expected.topk.iloc[0]
+        assert row["top10_overlap"] == top["overlap"]
+        assert row["top10_p"] == pytest.approx(top["p_value"], rel=1e-5)
     assert (frame["pearson_ci_low"] <= frame["pearson"] + 1e-9).all()
     assert (frame["pearson"] <= frame["pearson_ci_high"] + 1e-9).all()
     assert frame[["mllm_mean_score", "mllm_max_score"]].stack().between(0, 1).all()
+
+
+@pytest.mark.model
+def test_real_mllm_lineage_scores_every_set_as_the_library_does(monkeypatch):
+    """SmolLM2 -> a 2-step smollm2-vlm (its own zoo folder): set b is score_model's on black
+    images, set d one example per caption of the plan, the control SmolLM2's untrained twin; a
+    second call reads every score from the content-keyed cache."""
+    from experiments import score_cache
+    from lineage_lens.models import load_model
+    from lineage_lens.pipeline import probing_examples, score_model
+    from lineage_lens.zoo import default_zoo_dir
+    from lineage_lens.zoo.train import VLM_CONTEXT_PROBE_TEMPLATE
+
+    plan = mllm_family.Plan(n_text=6, n_scenes=8, scene_kinds=("caption",))
+    recipe = {"n_scenes": 16, "align_steps": 2, "e2e_steps": 2, "n_eval_scenes": 4}
+    zoo_dir = default_zoo_dir().with_name("zoo-real-test")
+    lin = mllm_family.real_lineage(plan, zoo_dir=zoo_dir, overrides=recipe)
+    assert (lin.ancestor, lin.mllm, lin.control) == (
+        "smollm2",
+        "smollm2-vlm",
+        "smollm2 random init",
+    )
+    assert lin.path.parent == zoo_dir
+    for scores in (*lin.text.values(), *lin.sets.values()):
+        assert scores.shape == (30, 9)
+    assert lin.sets["a"].n == lin.sets["b"].n == lin.text["smollm2"].n == 12
+    assert lin.sets["d"].n == 16
+    assert not np.allclose(lin.text["smollm2"].accuracy, lin.text[lin.control].accuracy)
+    examples = probing_examples("halueval", n=6, seed=0)
+    expected, _ = score_model(
+        load_model(lin.path),
+        examples,
+        condition="black_image",
+        prompt_template=VLM_CONTEXT_PROBE_TEMPLATE,
+        progress=False,
+    )
+    np.testing.assert_allclose(lin.sets["b"].accuracy, expected.accuracy)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a cached score was recomputed")
+
+    monkeypatch.setattr(score_cache, "load_model", no_model)
+    monkeypatch.setattr(score_cache, "random_init_model", no_model)
+    again = mllm_family.real_lineage(plan, zoo_dir=zoo_dir, overrides=recipe)
+    for s in "abd":
+        np.testing.assert_array_equal(again.sets[s].accuracy, lin.sets[s].accuracy)
+    np.testing.assert_array_equal(again.text[lin.control].accuracy, lin.text[lin.control].accuracy)

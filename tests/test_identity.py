@@ -466,8 +466,8 @@ def test_cli_eval_pope_out_dir_rerun_recomputes_changed_inputs(tiny_dirs, cache,
 
 
 @pytest.mark.model
-def test_real_family_scores_key_is_the_content_of_model_and_rows(big_family, cache) -> None:
-    from experiments.real_family import cached_scores_key
+def test_experiment_scores_key_is_the_content_of_model_rows_and_capture(big_family, cache) -> None:
+    from experiments.score_cache import cached_scores_key
     from lineage_lens.pipeline import probing_examples
 
     rows = probing_examples("halueval", n=4, seed=0)
@@ -483,3 +483,14 @@ def test_real_family_scores_key_is_the_content_of_model_and_rows(big_family, cac
     copy = cache.parent / "moved_anc"
     shutil.copytree(anc, copy)
     assert cached_scores_key(copy, rows, 0) == key  # a moved model keeps its cache
+    # how the rows were captured, and which model (the twin of a seed), are part of the key
+    from lineage_lens.data import PromptTemplate
+
+    variants = [
+        cached_scores_key(anc, rows, 0, condition="black_image"),
+        cached_scores_key(anc, rows, 0, template=PromptTemplate("Q: {question} A: {answer}")),
+        cached_scores_key(anc, rows, 0, template="{question} {answer}"),
+        cached_scores_key(anc, rows, 0, twin_seed=0),
+        cached_scores_key(anc, rows, 0, twin_seed=1),
+    ]
+    assert len({key, *variants}) == 1 + len(variants)

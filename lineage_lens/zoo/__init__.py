@@ -5,8 +5,9 @@ No 7B checkpoint can be downloaded here, so the zoo *builds* the lineages the an
 * profile ``"test"`` -- the tiny synthetic family (``base``, ``instruct``, ``vlm``, ``control``)
   trained on a synthetic world of facts and contexts (:mod:`lineage_lens.zoo.world`) and on
   rendered images (:mod:`lineage_lens.zoo.images`); a minute or so on a laptop CPU;
-* profile ``"demo"`` -- adds ``smollm2-ft``, a fine-tune of SmolLM2-135M-Instruct;
-* profile ``"full"`` -- adds ``smollm2-vlm``, a LLaVA whose language model is SmolLM2-135M-Instruct.
+* profile ``"demo"`` -- ``smollm2-vlm``, a LLaVA whose language model is SmolLM2-135M-Instruct
+  (the ``make demo`` lineage; ~10 minutes on 2 CPU cores);
+* profile ``"full"`` -- all of the above and ``smollm2-ft``, a fine-tune of SmolLM2-135M-Instruct.
 
 Every member is a Hugging Face directory with its tokenizer (``load_model(zoo.path("base"))``).
 Members are content-addressed (see :mod:`lineage_lens.zoo.recipes`): a second build reuses them, a
@@ -218,8 +219,8 @@ def build_zoo(
 
     Args:
         out_dir: zoo directory; defaults to :func:`default_zoo_dir`.
-        profile: ``"test"`` (tiny synthetic family), ``"demo"`` (+ ``smollm2-ft``) or ``"full"``
-            (+ ``smollm2-vlm``).
+        profile: ``"test"`` (tiny synthetic family), ``"demo"`` (``smollm2-vlm``) or ``"full"``
+            (both, and ``smollm2-ft``).
         members: build only these members of the profile (and their parents).
         overrides: recipe changes by member name, e.g. ``{"base": {"steps": 50}}``; a changed
             recipe gets a new content address, so it is built beside the old one.

@@ -162,7 +162,7 @@ REAL_MEMBERS: list[MemberSpec] = [
 
 PROFILE_MEMBERS: dict[str, list[str]] = {
     "test": ["base", "instruct", "vlm", "control"],
-    "demo": ["base", "instruct", "vlm", "control", "smollm2-ft"],
+    "demo": ["smollm2-vlm"],
     "full": ["base", "instruct", "vlm", "control", "smollm2-ft", "smollm2-vlm"],
 }
 
