@@ -2,7 +2,7 @@
 against the answer-only and random-model floors (issue 25, the status quo).
 
 Run: ``.venv/bin/python -m benchmarks.bench_mllm_signal [--pope-n 200 --pope-scenes 100
---pope-seed 2025 --items 150 --probe-seed 0 --out benchmarks/mllm_signal.md]``. Builds (or reuses)
+--pope-seed 2025 --items 400 --kinds caption --probe-seed 0 --out benchmarks/mllm_signal.md]``. Builds (or reuses)
 the zoo member ``smollm2-vlm`` (profile ``full``) unless ``--model-dir`` names a built one.
 
 Parts (each timed):
@@ -23,15 +23,16 @@ Parts (each timed):
   accuracy on questions about scenes whose layout does not.
   The same questions are also scored the way the build checks them
   (:func:`lineage_lens.zoo.train.vlm_yes_no_accuracy`: the trained answer tokens `` yes`` vs
-  `` no`` only, on the training prompt, which has no BOS; the evaluator's prompt starts with the
-  tokenizer's BOS), and the member's own ``eval/`` set is scored by the evaluator for comparison
+  `` no`` only, on the training prompt -- since zoo-3 with the BOS the evaluator's prompt has
+  too), and the member's own ``eval/`` set is scored by the evaluator for comparison
   with the numbers in BENCHMARKS.md.
 * **Image-context Truth Scores** (the paper's set d, ``TruthProbe_MLLM``) --
   :func:`lineage_lens.zoo.scene_probe_examples` (``--items`` items, two examples each, seed
   ``--probe-seed``), each example with its own scene (``condition="image"``,
   :data:`~lineage_lens.zoo.train.VLM_PROBE_TEMPLATE`), 5-fold grouped probes (seed 0): best head,
-  median head, share of heads above 0.6 / 0.7 / 0.8; also per question kind (existence,
-  caption) from the same activations, and with the prompt encoded without BOS (as trained).
+  median head, share of heads above 0.6 / 0.7 / 0.8; with ``--kinds existence,caption`` also per
+  question kind from the same activations (default: caption items only, the set that
+  ``experiments.mllm_family`` probes).
 * **Floors** (:mod:`lineage_lens.baselines`) on the same examples and folds: answer only
   (``"Answer: {answer}"``, no question, no image) and a random-init twin of the member (same
   config, fresh weights: vision tower included) on the full prompts with the images. As an extra
@@ -216,10 +217,12 @@ def pope_part(
     return out
 
 
-def probe_part(model: Any, *, n_items: int, seed: int) -> dict[str, Any]:
+def probe_part(
+    model: Any, *, n_items: int, seed: int, kinds: Sequence[str] = ("existence", "caption")
+) -> dict[str, Any]:
     """Image-context Truth Scores, per kind, and the floors, on the same examples."""
     size = vision_settings(model).image_size
-    examples = scene_probe_examples(n_items, seed, size=max(size + size % 2, 16))
+    examples = scene_probe_examples(n_items, seed, size=max(size + size % 2, 16), kinds=kinds)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     acts = collect_head_activations(
@@ -230,21 +233,11 @@ def probe_part(model: Any, *, n_items: int, seed: int) -> dict[str, Any]:
     scores = _fit(acts, MEMBER, f"zoo scenes seed {seed} (image)")
     timings["probe_image_s"] = time.perf_counter() - t0
     result: dict[str, Any] = {"n_items": n_items, "seed": seed, "image": head_summary(scores)}
-    t0 = time.perf_counter()
-    no_bos = collect_head_activations(
-        model,
-        examples,
-        condition="image",
-        prompt_template=VLM_PROBE_TEMPLATE,
-        prepend_bos=False,
-        **CAPTURE,
-    )
-    result["image_no_bos"] = head_summary(_fit(no_bos, MEMBER, "zoo scenes (image, no BOS)"))
-    timings["image_no_bos_s"] = time.perf_counter() - t0
-    del no_bos
-    kinds = {"existence": [], "caption": []}
+    result["kinds"] = list(kinds)
+    by = {k: [] for k in kinds}
     for i, ex in enumerate(examples):
-        kinds["caption" if ex.question.startswith("Describe") else "existence"].append(i)
+        by["caption" if ex.question.startswith("Describe") else "existence"].append(i)
+    kinds = by if len(by) > 1 else {}  # one kind: the whole set is that kind
     result["by_kind"] = {"image": by_kind(acts, kinds)}
     del acts
 
@@ -317,9 +310,9 @@ def markdown(res: dict[str, Any], command: str) -> list[str]:
         f"{PROBE_SCENE_SEED}, so every image here is new. Layouts (objects x cells) can repeat: "
         f"{pope['share_scenes_layout_in_train']:.0%} of these scenes have a layout among the "
         f"{pope['distinct_train_layouts']} distinct training layouts. Evaluator: "
-        "`evaluate_pope` (log-prob, yes/no variants), the member's prompt, which starts with the "
-        "tokenizer's BOS; *trained tokens*: the same questions scored by ` yes` vs ` no` only, "
-        "prompt without BOS as in training (the build check's rule).",
+        "`evaluate_pope` (log-prob, yes/no variants), the member's prompt (with the tokenizer's "
+        "BOS); *trained tokens*: the same questions scored by ` yes` vs ` no` only, the build "
+        "check's rule.",
         "",
         "| split | n (scenes) | accuracy [95 % Wilson] | yes-ratio | AUROC | novel-layout "
         "accuracy (n) | trained-token accuracy (novel layouts) | member `eval/` accuracy "
@@ -351,7 +344,6 @@ def markdown(res: dict[str, Any], command: str) -> list[str]:
     ]
     rows = [
         ("member, own image (set d)", probe["image"]),
-        ("member, own image, prompt without BOS (as trained)", probe["image_no_bos"]),
         *((f"member, own image: {k} items only", v) for k, v in probe["by_kind"]["image"].items()),
         ("floor: answer only", probe["answer_only"]),
         *(
@@ -398,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--pope-n", type=int, default=200, help="POPE questions per split")
     ap.add_argument("--pope-scenes", type=int, default=100, help="held-out POPE scenes")
     ap.add_argument("--pope-seed", type=int, default=2025, help="seed of the held-out scenes")
-    ap.add_argument("--items", type=int, default=150, help="probing items (two examples each)")
+    ap.add_argument("--items", type=int, default=400, help="probing items (two examples each)")
+    ap.add_argument(
+        "--kinds", default="caption", help="question kinds, comma-separated (existence,caption)"
+    )
     ap.add_argument("--probe-seed", type=int, default=PROBE_SCENE_SEED)
     ap.add_argument("--out", default="benchmarks/mllm_signal.md")
     args = ap.parse_args(argv)
@@ -435,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     timings["pope"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    probe = probe_part(model, n_items=args.items, seed=args.probe_seed)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    probe = probe_part(model, n_items=args.items, seed=args.probe_seed, kinds=kinds)
     timings["probes_total"] = time.perf_counter() - t0
     timings |= {f"probes: {k.removesuffix('_s')}": v for k, v in probe["timings"].items()}
     timings["total"] = time.perf_counter() - t_all
@@ -443,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = (
         f".venv/bin/python -m benchmarks.bench_mllm_signal --pope-n {args.pope_n} "
         f"--pope-scenes {args.pope_scenes} --pope-seed {args.pope_seed} --items {args.items} "
+        f"--kinds {','.join(kinds)} "
         f"--probe-seed {args.probe_seed} --out {args.out}"
         + (f" --model-dir {args.model_dir}" if args.model_dir else "")
     )
