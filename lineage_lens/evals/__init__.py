@@ -10,68 +10,58 @@
   :func:`model_fingerprint` -- the building blocks of a yes/no evaluator (batched log-prob or
   greedy runs, gated or not, resumable through a :class:`ResultCache` keyed by the model and
   each prompt's content: its tokens and image bytes)
+
+The names load on first use, so importing a model-free part (the CHAIR metric) through this
+package imports no model code.
 """
 
-from lineage_lens.evals._common import (
-    EvalResult,
-    PromptItem,
-    ResultCache,
-    encode_chat,
-    model_fingerprint,
-    parse_yes_no,
-    run_prompts,
-    yes_no_token_ids,
-)
-from lineage_lens.evals.chair import (
-    Caption,
-    ChairResult,
-    ObjectVocabulary,
-    coco_ground_truth,
-    compute_chair,
-    evaluate_chair,
-    generate_captions,
-    load_captions,
-    load_ground_truth,
-    singularize,
-)
-from lineage_lens.evals.halueval import evaluate_halueval
-from lineage_lens.evals.pope import evaluate_pope, load_pope
-from lineage_lens.evals.runner import plot_sweep, run_sweep
-from lineage_lens.stats import (
-    binary_metrics,
-    chair_i_of_counts,
-    paired_auroc_delta,
-    paired_bootstrap_delta,
-    proportion_ci,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Caption",
-    "ChairResult",
-    "EvalResult",
-    "ObjectVocabulary",
-    "PromptItem",
-    "ResultCache",
-    "binary_metrics",
-    "chair_i_of_counts",
-    "coco_ground_truth",
-    "compute_chair",
-    "encode_chat",
-    "evaluate_chair",
-    "evaluate_halueval",
-    "evaluate_pope",
-    "generate_captions",
-    "load_captions",
-    "load_ground_truth",
-    "load_pope",
-    "model_fingerprint",
-    "paired_auroc_delta",
-    "paired_bootstrap_delta",
-    "parse_yes_no",
-    "plot_sweep",
-    "proportion_ci",
-    "run_prompts",
-    "run_sweep",
-    "singularize",
-    "yes_no_token_ids",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the module that defines it.
+_LAZY: dict[str, str] = {
+    "Caption": "lineage_lens.evals.chair",
+    "ChairResult": "lineage_lens.evals.chair",
+    "EvalResult": "lineage_lens.evals._common",
+    "ObjectVocabulary": "lineage_lens.evals.chair",
+    "PromptItem": "lineage_lens.evals._common",
+    "ResultCache": "lineage_lens.evals._common",
+    "binary_metrics": "lineage_lens.stats",
+    "chair_i_of_counts": "lineage_lens.stats",
+    "coco_ground_truth": "lineage_lens.evals.chair",
+    "compute_chair": "lineage_lens.evals.chair",
+    "encode_chat": "lineage_lens.evals._common",
+    "evaluate_chair": "lineage_lens.evals.chair",
+    "evaluate_halueval": "lineage_lens.evals.halueval",
+    "evaluate_pope": "lineage_lens.evals.pope",
+    "generate_captions": "lineage_lens.evals.chair",
+    "load_captions": "lineage_lens.evals.chair",
+    "load_ground_truth": "lineage_lens.evals.chair",
+    "load_pope": "lineage_lens.evals.pope",
+    "model_fingerprint": "lineage_lens.evals._common",
+    "paired_auroc_delta": "lineage_lens.stats",
+    "paired_bootstrap_delta": "lineage_lens.stats",
+    "parse_yes_no": "lineage_lens.evals._common",
+    "plot_sweep": "lineage_lens.evals.runner",
+    "proportion_ci": "lineage_lens.stats",
+    "run_prompts": "lineage_lens.evals._common",
+    "run_sweep": "lineage_lens.evals.runner",
+    "singularize": "lineage_lens.evals.chair",
+    "yes_no_token_ids": "lineage_lens.evals._common",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
