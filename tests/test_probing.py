@@ -420,3 +420,60 @@ def test_no_duplicates_no_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit_truth_scores(x, y, folds=3, progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# HeadProbe is a scikit-learn estimator (issue 26)
+# --------------------------------------------------------------------------------------------
+
+
+def test_head_probe_get_params_lists_every_init_argument() -> None:
+    import inspect
+
+    names = [p for p in inspect.signature(HeadProbe.__init__).parameters if p != "self"]
+    probe = HeadProbe(folds=3, solver="adamw", l2=0.5, seed=7, groups=[0, 1], device="cpu")
+    params = probe.get_params()
+    assert sorted(params) == sorted(names)
+    assert params["folds"] == 3 and params["solver"] == "adamw" and params["l2"] == 0.5
+    assert params["seed"] == 7 and params["groups"] == [0, 1] and params["device"] == "cpu"
+    # stored as given: no validation in __init__ (fit checks), as scikit-learn requires
+    bad = HeadProbe(solver="sgd", l2=-1.0)  # type: ignore[arg-type]
+    assert bad.get_params()["solver"] == "sgd" and bad.get_params()["l2"] == -1.0
+    with pytest.raises(ConfigError, match="solver"):
+        bad.fit(*planted(n=40))
+
+
+def test_head_probe_set_params_changes_a_hyperparameter() -> None:
+    probe = HeadProbe(folds=3, seed=0)
+    assert probe.set_params(l2=4.0, solver="adamw") is probe
+    assert probe.l2 == 4.0 and probe.get_params()["solver"] == "adamw"
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        probe.set_params(learning_rate=1.0)
+
+
+def test_head_probe_clone_is_unfitted_with_equal_params_and_refits_the_same() -> None:
+    from sklearn.base import clone
+
+    x, y = planted(n=120)
+    probe = HeadProbe(folds=3, seed=2, l2=2.0, refit=True).fit(x, y)
+    copy = clone(probe)
+    assert copy is not probe and copy.get_params() == probe.get_params()
+    assert not hasattr(copy, "scores_") and not hasattr(copy, "coef_")
+    assert "fitted=no" in repr(copy)
+    copy.fit(x, y)
+    for metric in probe.scores_.metrics:
+        np.testing.assert_array_equal(copy.scores_.get(metric), probe.scores_.get(metric))
+    np.testing.assert_array_equal(copy.coef_, probe.coef_)
+    np.testing.assert_array_equal(copy.predict_proba(x), probe.predict_proba(x))
+    # refit switched off by set_params: the earlier final probes are gone, not stale
+    copy.set_params(refit=False).fit(x, y)
+    assert not hasattr(copy, "coef_")
+    with pytest.raises(ConfigError, match="refit=True"):
+        copy.predict(x)
+
+
+def test_head_probe_shows_the_library_table_in_jupyter() -> None:
+    probe = HeadProbe(folds=3)
+    bundle = probe._repr_mimebundle_()
+    assert bundle["text/plain"] == repr(probe) and repr(probe).startswith("HeadProbe(folds=3")
+    assert bundle["text/html"].startswith("<table>")
