@@ -39,13 +39,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from lineage_lens.activations import (
-    EncodedPrompt,
-    HeadActivations,
-    collect_head_activations,
-    encode_examples,
-)
+from lineage_lens.activations import HeadActivations
 from lineage_lens.batching import model_device
+from lineage_lens.capture import EncodedPrompt, collect_head_activations, encode_examples
 from lineage_lens.data import halueval_probe_examples, load_halueval_qa
 from lineage_lens.fileio import atomic_open
 from lineage_lens.models import (

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lineage_lens.activations import collect_head_activations
+from lineage_lens.capture import collect_head_activations
 from lineage_lens.evals.outcomes import HaluEvalJudgement
 from lineage_lens.fileio import atomic_open
 from lineage_lens.gating import TruthGate

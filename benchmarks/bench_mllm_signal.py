@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lineage_lens.activations import collect_head_activations
 from lineage_lens.baselines import ANSWER_ONLY_TEMPLATE, answer_only_examples, random_init_model
+from lineage_lens.capture import collect_head_activations
 from lineage_lens.errors import DataError
 from lineage_lens.evals.pope import evaluate_pope
 from lineage_lens.fileio import atomic_open

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from experiments.score_cache import cached_scores
-from lineage_lens.activations import collect_head_activations
+from lineage_lens.capture import collect_head_activations
 from lineage_lens.images import vision_settings
 from lineage_lens.models import gguf_to_hf_dir, load_model, packaged_model_path
 from lineage_lens.pipeline import probing_examples

@@ -17,8 +17,8 @@ import logging
 import re
 from pathlib import Path
 
-from lineage_lens.activations import AnyTemplate
 from lineage_lens.baselines import random_init_model
+from lineage_lens.capture import AnyTemplate
 from lineage_lens.data import ProbeExample
 from lineage_lens.models import cache_dir, load_model
 from lineage_lens.pipeline import score_model

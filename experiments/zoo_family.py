@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from lineage_lens.activations import HeadActivations, collect_head_activations
+from lineage_lens.activations import HeadActivations
+from lineage_lens.capture import collect_head_activations
 from lineage_lens.models import load_model
 from lineage_lens.probing import fit_truth_scores
 from lineage_lens.scores import TruthScores

@@ -20,19 +20,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from lineage_lens.errors import (
-    ConfigError,
-    DataError,
-    LineageLensError,
-    ModelLoadError,
-    ShapeMismatchError,
-)
+from lineage_lens import errors as errors  # cheap; `lineage_lens.errors` loads with the package
 
 __version__ = "0.1.0"
 
-#: Public name -> the module that defines it. One line per name; the module is the one place the
-#: idea lives (see README, "Layout").
+#: Public name -> the module that defines it: the one list of the public names (`__all__` and
+#: `dir()` are built from it). One line per name; the module is the one place the idea lives (see
+#: docs/library.md, "Layout"). The `if TYPE_CHECKING` imports at the end mirror it for type
+#: checkers and IDEs (a test checks they agree).
 _EXPORTS: dict[str, str] = {
+    # errors (every one a LineageLensError)
+    "LineageLensError": "lineage_lens.errors",
+    "ConfigError": "lineage_lens.errors",
+    "DataError": "lineage_lens.errors",
+    "ModelLoadError": "lineage_lens.errors",
+    "ShapeMismatchError": "lineage_lens.errors",
     # models -> activations
     "load_model": "lineage_lens.models",
     "HeadGeometry": "lineage_lens.models",
@@ -47,8 +49,8 @@ _EXPORTS: dict[str, str] = {
     "load_truthprobe_jsonl": "lineage_lens.data",
     "split_probe_eval": "lineage_lens.data",
     "to_dataset": "lineage_lens.hf_datasets",
-    "from_dataset": "lineage_lens.hf_datasets",
-    "collect_head_activations": "lineage_lens.activations",
+    "from_dataset": "lineage_lens.records",
+    "collect_head_activations": "lineage_lens.capture",
     "HeadActivations": "lineage_lens.activations",
     # -> scores
     "fit_truth_scores": "lineage_lens.probing",
@@ -89,64 +91,7 @@ _EXPORTS: dict[str, str] = {
     "load_zoo": "lineage_lens.zoo",
 }
 
-#: Kept literal (not built from _EXPORTS) so linters and IDEs see it; a test checks they agree.
-__all__ = [
-    "ChairCaptions",
-    "ChatPromptTemplate",
-    "ConfigError",
-    "DataError",
-    "EvidenceAttention",
-    "GateSettings",
-    "HaluEvalJudgement",
-    "HeadActivations",
-    "HeadCKA",
-    "HeadGeometry",
-    "HeadProbe",
-    "LineageLensError",
-    "LineageReport",
-    "ModelLoadError",
-    "PopeAnswers",
-    "ProbeBaselines",
-    "ProbeExample",
-    "PromptTemplate",
-    "ScoreComparison",
-    "ScoreSource",
-    "ShapeMismatchError",
-    "TruthGate",
-    "TruthScores",
-    "WeightDrift",
-    "__version__",
-    "build_zoo",
-    "collect_head_activations",
-    "compare_many",
-    "compare_scores",
-    "compute_chair",
-    "control_scores",
-    "evaluate_chair",
-    "evaluate_halueval",
-    "evaluate_pope",
-    "evidence_attention",
-    "fit_truth_scores",
-    "from_dataset",
-    "gating_sweep",
-    "halueval_probe_examples",
-    "head_cka",
-    "head_geometry",
-    "kv_cache_ok",
-    "lineage_report",
-    "load_halueval_qa",
-    "load_model",
-    "load_probe_examples",
-    "load_scores",
-    "load_truthprobe_jsonl",
-    "load_zoo",
-    "probe_baselines",
-    "run_sweep",
-    "split_probe_eval",
-    "to_dataset",
-    "transfer_sources",
-    "weight_drift",
-]
+__all__ = sorted(["__version__", *_EXPORTS])
 
 
 def __getattr__(name: str) -> Any:
@@ -162,37 +107,58 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
-    from lineage_lens.activations import HeadActivations, collect_head_activations
-    from lineage_lens.attention import EvidenceAttention, evidence_attention
-    from lineage_lens.baselines import ProbeBaselines, probe_baselines
-    from lineage_lens.cka import HeadCKA, head_cka
-    from lineage_lens.data import (
-        ChatPromptTemplate,
-        ProbeExample,
-        PromptTemplate,
-        halueval_probe_examples,
-        load_halueval_qa,
-        load_probe_examples,
-        load_truthprobe_jsonl,
-        split_probe_eval,
-    )
-    from lineage_lens.evals import (
-        compute_chair,
-        evaluate_chair,
-        evaluate_halueval,
-        evaluate_pope,
-        run_sweep,
-    )
-    from lineage_lens.evals.outcomes import ChairCaptions, HaluEvalJudgement, PopeAnswers
-    from lineage_lens.gating import TruthGate, control_scores
-    from lineage_lens.hf_datasets import from_dataset, to_dataset
-    from lineage_lens.kvcache import kv_cache_ok
-    from lineage_lens.lineage import ScoreComparison, compare_many, compare_scores
-    from lineage_lens.models import HeadGeometry, head_geometry, load_model
-    from lineage_lens.probing import HeadProbe, fit_truth_scores
-    from lineage_lens.report import LineageReport, lineage_report
-    from lineage_lens.scores import TruthScores, load_scores
-    from lineage_lens.sweep import GateSettings, ScoreSource, gating_sweep, transfer_sources
-    from lineage_lens.weights import WeightDrift, weight_drift
-    from lineage_lens.zoo import build_zoo, load_zoo
+if TYPE_CHECKING:  # the same names for type checkers and IDEs (`X as X`: re-exported)
+    from lineage_lens.activations import HeadActivations as HeadActivations
+    from lineage_lens.attention import EvidenceAttention as EvidenceAttention
+    from lineage_lens.attention import evidence_attention as evidence_attention
+    from lineage_lens.baselines import ProbeBaselines as ProbeBaselines
+    from lineage_lens.baselines import probe_baselines as probe_baselines
+    from lineage_lens.capture import collect_head_activations as collect_head_activations
+    from lineage_lens.cka import HeadCKA as HeadCKA
+    from lineage_lens.cka import head_cka as head_cka
+    from lineage_lens.data import ChatPromptTemplate as ChatPromptTemplate
+    from lineage_lens.data import ProbeExample as ProbeExample
+    from lineage_lens.data import PromptTemplate as PromptTemplate
+    from lineage_lens.data import halueval_probe_examples as halueval_probe_examples
+    from lineage_lens.data import load_halueval_qa as load_halueval_qa
+    from lineage_lens.data import load_probe_examples as load_probe_examples
+    from lineage_lens.data import load_truthprobe_jsonl as load_truthprobe_jsonl
+    from lineage_lens.data import split_probe_eval as split_probe_eval
+    from lineage_lens.errors import ConfigError as ConfigError
+    from lineage_lens.errors import DataError as DataError
+    from lineage_lens.errors import LineageLensError as LineageLensError
+    from lineage_lens.errors import ModelLoadError as ModelLoadError
+    from lineage_lens.errors import ShapeMismatchError as ShapeMismatchError
+    from lineage_lens.evals import compute_chair as compute_chair
+    from lineage_lens.evals import evaluate_chair as evaluate_chair
+    from lineage_lens.evals import evaluate_halueval as evaluate_halueval
+    from lineage_lens.evals import evaluate_pope as evaluate_pope
+    from lineage_lens.evals import run_sweep as run_sweep
+    from lineage_lens.evals.outcomes import ChairCaptions as ChairCaptions
+    from lineage_lens.evals.outcomes import HaluEvalJudgement as HaluEvalJudgement
+    from lineage_lens.evals.outcomes import PopeAnswers as PopeAnswers
+    from lineage_lens.gating import TruthGate as TruthGate
+    from lineage_lens.gating import control_scores as control_scores
+    from lineage_lens.hf_datasets import to_dataset as to_dataset
+    from lineage_lens.kvcache import kv_cache_ok as kv_cache_ok
+    from lineage_lens.lineage import ScoreComparison as ScoreComparison
+    from lineage_lens.lineage import compare_many as compare_many
+    from lineage_lens.lineage import compare_scores as compare_scores
+    from lineage_lens.models import HeadGeometry as HeadGeometry
+    from lineage_lens.models import head_geometry as head_geometry
+    from lineage_lens.models import load_model as load_model
+    from lineage_lens.probing import HeadProbe as HeadProbe
+    from lineage_lens.probing import fit_truth_scores as fit_truth_scores
+    from lineage_lens.records import from_dataset as from_dataset
+    from lineage_lens.report import LineageReport as LineageReport
+    from lineage_lens.report import lineage_report as lineage_report
+    from lineage_lens.scores import TruthScores as TruthScores
+    from lineage_lens.scores import load_scores as load_scores
+    from lineage_lens.sweep import GateSettings as GateSettings
+    from lineage_lens.sweep import ScoreSource as ScoreSource
+    from lineage_lens.sweep import gating_sweep as gating_sweep
+    from lineage_lens.sweep import transfer_sources as transfer_sources
+    from lineage_lens.weights import WeightDrift as WeightDrift
+    from lineage_lens.weights import weight_drift as weight_drift
+    from lineage_lens.zoo import build_zoo as build_zoo
+    from lineage_lens.zoo import load_zoo as load_zoo

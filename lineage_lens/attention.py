@@ -16,7 +16,7 @@ Typical use::
 
     prompts, spans, ends = halueval_attention_inputs(load_halueval_qa(limit=50))
     att = evidence_attention(model, prompts, spans, query_char_ends=ends)
-    att.correlate_with(truth_scores).summary()
+    compare_scores(att, truth_scores).summary()  # lineage_lens.lineage
     att.plot_topk(truth_scores, k=10)
 """
 

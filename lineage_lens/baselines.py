@@ -4,7 +4,7 @@ A head's Truth Score is the cross-validated accuracy of a linear probe at the an
 Part of it may owe nothing to whether the model tracks the context: the answer's wording alone can
 separate gold from hallucinated answers (length, specificity), and a random projection of the
 tokens -- which any network of the same shape computes -- may already carry that signal. Two
-baselines run the *same* capture and probe (:func:`~lineage_lens.activations.collect_head_activations`
+baselines run the *same* capture and probe (:func:`~lineage_lens.capture.collect_head_activations`
 and :func:`~lineage_lens.probing.fit_truth_scores`) where that explanation is all there is:
 
 * **answer only** -- the same model on prompts holding only the answer
@@ -37,7 +37,7 @@ from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens._display import ShortRepr, label, number
-from lineage_lens.activations import AnyTemplate, collect_head_activations
+from lineage_lens.capture import AnyTemplate, collect_head_activations
 from lineage_lens.data import ProbeExample, PromptTemplate, as_probe_examples, check_two_classes
 from lineage_lens.errors import ConfigError, DataError, ModelLoadError, check_seed
 from lineage_lens.fileio import tmp_build_dir
@@ -123,7 +123,7 @@ def random_init_model(
 def _config_class_tokenizer(name_or_path: str | Path) -> tuple[Any, type, Any]:
     import transformers
 
-    from lineage_lens.models import _declared_generic_tokenizer, resolve_model_path
+    from lineage_lens.models import declared_generic_tokenizer, resolve_model_path
 
     source = resolve_model_path(name_or_path)
     config = transformers.AutoConfig.from_pretrained(source)
@@ -134,7 +134,7 @@ def _config_class_tokenizer(name_or_path: str | Path) -> tuple[Any, type, Any]:
             f"the config of {name_or_path!r} names no Hugging Face model class "
             f"(architectures={architectures}); load the model and pass the TransformerBridge."
         )
-    tokenizer = _declared_generic_tokenizer(source)
+    tokenizer = declared_generic_tokenizer(source)
     if tokenizer is None:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     return config, model_class, tokenizer
@@ -355,7 +355,7 @@ def probe_baselines(
         answer_template: the answer-only prompt (default :data:`ANSWER_ONLY_TEMPLATE`).
         dataset: provenance.
         progress: show tqdm bars.
-        capture: further options of :func:`~lineage_lens.activations.collect_head_activations`
+        capture: further options of :func:`~lineage_lens.capture.collect_head_activations`
             (``position``, ``prepend_bos``, ...); activations are captured in float32.
     """
     examples = as_probe_examples(examples)

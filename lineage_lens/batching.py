@@ -1,6 +1,6 @@
 """Running token batches through a bridge: padding, the pad-id rule, the device, shared prefixes.
 
-Every module that runs prompts through a model -- capture (:mod:`lineage_lens.activations`),
+Every module that runs prompts through a model -- capture (:mod:`lineage_lens.capture`),
 attention to evidence (:mod:`lineage_lens.attention`) and the evaluators
 (:mod:`lineage_lens.evals`) -- batches with these functions, so padding and the shared-prefix
 key/value cache are written once:

@@ -14,7 +14,7 @@ Everything is computed in float64 from sufficient statistics (sums, cross-produc
 accumulated over chunks of examples: the ``n x n`` Gram matrices are never formed, and activations
 can be memory-mapped ``.npy`` files larger than memory. :func:`head_cka` gives the ``[L, H]``
 similarity of each head's activations (``hook_z`` at the probed token, see
-:mod:`lineage_lens.activations`) between two models on the same examples.
+:mod:`lineage_lens.capture`) between two models on the same examples.
 
 Typical use::
 

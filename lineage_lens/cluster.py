@@ -2,7 +2,7 @@
 
 lineage-lens schedules nothing itself: a lineage report's per-model steps
 (:func:`lineage_lens.report.lineage_report` with ``executor="ray"``) and a data-parallel capture
-(:func:`lineage_lens.activations.collect_head_activations` with ``workers=N``) run as Ray tasks.
+(:func:`lineage_lens.capture.collect_head_activations` with ``workers=N``) run as Ray tasks.
 Ray retries a task whose worker dies (``max_retries``); every step a task writes is published
 atomically, so a retried task never finds a half-written step counted as done.
 

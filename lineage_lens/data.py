@@ -17,10 +17,11 @@ Typical use::
     text, spans = DEFAULT_TEMPLATE.render(examples[0])
 
 Every loader takes ``as_dataset=True`` to return a Hugging Face ``datasets.Dataset`` in the same
-columns, and the functions that take rows or examples accept one (see
-:mod:`lineage_lens.hf_datasets`). One validator per record kind checks a JSON line and a Dataset
-row alike (:func:`parse_halueval_row`, :func:`parse_truthprobe_example`); only where the record
-came from differs (a :class:`RecordLocation`: file and line, or dataset row).
+columns, and the functions that take rows or examples accept one (the columns are listed in
+:mod:`lineage_lens.records`; :mod:`lineage_lens.hf_datasets` reads and builds Datasets). One
+validator per record kind checks a JSON line and a Dataset row alike (:func:`parse_halueval_row`,
+:func:`parse_truthprobe_example`); only where the record came from differs (a
+:class:`RecordLocation`: file and line, or dataset row).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class ProbeExample:
             row share it.
         image: the image the question is about (a file path or a PIL image), or ``None`` for a
             text-only example; see the ``condition`` of
-            :func:`~lineage_lens.activations.collect_head_activations`.
+            :func:`~lineage_lens.capture.collect_head_activations`.
     """
 
     context: str

@@ -11,7 +11,8 @@ or named by ``DEFAULT_METRIC``), how it is drawn (``_heatmap_style``), what it s
 * ``heatmap(metric, ax=...)``: ``imshow`` with a colorbar, layers on y (layer 0 at the top);
 * ``save(path)`` / ``load(path)``: one ``.npz`` (arrays + a JSON ``meta`` entry), written
   atomically; a damaged or foreign file is a :class:`~lineage_lens.errors.DataError`;
-* ``correlate_with(scores)``: :func:`lineage_lens.lineage.compare_scores` of a metric with scores;
+* ``comparison_values(metric)``: the array and label :func:`lineage_lens.lineage.compare_scores`
+  compares when given the map (``ll.compare_scores(att, truth_scores)``);
 * a short ``repr`` (class, shape, provenance, mean and max of the default metric) and a small
   HTML table (``_repr_html_``) with every metric's range and the top heads.
 """
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from typing import Self
 
     from matplotlib.axes import Axes
-
-    from lineage_lens.lineage import ScoreComparison
 
 #: What reading a damaged file may raise (truncated zip, empty file, bad header, bad JSON).
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RecursionError)
@@ -167,7 +166,7 @@ class HeadMap(ShortRepr):
 
     @property
     def default_metric(self) -> str:
-        """The metric :meth:`heatmap`, :meth:`correlate_with` and the repr use by default."""
+        """The metric :meth:`heatmap`, :meth:`comparison_values` and the repr use by default."""
         maps = self.head_maps()
         return self.DEFAULT_METRIC if self.DEFAULT_METRIC in maps else next(iter(maps))
 
@@ -248,19 +247,15 @@ class HeadMap(ShortRepr):
             ) from exc
 
     # ------------------------------------------------------------------ comparisons
-    def correlate_with(self, scores: Any, **kwargs: Any) -> ScoreComparison:
-        """Pearson/Spearman (with CIs, p-values, top-k overlap) of this map with ``scores``.
-
-        ``scores``: TruthScores, an ``[L, H]`` array or a scores file. Keyword arguments go to
-        :func:`lineage_lens.lineage.compare_scores`; its ``metric`` picks the metric of both
-        sides where this map has it (else this map's default metric is used).
-        """
-        from lineage_lens.lineage import compare_scores
-
-        metric = kwargs.get("metric")
-        own = self._map(metric if metric in self.head_maps() else None)
-        kwargs.setdefault("name_a", self._correlation_name())
-        return compare_scores(own, scores, **kwargs)
+    def comparison_values(
+        self, metric: str | None = None
+    ) -> tuple[Float[np.ndarray, "layer head"], str]:
+        """``(values, label)`` of this map in :func:`lineage_lens.lineage.compare_scores`:
+        the ``metric`` array (float64) where this map has that metric, else its default metric's,
+        and the map's label (e.g. ``"context evidence attention"``), so
+        ``ll.compare_scores(att, truth_scores)`` compares a map with Truth Scores."""
+        metric = metric if metric in self.head_maps() else None
+        return np.asarray(self._map(metric), dtype=np.float64), self._correlation_name()
 
     def _correlation_name(self) -> str:
         """Label of this map in a comparison."""

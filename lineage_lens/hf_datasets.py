@@ -1,39 +1,24 @@
-"""Hugging Face ``datasets`` in and out: every record list of lineage-lens as a ``Dataset``, and back.
+"""Hugging Face ``datasets`` in and out for any record kind: recognise a ``Dataset``, read its
+rows, build one from records.
 
 Researchers keep probing and evaluation data as :class:`datasets.Dataset` objects. Each loader
-takes ``as_dataset=True`` to return one, every function that takes examples accepts one, and the
-two functions here convert explicitly::
+takes ``as_dataset=True`` to return one (:func:`to_dataset`), and every function that takes
+records accepts one: the record kinds read a Dataset's rows with :func:`dataset_rows` and validate
+them like JSON lines (:mod:`lineage_lens.data`, :mod:`lineage_lens.evals.pope`;
+:func:`lineage_lens.records.from_dataset` picks the kind from the columns, and documents them)::
 
-    from lineage_lens.hf_datasets import from_dataset, to_dataset
-
-    ds = to_dataset(load_probe_examples("halueval", limit=50))  # columns below
-    examples = from_dataset(ds)                                 # list[ProbeExample] again
+    ds = to_dataset(load_probe_examples("halueval", limit=50))
     acts = collect_head_activations(model, ds)                  # a Dataset works directly
 
-The columns are those of the JSON-lines files (so ``Dataset.from_json(path)`` of a file the
-loaders read gives a Dataset they accept, and the same rows are valid or rejected with the same
-messages; a dataset row index stands in for the file and line):
-
-* TruthProbe text layout: ``context, question, answer, label`` (``label`` ``"gold"`` /
-  ``"hallucinated"``, ``1`` / ``0``, or a ``ClassLabel`` with those names), optional ``source_id``
-  (or ``id``; default ``"row-N"``);
-* TruthProbe image layout: ``image_path, question, answer, label`` (``image_path`` relative to
-  ``image_root``, default the current folder) or an ``image`` column of PIL images
-  (``datasets.Image()``) instead of ``image_path``; ``context`` optional;
-* HaluEval QA: ``knowledge, question, right_answer, hallucinated_answer``, optional ``row_id``
-  (default: the row index);
-* POPE: ``question_id, image, text, label`` (``label`` ``"yes"`` / ``"no"``).
-
-A missing value (``None``, as ``datasets`` fills in for rows without a field) counts as a missing
-field, exactly like a JSON line without it. This module imports ``datasets`` only when it builds
-a Dataset; recognising one never imports it.
+This module knows no record kind (records give their row with ``to_row()``) and imports
+``datasets`` only when it reads or builds a Dataset; recognising one never imports it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from lineage_lens.errors import ConfigError, DataError
 
@@ -41,10 +26,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 log = logging.getLogger(__name__)
-
-#: The kinds of records a Dataset converts to (see :func:`from_dataset`).
-DatasetKind = Literal["truthprobe", "halueval", "pope"]
-DATASET_KINDS: tuple[str, ...] = ("truthprobe", "halueval", "pope")
 
 
 def is_dataset(obj: Any) -> bool:
@@ -130,13 +111,13 @@ def dataset_rows(
 
 
 def to_dataset(records: Iterable[Any] | Dataset) -> Dataset:
-    """A ``datasets.Dataset`` of ``records`` in the documented columns (see the module docstring).
+    """A ``datasets.Dataset`` of ``records`` in their columns (:mod:`lineage_lens.records`).
 
     ``records`` are :class:`~lineage_lens.data.ProbeExample`, :class:`~lineage_lens.data.HaluEvalRow`
     or :class:`~lineage_lens.evals.pope.PopeQuestion` objects, all of one kind (each gives its row
     with ``to_row()``); a Dataset is returned as it is. PIL images become an ``image`` column of
-    ``datasets.Image()``; image paths an ``image_path`` column. :func:`from_dataset` gives the
-    records back (equal to these).
+    ``datasets.Image()``; image paths an ``image_path`` column.
+    :func:`lineage_lens.records.from_dataset` gives the records back (equal to these).
     """
     import datasets
 
@@ -175,47 +156,3 @@ def to_dataset(records: Iterable[Any] | Dataset) -> Dataset:
 
 def _is_pil(value: Any) -> bool:
     return type(value).__module__.startswith("PIL.")
-
-
-def detect_kind(dataset: Any) -> DatasetKind:
-    """The record kind of ``dataset`` from its columns (HaluEval, POPE, else TruthProbe)."""
-    ds = check_dataset(dataset, "dataset")
-    cols = set(ds.column_names)
-    if {"right_answer", "hallucinated_answer"} & cols:
-        return "halueval"
-    if "question_id" in cols and "text" in cols:
-        return "pope"
-    return "truthprobe"
-
-
-def from_dataset(
-    dataset: Any, kind: DatasetKind | None = None, *, image_root: Any = None
-) -> list[Any]:
-    """The records of ``dataset``: validated like the JSON-lines loaders validate lines.
-
-    Args:
-        dataset: a ``datasets.Dataset`` in one of the documented layouts.
-        kind: ``"truthprobe"`` (:class:`~lineage_lens.data.ProbeExample`), ``"halueval"``
-            (:class:`~lineage_lens.data.HaluEvalRow`) or ``"pope"``
-            (:class:`~lineage_lens.evals.pope.PopeQuestion`); default from the columns.
-        image_root: folder that relative ``image_path`` values of a TruthProbe dataset are
-            relative to (default: the current folder).
-
-    Raises:
-        DataError: missing columns (named), or a bad value (``dataset row N: ...``).
-    """
-    if kind is None:
-        kind = detect_kind(dataset)
-    if kind == "truthprobe":
-        from lineage_lens.data import examples_from_dataset
-
-        return examples_from_dataset(dataset, image_root=image_root)
-    if kind == "halueval":
-        from lineage_lens.data import halueval_rows_from_dataset
-
-        return halueval_rows_from_dataset(dataset)
-    if kind == "pope":
-        from lineage_lens.evals.pope import load_pope
-
-        return load_pope(dataset)
-    raise ConfigError(f"unknown dataset kind {kind!r}; use one of {', '.join(DATASET_KINDS)}.")

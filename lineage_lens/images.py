@@ -1,43 +1,34 @@
-"""Images and prompts for vision-language bridges: each family's Hugging Face image processor
-(PIL backend, no torchvision), prompts with image tokens, and the extra forward inputs of images.
+"""What every vision-language family shares: the :class:`ImageInputs` protocol and its base
+:class:`FamilyImageInputs`, pixels from a Hugging Face image processor (PIL backend, no
+torchvision), black dummy images, prompts with image tokens and greedy decoding of image prompts.
 
-Every family is one *image-input builder* (:class:`ImageInputs`), registered by ``model_type`` in
-:data:`IMAGE_INPUT_BUILDERS` and returned by :func:`image_inputs`. It says, per image, which tokens
-stand for it in a prompt (:meth:`~ImageInputs.image_text` / :meth:`~ImageInputs.image_token_ids`:
-the number of image tokens can depend on the image's size), the forward inputs of a batch of
-images (:meth:`~ImageInputs.forward_kwargs`) and of the padded tokens
-(:meth:`~ImageInputs.token_kwargs`), whether callers may pass position ids, and the position of a
-key/value-cached decoding step. Capture (:func:`lineage_lens.activations.collect_head_activations`
-with ``condition="image"`` or ``"black_image"``), attention to evidence
-(:func:`lineage_lens.attention.evidence_attention` with ``images=``), POPE and CHAIR captions all
-use it, and :func:`greedy_generate` decodes image prompts for the evaluators.
-
-Families (``docs/architectures.md``):
-
-* ``llava`` (LLaVA-1.5): ``n_image_tokens`` image tokens of one fixed-size image,
-  ``pixel_values`` (:func:`vision_settings`, :func:`load_pixel_values`);
-* ``llava_next`` (LLaVA-NeXT, any resolution): tiles on the best ``image_grid_pinpoints`` grid,
-  ``pixel_values`` ``[batch, tiles, 3, S, S]`` and ``image_sizes``;
-* ``gemma3`` (image+text): ``<start_of_image>`` + ``mm_tokens_per_image`` soft tokens +
-  ``<end_of_image>``, ``pixel_values`` and ``token_type_ids`` (bidirectional attention over the
-  image);
-* ``qwen2_5_vl`` and ``qwen3_vl`` (dynamic resolution): ``<|vision_start|>`` + one
-  ``<|image_pad|>`` per merged patch + ``<|vision_end|>``, ``pixel_values`` (flattened patches),
-  ``image_grid_thw`` and ``mm_token_type_ids``; 3-D mRoPE positions come from the model.
+Each family's own image inputs (its tokens, processor fallback and extra forward inputs) live in
+its module of :mod:`lineage_lens.families` (``docs/architectures.md``), which registers its
+builder here by ``model_type`` (:func:`register_image_inputs`, into :data:`IMAGE_INPUT_BUILDERS`);
+:func:`image_inputs` returns the builder's :class:`ImageInputs` for a model. A family's
+:class:`ImageInputs` says, per image, which tokens stand for it in a prompt
+(:meth:`~ImageInputs.image_text` / :meth:`~ImageInputs.image_token_ids`: the number of image
+tokens can depend on the image's size), the forward inputs of a batch of images
+(:meth:`~ImageInputs.forward_kwargs`) and of the padded tokens (:meth:`~ImageInputs.token_kwargs`),
+whether callers may pass position ids, and the position of a key/value-cached decoding step.
+Capture (:func:`lineage_lens.activations.collect_head_activations` with ``condition="image"`` or
+``"black_image"``), attention to evidence (:func:`lineage_lens.attention.evidence_attention` with
+``images=``), POPE and CHAIR captions all use it, and :func:`greedy_generate` decodes image
+prompts for the evaluators.
 
 Pixels come from the model's own Hugging Face image processor, PIL backend:
 ``AutoImageProcessor.from_pretrained(model_dir, backend="pil")`` when a
-``preprocessor_config.json`` is saved with the model; otherwise each family's documented fallback
-built from the model config (LLaVA-1.5: ``CLIPImageProcessorPil`` with the vision tower's square
-size and no centre crop, which for square images equals its shortest-edge resize plus centre crop;
-``LlavaNextImageProcessorPil``, ``Gemma3ImageProcessorPil``, ``Qwen2VLImageProcessorPil``).
+``preprocessor_config.json`` is saved with the model (:func:`saved_image_processor`); otherwise
+each family's documented fallback built from the model config. LLaVA-1.5's fixed-size images
+(:class:`VisionSettings`, :func:`vision_settings`, :func:`load_pixel_values`) are also what the
+zoo's vision-language members use.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,9 +37,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lineage_lens.batching import model_device, to_model
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.identity import file_digests, image_identity, record_digest
-from lineage_lens.zoo.images import CLIP_MEAN, CLIP_STD
+
+#: CLIP's normalisation constants (LLaVA's vision tower; the zoo's rendered scenes).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: LLaVA-1.5's conversation format for one image and one question.
 LLAVA_TEMPLATE = "USER: {image}\n{question} ASSISTANT:"
@@ -68,13 +63,14 @@ class VisionSettings:
     processor_dir: str | None = None
 
 
-def _hf_model(model: Any) -> Any:
+def hf_model(model: Any) -> Any:
+    """The Hugging Face model of a bridge (its ``original_model``), or ``model`` itself."""
     return getattr(model, "original_model", model)
 
 
 def vision_settings(model: Any) -> VisionSettings:
     """The :class:`VisionSettings` of a LLaVA bridge (or HF LLaVA model)."""
-    hf = _hf_model(model)
+    hf = hf_model(model)
     cfg = getattr(hf, "config", None)
     vcfg = getattr(cfg, "vision_config", None)
     if cfg is None or vcfg is None:
@@ -101,13 +97,11 @@ def vision_settings(model: Any) -> VisionSettings:
     elif strategy != "default":
         raise ConfigError(f"unknown vision_feature_select_strategy {strategy!r}.")
     mean, std = CLIP_MEAN, CLIP_STD
-    processor_dir = None
-    src = getattr(cfg, "_name_or_path", None) or getattr(cfg, "name_or_path", None)
-    if src and (Path(src) / "preprocessor_config.json").is_file():
-        pre = json.loads((Path(src) / "preprocessor_config.json").read_text(encoding="utf-8"))
+    processor_dir = saved_processor_dir(cfg)
+    if processor_dir is not None:
+        pre = json.loads((Path(processor_dir) / "preprocessor_config.json").read_text("utf-8"))
         mean = tuple(pre.get("image_mean", mean))  # type: ignore[assignment]
         std = tuple(pre.get("image_std", std))  # type: ignore[assignment]
-        processor_dir = str(Path(src).resolve())
     return VisionSettings(size, patch, n_tokens, int(token_id), mean, std, processor_dir)
 
 
@@ -289,16 +283,19 @@ class ImageInputs(Protocol):
         ...
 
 
-def _model_config(model: Any) -> Any:
-    cfg = getattr(_hf_model(model), "config", None)
+def vision_model_config(model: Any) -> Any:
+    """The Hugging Face config of a vision-language model (a bridge or HF model): a
+    :class:`~lineage_lens.errors.ConfigError` unless it has a ``vision_config``."""
+    cfg = getattr(hf_model(model), "config", None)
     if cfg is None or getattr(cfg, "vision_config", None) is None:
         raise ConfigError(
-            f"{type(_hf_model(model)).__name__} is not a vision-language model (no vision_config)."
+            f"{type(hf_model(model)).__name__} is not a vision-language model (no vision_config)."
         )
     return cfg
 
 
-def _config_token_id(cfg: Any, *names: str) -> int:
+def config_token_id(cfg: Any, *names: str) -> int:
+    """The first of the config fields ``names`` that is set (a token id), as an ``int``."""
     for name in names:
         value = getattr(cfg, name, None)
         if value is not None:
@@ -306,14 +303,17 @@ def _config_token_id(cfg: Any, *names: str) -> int:
     raise ConfigError(f"the model config has none of {', '.join(names)}.")
 
 
-def _processor_dir(cfg: Any) -> str | None:
+def saved_processor_dir(cfg: Any) -> str | None:
+    """The model's folder when it was saved with a ``preprocessor_config.json``, else ``None``."""
     src = getattr(cfg, "_name_or_path", None) or getattr(cfg, "name_or_path", None)
     if src and (Path(src) / "preprocessor_config.json").is_file():
         return str(Path(src).resolve())
     return None
 
 
-def _saved_processor(processor_dir: str) -> Any:
+def saved_image_processor(processor_dir: str) -> Any:
+    """The image processor saved in ``processor_dir`` (PIL backend), memoised by the content of
+    its config files (:func:`processor_identity`)."""
     return _load_saved_processor(processor_dir, processor_identity(processor_dir))
 
 
@@ -332,10 +332,12 @@ def _load_saved_processor(processor_dir: str, identity: str) -> Any:
 
 
 @dataclass(frozen=True)
-class _FamilyImageInputs:
-    """Shared machinery: a prompt's image is ``before + image_token * n + after`` (text), pixels
-    come from the model's Hugging Face image processor (PIL backend). Subclasses give the number of
-    image tokens of an image and the forward inputs of a batch."""
+class FamilyImageInputs:
+    """The base of every family's :class:`ImageInputs`: a prompt's image is
+    ``before + image_token * n + after`` (text), pixels come from the model's Hugging Face image
+    processor (PIL backend). Subclasses (one per family, :mod:`lineage_lens.families`) give a
+    ``from_model`` classmethod, the number of image tokens of an image and the forward inputs of
+    a batch."""
 
     model_type: str
     tokenizer: Any
@@ -350,14 +352,16 @@ class _FamilyImageInputs:
     takes_position_ids: bool = True
 
     @staticmethod
-    def _tokenizer(model: Any) -> Any:
+    def model_tokenizer(model: Any) -> Any:
+        """The tokenizer of a loaded model (a :class:`~lineage_lens.errors.ConfigError` if none)."""
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise ConfigError("the model has no tokenizer; load it with load_model().")
         return tokenizer
 
     @staticmethod
-    def _token(tokenizer: Any, token_id: int) -> str:
+    def token_text(tokenizer: Any, token_id: int) -> str:
+        """The token string of ``token_id`` (an image token or marker)."""
         token = tokenizer.convert_ids_to_tokens(token_id)
         if not isinstance(token, str) or not token:
             raise ConfigError(f"the tokenizer has no token for the image token id {token_id}.")
@@ -399,7 +403,8 @@ class _FamilyImageInputs:
     ) -> Int[Tensor, "batch 1"]:
         return attention_mask.long().sum(dim=1, keepdim=True) - 1
 
-    def _process(self, images: Sequence[Any]) -> Any:
+    def process(self, images: Sequence[Any]) -> Any:
+        """Hugging Face's processor outputs (``return_tensors="pt"``) for a batch of images."""
         if not images:
             raise ConfigError("no images given.")
         return self.processor(images=[open_image(im) for im in images], return_tensors="pt")
@@ -413,274 +418,45 @@ class _FamilyImageInputs:
         }
 
 
-@dataclass(frozen=True)
-class LlavaImageInputs(_FamilyImageInputs):
-    """LLaVA-1.5: ``n_image_tokens`` image tokens per prompt, ``pixel_values`` from the model's
-    image processor (one fixed-size image)."""
-
-    settings: VisionSettings | None = None
-
-    @classmethod
-    def from_model(cls, model: Any) -> LlavaImageInputs:
-        settings = vision_settings(model)
-        tok = cls._tokenizer(model)
-        return cls(
-            model_type="llava",
-            tokenizer=tok,
-            image_token_id=settings.image_token_id,
-            image_token=cls._token(tok, settings.image_token_id),
-            processor=image_processor(settings),
-            image_size=settings.image_size,
-            processor_dir=settings.processor_dir,
-            settings=settings,
-        )
-
-    def n_image_tokens(self, image: Any | None = None) -> int:
-        assert self.settings is not None
-        return self.settings.n_image_tokens
-
-    def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
-        assert self.settings is not None
-        return {"pixel_values": load_pixel_values(images, self.settings)}
-
-    def describe(self) -> dict[str, Any]:
-        assert self.settings is not None
-        return {
-            **super().describe(),
-            "n_image_tokens": self.settings.n_image_tokens,
-            "image_size": self.settings.image_size,
-        }
+#: ``model_type`` -> builder of its :class:`ImageInputs` from a bridge, one entry per model type
+#: of each vision-language family. Filled by :func:`register_image_inputs`, which
+#: :func:`lineage_lens.families.register` calls for every family it registers (importing
+#: :mod:`lineage_lens.families`, as :mod:`lineage_lens.models` does, registers the built-in ones).
+IMAGE_INPUT_BUILDERS: dict[str, Callable[[Any], ImageInputs]] = {}
 
 
-@dataclass(frozen=True)
-class LlavaNextImageInputs(_FamilyImageInputs):
-    """LLaVA-NeXT (any resolution): the image is tiled on the best of ``image_grid_pinpoints``;
-    its image tokens are the base tile's patches plus the unpadded tiles' patches and one newline
-    token per row (Hugging Face's ``LlavaNextProcessor`` count); forward inputs ``pixel_values``
-    ``[batch, tiles, 3, S, S]`` and ``image_sizes`` ``[batch, 2]`` (original height, width)."""
+def register_image_inputs(
+    model_types: Iterable[str], builder: Callable[[Any], ImageInputs]
+) -> None:
+    """Make :func:`image_inputs` build a model of each of ``model_types`` with ``builder``.
 
-    patch_size: int = 14
-    pinpoints: tuple[tuple[int, int], ...] = ()
-    extra_tokens: int = 0
-
-    @classmethod
-    def from_model(cls, model: Any) -> LlavaNextImageInputs:
-        cfg = _model_config(model)
-        vcfg = cfg.vision_config
-        tok = cls._tokenizer(model)
-        token_id = _config_token_id(cfg, "image_token_index", "image_token_id")
-        size = int(vcfg.image_size)
-        pinpoints = tuple(tuple(int(v) for v in p) for p in cfg.image_grid_pinpoints)
-        pdir = _processor_dir(cfg)
-        if pdir is not None:
-            processor = _saved_processor(pdir)
-        else:
-            from transformers import LlavaNextImageProcessorPil
-
-            processor = LlavaNextImageProcessorPil(
-                size={"shortest_edge": size},
-                crop_size={"height": size, "width": size},
-                image_grid_pinpoints=[list(p) for p in pinpoints],
-                image_mean=list(CLIP_MEAN),
-                image_std=list(CLIP_STD),
-            )
-        strategy = getattr(cfg, "vision_feature_select_strategy", "default")
-        if strategy not in ("default", "full"):
-            raise ConfigError(f"unknown vision_feature_select_strategy {strategy!r}.")
-        return cls(
-            model_type=cfg.model_type,
-            tokenizer=tok,
-            image_token_id=token_id,
-            image_token=cls._token(tok, token_id),
-            processor=processor,
-            image_size=size,
-            processor_dir=pdir,
-            patch_size=int(vcfg.patch_size),
-            pinpoints=pinpoints,
-            extra_tokens=1 if strategy == "full" else 0,
-        )
-
-    def n_image_tokens(self, image: Any | None = None) -> int:
-        from transformers.image_processing_utils import select_best_resolution
-
-        width, height = open_image(image if image is not None else self.black_image()).size
-        best_h, best_w = select_best_resolution([height, width], [list(p) for p in self.pinpoints])
-        side = self.image_size // self.patch_size
-        cur_h, cur_w = side * (best_h // self.image_size), side * (best_w // self.image_size)
-        if width / height > cur_w / cur_h:
-            new_h = int(round(height * (cur_w / width), 7))
-            cur_h -= 2 * ((cur_h - new_h) // 2)
-        else:
-            new_w = int(round(width * (cur_h / height), 7))
-            cur_w -= 2 * ((cur_w - new_w) // 2)
-        return cur_h * cur_w + cur_h + side * side + self.extra_tokens
-
-    def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
-        out = self._process(images)
-        return {"pixel_values": out["pixel_values"].float(), "image_sizes": out["image_sizes"]}
-
-
-@dataclass(frozen=True)
-class Gemma3ImageInputs(_FamilyImageInputs):
-    """Gemma3 image+text: ``\\n\\n<start_of_image>`` + ``mm_tokens_per_image`` soft tokens +
-    ``<end_of_image>\\n\\n`` (Hugging Face's ``Gemma3Processor`` sequence, no pan-and-scan);
-    ``pixel_values`` ``[batch, 3, S, S]``; ``token_type_ids`` (1 on image tokens) so image tokens
-    attend to each other bidirectionally, as with HF's processor."""
-
-    n_tokens: int = 256
-
-    @classmethod
-    def from_model(cls, model: Any) -> Gemma3ImageInputs:
-        cfg = _model_config(model)
-        tok = cls._tokenizer(model)
-        token_id = _config_token_id(cfg, "image_token_index", "image_token_id")
-        boi = cls._token(tok, _config_token_id(cfg, "boi_token_index", "boi_token_id"))
-        eoi = cls._token(tok, _config_token_id(cfg, "eoi_token_index", "eoi_token_id"))
-        size = int(cfg.vision_config.image_size)
-        pdir = _processor_dir(cfg)
-        if pdir is not None:
-            processor = _saved_processor(pdir)
-        else:
-            from transformers import Gemma3ImageProcessorPil
-
-            processor = Gemma3ImageProcessorPil(size={"height": size, "width": size})
-        return cls(
-            model_type=cfg.model_type,
-            tokenizer=tok,
-            image_token_id=token_id,
-            image_token=cls._token(tok, token_id),
-            processor=processor,
-            image_size=size,
-            processor_dir=pdir,
-            before=f"\n\n{boi}",
-            after=f"{eoi}\n\n",
-            n_tokens=int(cfg.mm_tokens_per_image),
-        )
-
-    def n_image_tokens(self, image: Any | None = None) -> int:
-        return self.n_tokens
-
-    def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
-        out = self._process(images)
-        return {"pixel_values": out["pixel_values"].float()}
-
-    def token_kwargs(self, input_ids: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
-        return {"token_type_ids": (input_ids == self.image_token_id).long()}
-
-
-@dataclass(frozen=True)
-class QwenVLImageInputs(_FamilyImageInputs):
-    """Qwen2.5-VL and Qwen3-VL (dynamic resolution): ``<|vision_start|>`` + one ``<|image_pad|>``
-    per merged patch + ``<|vision_end|>``; forward inputs ``pixel_values`` (flattened patches of
-    the batch) and ``image_grid_thw`` ``[batch, 3]`` from ``Qwen2VLImageProcessor`` (PIL backend),
-    and ``mm_token_type_ids`` from the tokens, from which the model derives its 3-D mRoPE positions
-    (so callers pass no ``position_ids``). Qwen-VL has no fixed image size: the black dummy image
-    is ``2 * patch_size * merge_size`` pixels square (the processor resizes it within its
-    ``min_pixels`` / ``max_pixels``, which decide its image tokens)."""
-
-    merge_size: int = 2
-
-    @classmethod
-    def from_model(cls, model: Any) -> QwenVLImageInputs:
-        cfg = _model_config(model)
-        vcfg = cfg.vision_config
-        tok = cls._tokenizer(model)
-        token_id = _config_token_id(cfg, "image_token_id")
-        start = cls._token(tok, _config_token_id(cfg, "vision_start_token_id"))
-        end = cls._token(tok, _config_token_id(cfg, "vision_end_token_id"))
-        merge, patch = int(vcfg.spatial_merge_size), int(vcfg.patch_size)
-        pdir = _processor_dir(cfg)
-        if pdir is not None:
-            processor = _saved_processor(pdir)
-        else:
-            from transformers import Qwen2VLImageProcessorPil
-
-            processor = Qwen2VLImageProcessorPil(
-                patch_size=patch,
-                merge_size=merge,
-                temporal_patch_size=int(getattr(vcfg, "temporal_patch_size", 2)),
-            )
-        if int(processor.patch_size) != patch or int(processor.merge_size) != merge:
+    A model type registered with another builder is a :class:`~lineage_lens.errors.ConfigError`
+    (registering the same builder again does nothing)."""
+    for model_type in model_types:
+        known = IMAGE_INPUT_BUILDERS.get(model_type)
+        if known is not None and known != builder:
             raise ConfigError(
-                f"the saved image processor's patch_size/merge_size ({processor.patch_size}/"
-                f"{processor.merge_size}) differ from the vision tower's ({patch}/{merge}); fix "
-                "its preprocessor_config.json."
+                f"model_type {model_type!r} already has the image-input builder {known!r}; a "
+                "model type belongs to one family (lineage_lens.families)."
             )
-        return cls(
-            model_type=cfg.model_type,
-            tokenizer=tok,
-            image_token_id=token_id,
-            image_token=cls._token(tok, token_id),
-            processor=processor,
-            image_size=2 * patch * merge,
-            processor_dir=pdir,
-            before=start,
-            after=end,
-            takes_position_ids=False,
-            merge_size=merge,
-        )
-
-    def n_image_tokens(self, image: Any | None = None) -> int:
-        grid = self._process([image if image is not None else self.black_image()])
-        return int(grid["image_grid_thw"][0].prod()) // self.merge_size**2
-
-    def forward_kwargs(self, images: Sequence[Any]) -> dict[str, Tensor]:
-        out = self._process(images)
-        return {
-            "pixel_values": out["pixel_values"].float(),
-            "image_grid_thw": out["image_grid_thw"],
-        }
-
-    def token_kwargs(self, input_ids: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
-        return {"mm_token_type_ids": (input_ids == self.image_token_id).int()}
-
-    def step_position_ids(
-        self, model: Any, attention_mask: Int[Tensor, "batch pos"]
-    ) -> Int[Tensor, "3 batch 1"]:
-        """The text position plus the prompt's mRoPE offset (``rope_deltas``, which the model
-        stored when it ran the prompt), on all three position streams -- what Hugging Face's own
-        ``generate`` passes."""
-        inner = getattr(_hf_model(model), "model", None)
-        deltas = getattr(inner, "rope_deltas", None)
-        if deltas is None:
-            raise ConfigError(
-                f"{self.model_type}: the model kept no rope_deltas from the image prompt; run the "
-                "prompt through the model (with image_grid_thw and mm_token_type_ids) first."
-            )
-        text = super().step_position_ids(model, attention_mask)
-        pos = text + deltas.to(text.device).reshape(-1, 1)
-        return pos[None].expand(3, -1, -1)
-
-
-#: ``model_type`` -> builder of its :class:`ImageInputs` from a bridge. One entry per family.
-IMAGE_INPUT_BUILDERS: dict[str, Callable[[Any], ImageInputs]] = {
-    "llava": LlavaImageInputs.from_model,
-    "llava_next": LlavaNextImageInputs.from_model,
-    "gemma3": Gemma3ImageInputs.from_model,
-    "qwen2_5_vl": QwenVLImageInputs.from_model,
-    "qwen3_vl": QwenVLImageInputs.from_model,
-}
-
-
-def is_multimodal(model: Any) -> bool:
-    """Whether ``model`` (a bridge or HF model) has a vision tower config."""
-    return getattr(getattr(_hf_model(model), "config", None), "vision_config", None) is not None
+        IMAGE_INPUT_BUILDERS[model_type] = builder
 
 
 def image_inputs(model: Any) -> ImageInputs:
     """The :class:`ImageInputs` of ``model``'s type (see :data:`IMAGE_INPUT_BUILDERS`)."""
-    if not is_multimodal(model):
+    cfg = getattr(hf_model(model), "config", None)
+    if getattr(cfg, "vision_config", None) is None:
         raise ConfigError(
-            f"{type(_hf_model(model)).__name__} is not a vision-language model (no "
+            f"{type(hf_model(model)).__name__} is not a vision-language model (no "
             "vision_config); image conditions need a multimodal model such as LLaVA."
         )
-    model_type = getattr(_hf_model(model).config, "model_type", "")
+    model_type = getattr(cfg, "model_type", "")
     builder = IMAGE_INPUT_BUILDERS.get(model_type)
     if builder is None:
         raise ConfigError(
             f"image inputs of model_type {model_type!r} are not supported yet (supported: "
-            f"{', '.join(IMAGE_INPUT_BUILDERS)}); register a builder in "
-            "lineage_lens.images.IMAGE_INPUT_BUILDERS."
+            f"{', '.join(IMAGE_INPUT_BUILDERS) or 'none registered'}); add a family module to "
+            "lineage_lens.families (docs/architectures.md, 'Adding an architecture')."
         )
     return builder(model)
 
@@ -754,8 +530,6 @@ def greedy_generate(
     ``eos_token_id`` keep emitting it.
     """
     from transformers import DynamicCache
-
-    from lineage_lens.batching import model_device, to_model
 
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")

@@ -1,7 +1,7 @@
 """Key/value-cache safety: a compatibility shim and a once-per-model check.
 
 Several fast paths of lineage-lens reuse a key/value cache: the shared-prefix capture of
-:func:`~lineage_lens.activations.collect_head_activations`, the shared-prefix log-prob scoring and
+:func:`~lineage_lens.capture.collect_head_activations`, the shared-prefix log-prob scoring and
 the cached generation of the evaluators (HaluEval, POPE, CHAIR captions), and ``lineage-lens
 gate``. If the bridge silently ignores the cache, every one of them is silently wrong. That
 happened with transformers 5.24.0 and TransformerLens 4.3.0: transformers now hands each attention

@@ -39,6 +39,7 @@ from scipy import stats
 from lineage_lens._display import ShortRepr, label
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError, check_seed
 from lineage_lens.fileio import atomic_open
+from lineage_lens.headmap import HeadMap
 from lineage_lens.scores import TruthScores, load_scores
 
 if TYPE_CHECKING:
@@ -47,8 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Anything :func:`as_score_array` accepts: scores, an ``[L, H]`` array, or a scores file.
-ScoresLike = TruthScores | np.ndarray | str | Path
+#: Anything :func:`as_score_array` accepts: scores (or another per-head map), an ``[L, H]`` array,
+#: or a scores file.
+ScoresLike = TruthScores | HeadMap | np.ndarray | str | Path
 
 #: The top-k sizes compared by default (those up to the number of heads).
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100)
@@ -78,11 +80,14 @@ def check_ks(ks: Sequence[int] | None, n_heads: int) -> tuple[int, ...]:
 def as_score_array(
     scores: ScoresLike, metric: str = "accuracy"
 ) -> tuple[Float[np.ndarray, "layer head"], str]:
-    """``(array [L, H] float64, label)`` from TruthScores, an array, or a .npz/.npy/.csv file."""
+    """``(array [L, H] float64, label)`` from TruthScores, any other per-head map
+    (:class:`~lineage_lens.headmap.HeadMap`: its ``metric`` where it has it, else its default
+    metric; :meth:`~lineage_lens.headmap.HeadMap.comparison_values`), an array, or a
+    .npz/.npy/.csv file."""
     if isinstance(scores, (str, Path)):
         scores = load_scores(scores)
-    if isinstance(scores, TruthScores):
-        return scores.get(metric), scores.model or ""
+    if isinstance(scores, HeadMap):
+        return scores.comparison_values(metric)
     if hasattr(scores, "detach"):  # a torch tensor
         scores = scores.detach().cpu().numpy()  # type: ignore[union-attr]
     arr = np.asarray(scores, dtype=np.float64)
@@ -448,13 +453,19 @@ def compare_scores(
     confidence_level: float = 0.95,
     seed: int = 0,
 ) -> ScoreComparison:
-    """Compare two models' per-head scores (Truth Scores or any ``[L, H]`` array).
+    """Compare two models' per-head scores (Truth Scores, any per-head map or ``[L, H]`` array).
+
+    The one comparison of per-head maps: an attention, CKA, weight-drift or gate map is compared
+    with Truth Scores as ``compare_scores(att, scores)``.
 
     Args:
-        a, b: :class:`TruthScores`, ``[L, H]`` arrays, or files (our ``.npz``, the paper's
-            ``.npy`` or ``cv5_head_metrics.csv``). Both must have the same shape.
-        metric: which metric of TruthScores to compare.
-        name_a, name_b: labels (default: the scores' model names, else ``"A"``/``"B"``).
+        a, b: :class:`TruthScores`, other per-head maps (:class:`~lineage_lens.headmap.HeadMap`),
+            ``[L, H]`` arrays, or files (our ``.npz``, the paper's ``.npy`` or
+            ``cv5_head_metrics.csv``). Both must have the same shape.
+        metric: which metric of TruthScores to compare (a per-head map without it gives its
+            default metric).
+        name_a, name_b: labels (default: the scores' model names or the map's label, else
+            ``"A"``/``"B"``).
         ks: top-k sizes for the overlap table, each from 1 to the number of heads
             (:func:`check_ks`; default: :data:`DEFAULT_KS` up to the number of heads).
         n_resamples: bootstrap resamples for the BCa CIs; n_permutations: head shuffles for the

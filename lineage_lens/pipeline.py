@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from lineage_lens.activations import HeadActivations, collect_head_activations
+from lineage_lens.activations import HeadActivations
+from lineage_lens.capture import collect_head_activations
 from lineage_lens.data import (
     ProbeExample,
     check_two_classes,
@@ -59,7 +60,7 @@ def score_model(
 
     Checks both classes are present before any model work, captures ``hook_z`` at the answer's last
     token in float32 (``capture`` passes further options to
-    :func:`~lineage_lens.activations.collect_head_activations`), then fits the per-head probes,
+    :func:`~lineage_lens.capture.collect_head_activations`), then fits the per-head probes,
     identical examples (:func:`~lineage_lens.data.example_keys`) kept in one fold.
     """
     check_two_classes(examples)

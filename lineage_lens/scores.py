@@ -144,6 +144,14 @@ class TruthScores(HeadMap):
     def _correlation_name(self) -> str:
         return self.model
 
+    def comparison_values(
+        self, metric: str | None = None
+    ) -> tuple[Float[np.ndarray, "layer head"], str]:
+        """``(values, model)`` in :func:`lineage_lens.lineage.compare_scores`: the ``metric``
+        array (default ``accuracy``); unlike other maps, a metric these scores lack is a
+        :class:`~lineage_lens.errors.ConfigError` naming the ones they have."""
+        return self.get(metric or self.default_metric), self.model or ""
+
     # -------------------------------------------------------------------- I/O
     def _meta_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _META_KEYS} | {"meta": self.meta}

@@ -6,9 +6,10 @@ re-evaluated). :func:`transfer_sources` builds the paper's transfer set for a de
 ancestor's scores (``inherited``), its own, and a ``random control`` (the ancestor's scores
 permuted over heads, :func:`~lineage_lens.gating.control_scores`) over several seeds.
 
-The evaluator is any callable ``evaluator(model, gate) -> Outcome``
-(:mod:`lineage_lens.evals.outcomes`: HaluEval, POPE, CHAIR; :mod:`lineage_lens.evals.context`:
-the zoo's context following). For each statistic the evaluator pairs (e.g. ``auroc``,
+The evaluator is any callable ``evaluator(model, gate) -> Outcome`` (:class:`Evaluator`; the
+protocol, :class:`Outcome` and :class:`PerExample` are defined here, and implemented by
+:mod:`lineage_lens.evals.outcomes`: HaluEval, POPE, CHAIR; :mod:`lineage_lens.evals.context`: the
+zoo's context following). For each statistic the evaluator pairs (e.g. ``auroc``,
 ``pope_accuracy``, ``chair_i``), every gated row gets
 
 * ``<stat>_delta`` with ``_ci_low``/``_ci_high``: the change against the ungated model on the same
@@ -28,22 +29,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lineage_lens.errors import ConfigError
+from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.gating import ControlKind, Norm, Placement, TruthGate, control_scores
 from lineage_lens.scores import TruthScores
+from lineage_lens.stats import paired_auroc_delta, paired_bootstrap_delta
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-    # lineage_lens.evals imports this module (evals.runner), so its names load lazily here
-    from lineage_lens.evals.outcomes import Evaluator, Outcome, PerExample
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,116 @@ log = logging.getLogger(__name__)
 CONTROL = "random control"
 #: The ``scores`` value of the ungated row.
 UNGATED = "none"
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluator protocol: what a sweep calls and what it gets back
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerExample:
+    """Per-example values of one statistic in one setting.
+
+    ``columns`` are 1-D arrays of one length (row ``i`` is example ``ids[i]``), summarised by
+    ``statistic`` (``np.mean`` for a rate; ``chair_i_of_counts`` for hallucinated and mentioned
+    counts). With ``statistic=None`` the value is the AUROC of the single column (a score per
+    example, or ``[settings, n]`` scores whose AUROCs are averaged) against ``truth``.
+    """
+
+    columns: tuple[np.ndarray, ...]
+    statistic: Callable[..., float] | None = np.mean
+    truth: np.ndarray | None = None
+    ids: tuple[Hashable, ...] | None = None
+
+    @classmethod
+    def mean(cls, values: Sequence[float] | np.ndarray, ids: Sequence[Hashable] | None = None):
+        """A rate or mean of per-example values (e.g. correctness)."""
+        return cls((np.asarray(values),), np.mean, None, None if ids is None else tuple(ids))
+
+    @classmethod
+    def auroc(
+        cls,
+        truth: Sequence[bool] | np.ndarray,
+        score: Sequence[float] | np.ndarray,
+        ids: Sequence[Hashable] | None = None,
+    ) -> PerExample:
+        """The AUROC of a per-example score against binary labels."""
+        return cls(
+            (np.asarray(score, dtype=np.float64),),
+            None,
+            np.asarray(truth, dtype=bool),
+            None if ids is None else tuple(ids),
+        )
+
+    def __len__(self) -> int:
+        return int(np.shape(self.columns[0])[-1])
+
+    def _check_pair(self, other: PerExample, what: str) -> None:
+        if self.statistic is not other.statistic or len(self.columns) != len(other.columns):
+            raise ConfigError(f"{what}: the two settings summarise the statistic differently.")
+        if len(self) != len(other) or (
+            self.ids is not None and other.ids is not None and self.ids != other.ids
+        ):
+            raise DataError(
+                f"{what}: paired changes need the same examples in the same order, got {len(self)} "
+                f"and {len(other)} examples; run both settings with the same data and limits."
+            )
+
+    def delta(
+        self, other: PerExample, *, n_resamples: int = 2000, seed: int = 0, what: str = "statistic"
+    ) -> tuple[float, float, float]:
+        """``value(other) - value(self)`` with a paired bootstrap 95 % interval
+        (:func:`~lineage_lens.stats.paired_bootstrap_delta`, or
+        :func:`~lineage_lens.stats.paired_auroc_delta` for an AUROC)."""
+        self._check_pair(other, what)
+        if self.statistic is None:
+            return paired_auroc_delta(
+                self.truth,  # type: ignore[arg-type]
+                self.columns[0],
+                other.columns[0],
+                n_resamples=n_resamples,
+                seed=seed,
+            )
+        return paired_bootstrap_delta(
+            self.statistic, self.columns, other.columns, n_resamples=n_resamples, seed=seed
+        )
+
+    @staticmethod
+    def average(parts: Sequence[PerExample], what: str = "statistic") -> PerExample:
+        """Several settings on the same examples as one (e.g. a control over its seeds): each
+        column averaged example by example; for an AUROC, the scores stacked so that their
+        AUROCs are averaged."""
+        if not parts:
+            raise ConfigError(f"{what}: nothing to average.")
+        first = parts[0]
+        for p in parts[1:]:
+            first._check_pair(p, what)
+        if first.statistic is None:
+            stacked = np.concatenate([np.atleast_2d(p.columns[0]) for p in parts])
+            return PerExample((stacked,), None, first.truth, first.ids)
+        columns = tuple(
+            np.mean([p.columns[i] for p in parts], axis=0) for i in range(len(first.columns))
+        )
+        return PerExample(columns, first.statistic, None, first.ids)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One setting's results: ``metrics`` (the summary row), ``groups`` (per-group rows),
+    ``paired`` (per-example values of the statistics compared between settings) and ``details``
+    (JSON-able configuration of the run)."""
+
+    metrics: dict[str, Any]
+    paired: dict[str, PerExample]
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator(Protocol):
+    """Evaluates a model, gated (``gate``) or not (``None``), for a sweep."""
+
+    def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome: ...
 
 
 @dataclass(frozen=True)
@@ -160,7 +270,7 @@ def build_gates(
 @dataclass(frozen=True)
 class Setting:
     """One evaluated setting of a sweep: the source (:data:`UNGATED` for the ungated model), its
-    control seed, alpha, the evaluator's :class:`~lineage_lens.evals.outcomes.Outcome` and the
+    control seed, alpha, the evaluator's :class:`Outcome` and the
     seconds the evaluation took (0 where an alpha-0 row reuses the ungated result)."""
 
     scores: str
@@ -217,8 +327,6 @@ def sweep_frame(
         )
     if rows not in ("summary", "groups"):
         raise ConfigError(f"rows must be 'summary' or 'groups', got {rows!r}.")
-    from lineage_lens.evals.outcomes import PerExample
-
     ungated = settings[0].outcome
     stats = list(ungated.paired)
 
@@ -311,7 +419,10 @@ def gating_sweep(
 __all__ = [
     "CONTROL",
     "UNGATED",
+    "Evaluator",
     "GateSettings",
+    "Outcome",
+    "PerExample",
     "ScoreSource",
     "Setting",
     "build_gates",

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lineage_lens.activations import (
-    HeadActivations,
-    collect_head_activations,
-    encode_examples,
-)
+from lineage_lens.activations import HeadActivations
+from lineage_lens.capture import collect_head_activations, encode_examples
 from lineage_lens.data import ProbeExample, PromptTemplate
 from lineage_lens.errors import ConfigError, DataError
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lineage_lens.activations import collect_head_activations, encode_examples
 from lineage_lens.adapters import ADAPTERS, register_adapters
 from lineage_lens.adapters.tiny import (
     INTERNVL_IMAGE_TOKEN,
@@ -31,6 +30,7 @@ from lineage_lens.adapters.tiny import (
     make_tiny_qwen2_5_omni,
     tiny_internvl_image_tokens,
 )
+from lineage_lens.capture import collect_head_activations, encode_examples
 from lineage_lens.cka import head_cka
 from lineage_lens.data import ProbeExample
 from lineage_lens.gating import TruthGate

@@ -16,6 +16,7 @@ from lineage_lens.attention import (
     sentence_spans,
 )
 from lineage_lens.errors import ConfigError
+from lineage_lens.lineage import compare_scores
 from lineage_lens.testing import IMAGE_TOKEN, TINY_IMAGE_TOKENS, tiny_pixel_values
 
 PROMPTS = [
@@ -174,10 +175,10 @@ def test_relative_of_identical_prompts_is_one_and_correlate(tiny_llama):
     np.testing.assert_allclose(rel.values, 1.0, atol=1e-6)
     att = evidence_attention(tiny_llama, PROMPTS, spans, progress=False)
     scores = np.random.default_rng(0).random(att.values.shape)
-    cmp = att.correlate_with(scores, n_resamples=100, n_permutations=100)
+    cmp = compare_scores(att, scores, n_resamples=100, n_permutations=100)
     expected = stats.pearsonr(att.values.ravel(), scores.ravel()).statistic
     assert cmp.pearson.r == pytest.approx(expected)
-    assert att.correlate_with(2 * att.values + 1, n_resamples=100).pearson.r == pytest.approx(1)
+    assert compare_scores(att, 2 * att.values + 1, n_resamples=100).pearson.r == pytest.approx(1)
     assert att.plot_topk(scores, k=3).get_xticklabels()
     assert len(att.to_frame()) == 8
     with pytest.raises(ConfigError):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from lineage_lens.activations import encode_examples
 from lineage_lens.baselines import (
     ANSWER_ONLY_TEMPLATE,
     ProbeBaselines,
@@ -20,6 +19,7 @@ from lineage_lens.baselines import (
     probe_baselines,
     random_init_model,
 )
+from lineage_lens.capture import encode_examples
 from lineage_lens.data import DEFAULT_TEMPLATE, ProbeExample
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.models import head_geometry
@@ -119,7 +119,7 @@ def test_probe_baselines_floors_per_head(tiny_llama, tmp_path):
         assert part.shape == (2, 4) and part.n == len(examples) and part.folds == 3
         assert ((part.accuracy >= 0) & (part.accuracy <= 1)).all()
     # the baselines are the library's own capture + fit on the rewritten inputs
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
 
     acts = collect_head_activations(
         tiny_llama,

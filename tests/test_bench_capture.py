@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import bench_capture
-from lineage_lens.activations import collect_head_activations, encode_examples
+from lineage_lens.capture import collect_head_activations, encode_examples
 from lineage_lens.data import halueval_probe_examples, load_halueval_qa
 from lineage_lens.models import head_geometry, load_model
 

@@ -198,7 +198,8 @@ def test_data_parallel_capture_equals_one_process(arch, request, ray_cluster, tm
     import numpy as np
     import torch
 
-    from lineage_lens.activations import HeadActivations, collect_head_activations
+    from lineage_lens.activations import HeadActivations
+    from lineage_lens.capture import collect_head_activations
 
     model = request.getfixturevalue(arch)
     examples = _probe_examples()
@@ -222,7 +223,7 @@ def test_a_shard_batch_that_fails_its_checksum_is_captured_again(tiny_llama, tmp
     import numpy as np
     import torch
 
-    from lineage_lens.activations import capture_shard_task, collect_head_activations
+    from lineage_lens.capture import capture_shard_task, collect_head_activations
     from lineage_lens.models import load_arguments
 
     examples = _probe_examples()
@@ -257,7 +258,7 @@ def test_a_shard_batch_that_fails_its_checksum_is_captured_again(tiny_llama, tmp
 
 
 def test_data_parallel_capture_needs_out_and_load_model(tiny_llama, tmp_path):
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
 
     examples = _probe_examples(4)
     with pytest.raises(ConfigError, match="pass out="):

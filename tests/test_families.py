@@ -1,8 +1,9 @@
-"""Architecture conformance: every supported family, end to end, on a tiny random config.
+"""Architecture conformance: every registered family, end to end, on a tiny random config.
 
-One list, :data:`FAMILIES`, names the architectures ``lineage-lens`` supports; each entry is a
-tiny config built by :func:`lineage_lens.testing.make_tiny_model` (2 layers, hidden 64, 4 query
-and 2 key/value heads). For every family the public API must:
+The registry, :data:`lineage_lens.families.FAMILIES`, names the architectures ``lineage-lens``
+supports; the tests run once per registered family (:data:`CONFORMANCE`) on its tiny config, built
+by :func:`lineage_lens.testing.make_tiny_model` from the family's tiny builder (2 layers, hidden
+64, 4 query and 2 key/value heads). For every family the public API must:
 
 * boot through ``load_model`` with bridge logits equal to Hugging Face's (text, and with an image
   for vision-language models);
@@ -16,15 +17,15 @@ and 2 key/value heads). For every family the public API must:
   caption them for CHAIR;
 * in bfloat16: capture, gate and fold (restoring the weights bit-exactly).
 
-``docs/architectures.md`` is the table this file proves. A new architecture is one more entry in
-:data:`FAMILIES` (and its tiny config in ``make_tiny_model``).
+``docs/architectures.md`` is the table this file proves. A new architecture is one new module of
+:mod:`lineage_lens.families` (registered with its tiny builder): it is tested here without a change
+(``tests/test_family_registry.py`` checks that every registered family is).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,15 @@ import torch
 from PIL import Image
 
 from lineage_lens import kvcache
-from lineage_lens.activations import collect_head_activations, encode_examples
-from lineage_lens.adapters.tiny import make_tiny_internvl, make_tiny_qwen2_5_omni
 from lineage_lens.attention import evidence_attention
 from lineage_lens.batching import pad_batch, pad_token_id
+from lineage_lens.capture import collect_head_activations, encode_examples
 from lineage_lens.cka import head_cka
 from lineage_lens.data import LLAVA_PROBE_TEMPLATE, ProbeExample
 from lineage_lens.evals import run_prompts
 from lineage_lens.evals.chair import generate_captions
 from lineage_lens.evals.pope import evaluate_pope
+from lineage_lens.families import FAMILIES, Family
 from lineage_lens.gating import TruthGate
 from lineage_lens.images import (
     encode_image_prompt,
@@ -61,75 +62,31 @@ from lineage_lens.kvcache import (
 from lineage_lens.models import attn_hook_name, head_geometry, load_model
 from lineage_lens.probing import fit_truth_scores
 from lineage_lens.scores import TruthScores
-from lineage_lens.testing import MULTIMODAL_ARCHS, make_tiny_model
+from lineage_lens.testing import make_tiny_model
 from lineage_lens.weights import weight_drift
 from lineage_lens.zoo.images import render_scene, sample_scenes
 from tests.test_kv_cache import PROMPT, greedy_full_forward, paired_examples, prompt_items
 
 pytestmark = pytest.mark.model
 
-
-@dataclass(frozen=True)
-class Family:
-    """One supported architecture: ``arch`` is a :func:`make_tiny_model` architecture."""
-
-    arch: str
-    n_kv_heads: int = 2
-
-    @property
-    def multimodal(self) -> bool:
-        return self.arch in MULTIMODAL_ARCHS or self.arch in ADAPTER_BUILDS
-
-    def __str__(self) -> str:
-        return self.arch
-
-
-#: Architectures booted by lineage-lens' own TransformerBridge adapters (``lineage_lens.adapters``),
-#: built by their tiny builders instead of ``make_tiny_model``.
-ADAPTER_BUILDS: dict[str, Callable[..., Path]] = {
-    "qwen2_5_omni_thinker": make_tiny_qwen2_5_omni,
-    "internvl": make_tiny_internvl,
-}
-
-#: Every supported architecture. Extend this list (and ``make_tiny_model``) for a new one.
-FAMILIES: list[Family] = [
-    Family("llama", n_kv_heads=4),
-    Family("qwen2"),
-    Family("qwen3"),
-    Family("mistral"),
-    Family("phi3", n_kv_heads=4),
-    Family("gemma3_text"),
-    Family("llava"),
-    Family("llava_next"),
-    Family("gemma3"),
-    Family("qwen2_5_vl"),
-    Family("qwen3_vl"),
-    Family("qwen2_5_omni_thinker"),
-    Family("internvl"),
-]
-MULTIMODAL = [f for f in FAMILIES if f.multimodal]
+#: Every registered family with a tiny config, in registry order: the conformance parametrisation.
+CONFORMANCE: list[Family] = [f for f in FAMILIES if f.tiny is not None]
+MULTIMODAL = [f for f in CONFORMANCE if f.multimodal]
+#: Key/value heads of a family's conformance config where not 2: Llama is tested with multi-head
+#: attention (grouped-query attention is everywhere else), Phi3 as its checkpoints come.
+N_KV_HEADS = {"llama": 4, "phi3": 4}
 
 N_HEADS, D_HEAD = 4, 16  # hidden 64
 N_NEW = 4  # generated tokens
 
 
 def _build(root: Path, family: Family, seed: int, dtype: torch.dtype = torch.float32) -> Path:
-    directory = root / f"{family.arch}-{seed}-{str(dtype).removeprefix('torch.')}"
-    if family.arch in ADAPTER_BUILDS:
-        build = ADAPTER_BUILDS[family.arch]
-        return build(
-            directory,
-            n_heads=N_HEADS,
-            n_kv_heads=family.n_kv_heads,
-            d_head=D_HEAD,
-            seed=seed,
-            dtype=dtype,
-        )
+    directory = root / f"{family.name}-{seed}-{str(dtype).removeprefix('torch.')}"
     return make_tiny_model(
         directory,
-        family.arch,  # type: ignore[arg-type]
+        family.name,
         n_heads=N_HEADS,
-        n_kv_heads=family.n_kv_heads,
+        n_kv_heads=N_KV_HEADS.get(family.name, 2),
         d_head=D_HEAD,
         seed=seed,
         dtype=dtype,
@@ -152,15 +109,15 @@ def loaded_families(tmp_path_factory) -> dict[str, Loaded]:
 
 
 def _load(family: Family, store: dict[str, Loaded], tmp_path_factory) -> Loaded:
-    if family.arch not in store:
-        root = tmp_path_factory.mktemp(f"family-{family.arch}")
+    if family.name not in store:
+        root = tmp_path_factory.mktemp(f"family-{family.name}")
         directory = _build(root, family, seed=11)
         other = _build(root, family, seed=12)
-        store[family.arch] = Loaded(family, directory, load_model(directory, device="cpu"), other)
-    return store[family.arch]
+        store[family.name] = Loaded(family, directory, load_model(directory, device="cpu"), other)
+    return store[family.name]
 
 
-@pytest.fixture(scope="module", params=FAMILIES, ids=str)
+@pytest.fixture(scope="module", params=CONFORMANCE, ids=str)
 def fam(request, loaded_families, tmp_path_factory) -> Loaded:
     return _load(request.param, loaded_families, tmp_path_factory)
 
@@ -276,6 +233,9 @@ def test_boots_with_logits_equal_to_hugging_face(fam):
     model = fam.model
     geo = head_geometry(model)
     assert geo.shape == (2, N_HEADS) and geo.d_model == N_HEADS * D_HEAD
+    config = json.loads((fam.directory / "config.json").read_text())  # the registry says true
+    assert config["architectures"] == [fam.family.architecture]
+    assert config["model_type"] in fam.family.model_types
     hf = _hf_model(fam.directory)
     ids = _text_prompt(model)
     with torch.inference_mode():
@@ -322,7 +282,7 @@ def test_image_capture_equals_unbatched_run_with_cache(mm):
             model, examples, batch_size=3, padding_side=side, dtype=torch.float32, progress=False
         )
         assert acts.meta["condition"] == "image"
-        assert acts.meta["image_inputs"]["model_type"] == mm.family.arch
+        assert acts.meta["image_inputs"]["model_type"] in mm.family.model_types
         np.testing.assert_allclose(acts.acts, reference, atol=1e-4)
     black = collect_head_activations(
         model, examples, condition="black_image", batch_size=3, dtype=torch.float32, progress=False
@@ -345,7 +305,7 @@ def test_image_tokens_match_hugging_face_processors(mm):
     model = mm.model
     inputs = image_inputs(model)
     images = [Image.new("RGB", (w, h)) for h, w in ((16, 16), (24, 16), (16, 40), (33, 17))]
-    if mm.family.arch == "llava_next":
+    if mm.family.name == "llava_next":
         processor = transformers.LlavaNextProcessor(
             image_processor=inputs.processor,
             tokenizer=model.tokenizer,
@@ -353,7 +313,7 @@ def test_image_tokens_match_hugging_face_processors(mm):
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
         )
-    elif mm.family.arch == "llava":
+    elif mm.family.name == "llava":
         processor = transformers.LlavaProcessor(
             image_processor=inputs.processor,
             tokenizer=model.tokenizer,

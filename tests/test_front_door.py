@@ -35,3 +35,24 @@ def test_import_is_lazy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_all_and_the_type_checking_imports_mirror_the_lazy_table():
+    """``_EXPORTS`` is the one list of public names: ``__all__`` is built from it, and the
+    ``if TYPE_CHECKING`` imports (for type checkers and IDEs) import exactly its names, each from
+    its module, as explicit re-exports (``X as X``)."""
+    import ast
+    from pathlib import Path
+
+    assert ll.__all__ == sorted(["__version__", *ll._EXPORTS])
+    tree = ast.parse(Path(ll.__file__).read_text(encoding="utf-8"))
+    (block,) = [
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+    ]
+    mirrored = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom), ast.unparse(node)
+        for alias in node.names:
+            assert alias.asname == alias.name, ast.unparse(node)
+            mirrored[alias.name] = node.module
+    assert mirrored == ll._EXPORTS

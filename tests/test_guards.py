@@ -274,8 +274,8 @@ def test_halueval_example_longer_than_context(
 
 @pytest.mark.model  # builds short-context models (short_dirs)
 def test_capture_evidence_and_context_following_share_the_rule(short_llama) -> None:
-    from lineage_lens.activations import collect_head_activations
     from lineage_lens.attention import evidence_attention
+    from lineage_lens.capture import collect_head_activations
     from lineage_lens.data import ProbeExample
     from lineage_lens.evals.context import followed
 

@@ -1,5 +1,6 @@
 """The shared face of result objects: short reprs everywhere, and the per-head map methods
-(``to_frame``, ``heatmap``, ``save``/``load``, ``correlate_with``) of every :class:`HeadMap`."""
+(``to_frame``, ``heatmap``, ``save``/``load``, ``comparison_values`` for ``compare_scores``) of
+every :class:`HeadMap`."""
 
 from __future__ import annotations
 
@@ -183,13 +184,23 @@ def test_head_map_face(name, tmp_path):
         matplotlib.pyplot.close(ax.figure)
     with pytest.raises(ConfigError, match="available"):
         obj.heatmap("no-such-metric")
-    # correlate_with: the default metric against scores
-    comparison = obj.correlate_with(_scores(5), n_resamples=20, n_permutations=20)
+    # compare_scores of the map: its default metric against scores, under the map's label
+    values, name = obj.comparison_values()
+    np.testing.assert_array_equal(values, maps[obj.default_metric])
+    if isinstance(obj, TruthScores):  # scores name the metrics they have
+        with pytest.raises(ConfigError, match="available"):
+            obj.comparison_values("no-such-metric")
+    else:  # other maps fall back to their default metric
+        np.testing.assert_array_equal(obj.comparison_values("no-such-metric")[0], values)
+    comparison = compare_scores(obj, _scores(5), n_resamples=20, n_permutations=20)
     assert isinstance(comparison, ScoreComparison) and comparison.shape == SHAPE
     expected = compare_scores(
-        maps[obj.default_metric], _scores(5), n_resamples=20, n_permutations=20
+        maps[obj.default_metric], _scores(5), name_a=name, n_resamples=20, n_permutations=20
     )
-    assert comparison.pearson.r == pytest.approx(expected.pearson.r)
+    assert comparison.name_a == (name or "A") and comparison.name_b == expected.name_b
+    assert (comparison.pearson, comparison.spearman) == (expected.pearson, expected.spearman)
+    pd.testing.assert_frame_equal(comparison.layerwise, expected.layerwise)
+    pd.testing.assert_frame_equal(comparison.topk, expected.topk)
     # top heads: the highest values of the default metric, best first
     best = obj.top_heads(3)
     values = maps[obj.default_metric]

@@ -23,7 +23,8 @@ from lineage_lens.data import (
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals.halueval import eval_rows
 from lineage_lens.evals.pope import PopeQuestion, load_pope
-from lineage_lens.hf_datasets import detect_kind, from_dataset, is_dataset, to_dataset
+from lineage_lens.hf_datasets import is_dataset, to_dataset
+from lineage_lens.records import detect_kind, from_dataset
 
 
 def write_lines(path, rows):
@@ -260,7 +261,7 @@ def test_wrong_objects_say_what_to_pass():
 
 
 def test_collect_head_activations_on_a_dataset_equals_on_the_list(tiny_llama):
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
 
     examples = load_probe_examples("halueval", limit=3)
     kwargs = {"batch_size": 4, "progress": False}

@@ -331,7 +331,7 @@ def test_a_resumed_capture_refuses_images_changed_under_their_paths(
 ) -> None:
     import torch
 
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
     from lineage_lens.errors import ConfigError
 
     examples = _image_examples(tmp_path / "images")

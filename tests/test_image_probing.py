@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lineage_lens.activations import collect_head_activations, encode_examples
+from lineage_lens.capture import collect_head_activations, encode_examples
 from lineage_lens.data import LLAVA_PROBE_TEMPLATE, ProbeExample, load_truthprobe_jsonl
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.images import (

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from lineage_lens import kvcache
-from lineage_lens.activations import collect_head_activations, encode_examples, prefix_keys
 from lineage_lens.batching import MIN_SHARED_PREFIX
+from lineage_lens.capture import collect_head_activations, encode_examples, prefix_keys
 from lineage_lens.data import ProbeExample
 from lineage_lens.evals import PromptItem, run_prompts
 from lineage_lens.gating import TruthGate
@@ -128,13 +128,13 @@ def test_cache_check_passes(arch_model):
 
 @pytest.mark.parametrize("gated", [False, True])
 def test_shared_prefix_capture_equals_run_with_cache(arch_model, gated, monkeypatch):
-    from lineage_lens import activations
+    from lineage_lens import capture
 
     _, model = arch_model
     calls = []
-    real = activations.run_on_prefix_cache
+    real = capture.run_on_prefix_cache
     monkeypatch.setattr(
-        activations, "run_on_prefix_cache", lambda *a, **k: calls.append(1) or real(*a, **k)
+        capture, "run_on_prefix_cache", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     examples = paired_examples()
     keys = prefix_keys(encode_examples(model.tokenizer, examples))

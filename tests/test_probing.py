@@ -105,7 +105,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_fits_head_activations_end_to_end(tiny_llama):
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
     from lineage_lens.data import ProbeExample
 
     objects = ["cat", "dog", "car", "tree", "house", "book", "table", "chair", "cup"]

@@ -100,7 +100,8 @@ CAPTURE = {"batch_size": 2, "dtype": torch.float32, "progress": False, "share_pr
 
 
 def test_resume_verifies_size_and_checksums(tiny_llama, tmp_path):
-    from lineage_lens.activations import HeadActivations, collect_head_activations
+    from lineage_lens.activations import HeadActivations
+    from lineage_lens.capture import collect_head_activations
 
     examples = _examples(6)
     ref = collect_head_activations(tiny_llama, examples, **CAPTURE)
@@ -133,7 +134,7 @@ def test_resume_verifies_size_and_checksums(tiny_llama, tmp_path):
 
 
 def test_resume_rejects_changed_rows_and_missing_checksums(tiny_llama, tmp_path):
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
 
     examples = _examples(6)
     out = tmp_path / "acts"
@@ -480,7 +481,7 @@ def test_cli_bad_options_are_one_line_errors(
 
 
 def test_batch_size_must_be_a_positive_integer_and_a_huge_one_is_harmless(tiny_llama):
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
     from lineage_lens.evals import PromptItem, run_prompts
 
     examples = _examples(3)
@@ -497,7 +498,7 @@ def test_batch_size_must_be_a_positive_integer_and_a_huge_one_is_harmless(tiny_l
 
 
 def test_capture_out_that_is_a_file(tiny_llama, tmp_path):
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
 
     (tmp_path / "acts").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):

@@ -17,7 +17,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from lineage_lens.errors import ConfigError, DataError
-from lineage_lens.evals.outcomes import Outcome, PerExample
 from lineage_lens.gating import TruthGate, control_scores
 from lineage_lens.scores import TruthScores
 from lineage_lens.stats import paired_auroc_delta, paired_bootstrap_delta
@@ -25,6 +24,8 @@ from lineage_lens.sweep import (
     CONTROL,
     UNGATED,
     GateSettings,
+    Outcome,
+    PerExample,
     ScoreSource,
     Setting,
     build_gates,
@@ -266,3 +267,14 @@ def test_frame_is_tidy_for_pandas() -> None:
     frame = gating_sweep(None, FakeRates(), [ScoreSource("own", OWN)], (1.0,), n_resamples=50)  # type: ignore[arg-type]
     assert isinstance(frame, pd.DataFrame) and frame.index.tolist() == [0, 1]
     assert frame["scores"].tolist() == [UNGATED, "own"]
+
+
+def test_the_evaluator_protocol_is_the_sweeps():
+    """The sweep owns its protocol (it imports nothing from lineage_lens.evals); the evaluations
+    give the same objects under their old names."""
+    from lineage_lens import sweep
+    from lineage_lens.evals import outcomes
+
+    for name in ("Evaluator", "Outcome", "PerExample"):
+        assert getattr(outcomes, name) is getattr(sweep, name) and name in sweep.__all__
+    assert Outcome.__module__ == "lineage_lens.sweep"

@@ -162,7 +162,7 @@ def test_world_probe_examples_never_repeat_an_item_across_groups():
 
 @pytest.mark.model
 def test_image_context_truth_scores_on_tiny_llava(tiny_llava):
-    from lineage_lens.activations import collect_head_activations
+    from lineage_lens.capture import collect_head_activations
     from lineage_lens.probing import fit_truth_scores
     from lineage_lens.zoo.train import VLM_PROBE_TEMPLATE
 

@@ -2,7 +2,9 @@
 
 An *evaluator* is any callable ``evaluator(model, gate) -> Outcome`` (``gate`` is a
 :class:`~lineage_lens.gating.TruthGate`, or ``None`` for the ungated model);
-:func:`lineage_lens.sweep.gating_sweep` calls one per setting. An :class:`Outcome` holds
+:func:`lineage_lens.sweep.gating_sweep` calls one per setting. The protocol (:class:`Evaluator`,
+:class:`Outcome`, :class:`PerExample`) belongs to the sweep and is defined in
+:mod:`lineage_lens.sweep`; this module re-exports it. An :class:`Outcome` holds
 
 * ``metrics`` -- the setting's summary (one table row), and ``groups`` -- per-group rows (HaluEval:
   one per answer seed; POPE: one per split);
@@ -28,23 +30,20 @@ The context-following evaluator of the zoo lives in :mod:`lineage_lens.evals.con
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals._common import Mode, ResultCache
 from lineage_lens.stats import (
     bootstrap_ci,
     chair_i_of_counts,
-    paired_auroc_delta,
-    paired_bootstrap_delta,
     proportion_ci,
 )
+from lineage_lens.sweep import Evaluator, Outcome, PerExample
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -52,111 +51,6 @@ if TYPE_CHECKING:
     from lineage_lens.data import HaluEvalRow
     from lineage_lens.evals.chair import Counting, ObjectVocabulary
     from lineage_lens.gating import TruthGate
-
-
-@dataclass(frozen=True)
-class PerExample:
-    """Per-example values of one statistic in one setting.
-
-    ``columns`` are 1-D arrays of one length (row ``i`` is example ``ids[i]``), summarised by
-    ``statistic`` (``np.mean`` for a rate; ``chair_i_of_counts`` for hallucinated and mentioned
-    counts). With ``statistic=None`` the value is the AUROC of the single column (a score per
-    example, or ``[settings, n]`` scores whose AUROCs are averaged) against ``truth``.
-    """
-
-    columns: tuple[np.ndarray, ...]
-    statistic: Callable[..., float] | None = np.mean
-    truth: np.ndarray | None = None
-    ids: tuple[Hashable, ...] | None = None
-
-    @classmethod
-    def mean(cls, values: Sequence[float] | np.ndarray, ids: Sequence[Hashable] | None = None):
-        """A rate or mean of per-example values (e.g. correctness)."""
-        return cls((np.asarray(values),), np.mean, None, None if ids is None else tuple(ids))
-
-    @classmethod
-    def auroc(
-        cls,
-        truth: Sequence[bool] | np.ndarray,
-        score: Sequence[float] | np.ndarray,
-        ids: Sequence[Hashable] | None = None,
-    ) -> PerExample:
-        """The AUROC of a per-example score against binary labels."""
-        return cls(
-            (np.asarray(score, dtype=np.float64),),
-            None,
-            np.asarray(truth, dtype=bool),
-            None if ids is None else tuple(ids),
-        )
-
-    def __len__(self) -> int:
-        return int(np.shape(self.columns[0])[-1])
-
-    def _check_pair(self, other: PerExample, what: str) -> None:
-        if self.statistic is not other.statistic or len(self.columns) != len(other.columns):
-            raise ConfigError(f"{what}: the two settings summarise the statistic differently.")
-        if len(self) != len(other) or (
-            self.ids is not None and other.ids is not None and self.ids != other.ids
-        ):
-            raise DataError(
-                f"{what}: paired changes need the same examples in the same order, got {len(self)} "
-                f"and {len(other)} examples; run both settings with the same data and limits."
-            )
-
-    def delta(
-        self, other: PerExample, *, n_resamples: int = 2000, seed: int = 0, what: str = "statistic"
-    ) -> tuple[float, float, float]:
-        """``value(other) - value(self)`` with a paired bootstrap 95 % interval
-        (:func:`~lineage_lens.stats.paired_bootstrap_delta`, or
-        :func:`~lineage_lens.stats.paired_auroc_delta` for an AUROC)."""
-        self._check_pair(other, what)
-        if self.statistic is None:
-            return paired_auroc_delta(
-                self.truth,  # type: ignore[arg-type]
-                self.columns[0],
-                other.columns[0],
-                n_resamples=n_resamples,
-                seed=seed,
-            )
-        return paired_bootstrap_delta(
-            self.statistic, self.columns, other.columns, n_resamples=n_resamples, seed=seed
-        )
-
-    @staticmethod
-    def average(parts: Sequence[PerExample], what: str = "statistic") -> PerExample:
-        """Several settings on the same examples as one (e.g. a control over its seeds): each
-        column averaged example by example; for an AUROC, the scores stacked so that their
-        AUROCs are averaged."""
-        if not parts:
-            raise ConfigError(f"{what}: nothing to average.")
-        first = parts[0]
-        for p in parts[1:]:
-            first._check_pair(p, what)
-        if first.statistic is None:
-            stacked = np.concatenate([np.atleast_2d(p.columns[0]) for p in parts])
-            return PerExample((stacked,), None, first.truth, first.ids)
-        columns = tuple(
-            np.mean([p.columns[i] for p in parts], axis=0) for i in range(len(first.columns))
-        )
-        return PerExample(columns, first.statistic, None, first.ids)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One setting's results: ``metrics`` (the summary row), ``groups`` (per-group rows),
-    ``paired`` (per-example values of the statistics compared between settings) and ``details``
-    (JSON-able configuration of the run)."""
-
-    metrics: dict[str, Any]
-    paired: dict[str, PerExample]
-    groups: list[dict[str, Any]] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class Evaluator(Protocol):
-    """Evaluates a model, gated (``gate``) or not (``None``), for a sweep."""
-
-    def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome: ...
 
 
 def distinct_margins(examples: pd.DataFrame) -> pd.Series:

@@ -45,7 +45,9 @@ def file_identity(path: Path) -> str | None:
     return identity.file_digest(path)[:16] if Path(path).is_file() else None
 
 
-def _digest(obj: Any) -> str:
+def json_digest(obj: Any) -> str:
+    """A 16-hex-digit content address of a JSON-able ``obj`` (sha256 of its JSON, keys sorted;
+    what is not JSON counts by its ``str``): the key of a cached step."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -88,7 +90,7 @@ class StepCache:
             lock.release()
 
     def path(self, step: str, key: Mapping[str, Any], suffix: str) -> Path:
-        return self.root / f"{step}-{_digest({'v': CACHE_VERSION, **key})}{suffix}"
+        return self.root / f"{step}-{json_digest({'v': CACHE_VERSION, **key})}{suffix}"
 
     def done(self, path: Path, what: str) -> bool:
         if path.exists():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Float, Int
 
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.report.plan import EVAL_STAT, FIGURES, PROJECTIONS, ReportPlan, top_k
@@ -210,7 +211,7 @@ class LineageReport:
             frame = att.to_frame()[["layer", "head", "attention"]]
             flat = self.scores[name].accuracy.ravel()
             group = np.full(flat.size, "middle", dtype=object)
-            order = _rank(flat)
+            order = rank_heads(flat)
             group[order[:k]] = f"top-{k}"
             group[order[-k:]] = f"bottom-{k}"
             rows.append(frame.assign(model=name, truth_score=flat, group=group))
@@ -433,8 +434,8 @@ class LineageReport:
             raise DataError(f"malformed report.json ({exc})", path=path) from exc
 
 
-def _rank(flat: np.ndarray) -> np.ndarray:
-    """Head indices from the highest score to the lowest (ties by index)."""
+def rank_heads(flat: Float[np.ndarray, " head"]) -> Int[np.ndarray, " head"]:
+    """Flat head indices from the highest score to the lowest (ties: the lower index first)."""
     return np.lexsort((np.arange(flat.size), -flat))
 
 

@@ -17,17 +17,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lineage_lens.cluster import check_executor, import_ray, ray_session, run_tasks
-from lineage_lens.errors import ConfigError, DataError, ModelLoadError, ShapeMismatchError
+from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.fileio import atomic_open
 from lineage_lens.report.cache import (
     StepCache,
-    _digest,
     examples_identity,
     file_identity,
+    json_digest,
     model_identity,
 )
 from lineage_lens.report.plan import EVAL_STAT, EVALS, PROFILES, PROJECTIONS, ReportPlan, top_k
-from lineage_lens.report.result import LineageReport, ModelEntry, _rank
+from lineage_lens.report.result import LineageReport, ModelEntry, rank_heads
 
 if TYPE_CHECKING:
     from lineage_lens.attention import EvidenceAttention
@@ -47,7 +47,12 @@ def report_examples(data: Any, n_probe: int, seed: int) -> tuple[list[ProbeExamp
     data, and whether they are the vendored HaluEval's probing rows (whose evaluation rows the
     HaluEval judgement then excludes). Validated before any model loads (DataError naming
     missing columns or bad lines)."""
-    from lineage_lens.data import ProbeExample, check_two_classes, split_probe_eval
+    from lineage_lens.data import (
+        ProbeExample,
+        check_two_classes,
+        examples_from_dataset,
+        split_probe_eval,
+    )
     from lineage_lens.hf_datasets import is_dataset
     from lineage_lens.pipeline import probing_examples
 
@@ -60,9 +65,7 @@ def report_examples(data: Any, n_probe: int, seed: int) -> tuple[list[ProbeExamp
         examples = probing_examples(data, n=n_probe, seed=seed)
         label = "halueval" if is_halueval else str(data)
     elif is_dataset(data):
-        from lineage_lens.hf_datasets import from_dataset
-
-        examples = from_dataset(data, "truthprobe")
+        examples = examples_from_dataset(data)
         if n_probe:
             examples, _ = split_probe_eval(examples, n_probe=n_probe, seed=seed)
         label, is_halueval = f"datasets.Dataset ({len(data)} rows)", False
@@ -502,7 +505,7 @@ def evidence_statistic(
     (:func:`~lineage_lens.stats.paired_bootstrap_delta`)."""
     from lineage_lens.stats import paired_bootstrap_delta
 
-    order = _rank(scores.accuracy.ravel())
+    order = rank_heads(scores.accuracy.ravel())
     per = att.per_example.reshape(len(att), -1)
     top, bottom = per[:, order[:k]].mean(1), per[:, order[-k:]].mean(1)
     delta, low, high = paired_bootstrap_delta(
@@ -552,7 +555,7 @@ def make_evaluator(
             "eval": "halueval",
             "seeds": plan.eval_seeds,
             "rows": plan.eval_rows,
-            "exclude": _digest(sorted(exclude_ids or [])),
+            "exclude": json_digest(sorted(exclude_ids or [])),
             "inputs": ev.inputs_identity(),  # the rows' and instruction's text
         }
         return ev, key
@@ -671,9 +674,11 @@ def lineage_report(
     sources = [ancestor, *descendants, *controls]
     labels = _labels(sources, names)
     roles = ["ancestor"] + ["descendant"] * len(descendants) + ["control"] * len(controls)
+    from lineage_lens.models import is_multimodal_source
+
     # every model is checked (config and weight files whole) before the cache folder is made
     entries = [
-        ModelEntry(lab, role, str(src), model_identity(src), _is_multimodal(src))  # type: ignore[arg-type]
+        ModelEntry(lab, role, str(src), model_identity(src), is_multimodal_source(src))  # type: ignore[arg-type]
         for src, lab, role in zip(sources, labels, roles, strict=True)
     ]
     run = _Run(
@@ -780,30 +785,6 @@ def _run_on_ray(
             tasks = [(kind, run, a, b) for a, b in calls]
             for effects in run_tasks(run_step_task, tasks, device=device, desc=desc, **opts):
                 _merge(run, effects, result)
-
-
-def _is_multimodal(source: str | Path) -> bool:
-    """Whether a model's config names a vision tower (read from its config, no model load).
-    A local model whose JSON or weight files are cut short fails here, before any step runs
-    (the :class:`~lineage_lens.errors.ModelLoadError` :func:`~lineage_lens.models.load_model`
-    gives)."""
-    from lineage_lens.models import check_model_files, read_model_json, resolve_model_path
-
-    path = Path(resolve_model_path(source))
-    if not path.is_dir():
-        from transformers import AutoConfig
-
-        try:
-            cfg = AutoConfig.from_pretrained(str(path)).to_dict()
-        except OSError as exc:  # as load_model words it
-            raise ModelLoadError(
-                f"Could not load {str(source)!r} ({exc}). Without network access, pass a local "
-                "HF directory, a .gguf file or a packaged alias."
-            ) from exc
-    else:
-        check_model_files(path)
-        cfg = read_model_json(path / "config.json")
-    return any(k in cfg for k in ("vision_config", "vision_tower", "visual"))
 
 
 def _assemble(

@@ -32,6 +32,7 @@ from torch import Tensor
 from lineage_lens.data import HALLUCINATED, TRUTHFUL, ProbeExample
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.fileio import atomic_open, atomic_path
+from lineage_lens.images import CLIP_MEAN, CLIP_STD
 
 #: Object words (single tokens in the tiny tokenizer, common words for real tokenizers).
 OBJECTS = ["cat", "dog", "car", "tree", "house", "ball", "bird", "fish", "cup", "book"]
@@ -60,10 +61,6 @@ for _a, _b in [
     ("house", "fish"),
 ]:
     COOCCUR[_a], COOCCUR[_b] = _b, _a
-
-#: CLIP's normalisation constants.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 POPE_QUESTION = "Is there a {obj} in the image?"
 CAPTION_PROMPT = "Describe the image."
