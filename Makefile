@@ -15,7 +15,7 @@ LATEST := .venv-latest
 TORCH_SPEC ?= torch==2.13.0
 PIP := -m pip install -q
 
-.PHONY: setup demo test test-fast lint format figures reproduce benchmarks clean lock test-latest
+.PHONY: setup demo test test-fast lint format figures reproduce benchmarks clean lock test-latest notebook
 
 # Installs exactly the locked set: every requirement is resolved under the lock's pins.
 $(STAMP): pyproject.toml Makefile $(LOCK)
@@ -35,6 +35,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m lineage_lens.cli zoo build --profile demo
 	$(PY) -m experiments.run_all --profile demo --report-dir runs/demo
+
+# Executes the quickstart notebook in place, so it is committed with its outputs.
+notebook: $(STAMP)
+	$(PY) notebooks/run.py
 
 figures: $(STAMP)
 	$(PY) -m experiments.run_all --profile demo --report-dir runs/demo

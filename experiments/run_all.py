@@ -1,6 +1,6 @@
 """Run the experiments of a profile and write ``runs/<profile>/REPORT.md``.
 
-python -m experiments.run_all --profile test|demo|full [--figures DIR]
+python -m experiments.run_all --profile test|demo|full [--figures DIR] [--only a,b]
 
 ``demo`` (``make demo``) recomputes Fig. 1 and the heatmaps from the paper's published scores and
 runs the paper's question on the real multimodal lineage, SmolLM2-135M-Instruct -> ``smollm2-vlm``
@@ -30,6 +30,7 @@ from experiments import (
     weight_drift,
 )
 from experiments._common import FIGURES, PROFILES, Section
+from experiments.results_doc import RESULTS, assemble, write_section
 from lineage_lens.fileio import atomic_open
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,35 @@ PROFILE_EXPERIMENTS: dict[str, tuple[tuple[ModuleType, dict[str, Any]], ...]] = 
 }
 
 
-def run_all(profile: str, figures: Path = FIGURES, report_dir: Path | None = None) -> Path:
-    """Run the profile's experiments; return the path of the markdown report."""
+def run_all(
+    profile: str,
+    figures: Path = FIGURES,
+    report_dir: Path | None = None,
+    only: list[str] | None = None,
+) -> Path:
+    """Run the profile's experiments (``only``: these analyses, in full, instead); return the
+    path of the markdown report. Each analysis' section is also written beside its figures and
+    the results document is assembled from them (:mod:`experiments.results_doc`: the committed
+    ``docs/results.md`` when ``figures`` is the committed folder, else ``figures/results.md``)."""
     report_dir = Path(report_dir or Path("runs") / profile)
+    planned = PROFILE_EXPERIMENTS[profile]
+    if only:
+        by_name = {m.__name__.split(".")[-1]: m for m in EXPERIMENTS}
+        unknown = sorted(set(only) - set(by_name))
+        if unknown:
+            raise SystemExit(f"unknown analyses {unknown}; use some of {sorted(by_name)}")
+        planned = tuple((by_name[name], {}) for name in only)
     sections: list[Section] = []
     timings = []
-    for module, kwargs in PROFILE_EXPERIMENTS[profile]:
+    for module, kwargs in planned:
         start = time.perf_counter()
+        name = module.__name__.split(".")[-1]
         sections.append(module.run(profile=profile, out_dir=figures, **kwargs))
-        timings.append((module.__name__.split(".")[-1], time.perf_counter() - start))
+        write_section(sections[-1], figures, name, profile)
+        timings.append((name, time.perf_counter() - start))
         log.info("%s done in %.1f s", *timings[-1])
+    figures = Path(figures)
+    assemble(figures, RESULTS if figures.resolve() == FIGURES.resolve() else figures / "results.md")
     body = "\n".join(s.render(relative_to=report_dir) for s in sections)
     took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)
     total = sum(seconds for _, seconds in timings)
@@ -100,9 +120,15 @@ def main() -> None:
     parser.add_argument("--profile", choices=PROFILES, default="demo")
     parser.add_argument("--figures", type=Path, default=FIGURES)
     parser.add_argument("--report-dir", type=Path, default=None)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated analyses to run in full instead of the profile's list",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(run_all(args.profile, args.figures, args.report_dir))
+    only = [n.strip() for n in args.only.split(",") if n.strip()] or None
+    print(run_all(args.profile, args.figures, args.report_dir, only))
 
 
 if __name__ == "__main__":

@@ -505,3 +505,24 @@ def test_real_mllm_lineage_scores_every_set_as_the_library_does(monkeypatch):
     for s in "abd":
         np.testing.assert_array_equal(again.sets[s].accuracy, lin.sets[s].accuracy)
     np.testing.assert_array_equal(again.text[lin.control].accuracy, lin.text[lin.control].accuracy)
+
+
+def test_results_document_is_assembled_from_the_generated_sections(report):
+    """Each analysis leaves its section beside its figures; the results document holds every
+    section's numbers and embeds its figures, so the docs quote numbers from one place only."""
+    from experiments import results_doc
+
+    _, root = report
+    figures = root / "figures"
+    text = (figures / "results.md").read_text()
+    for name, _ in results_doc.ORDER:
+        section = results_doc.section_path(figures, name).read_text()
+        body = section.split("\n", 1)[1]
+        title = body.splitlines()[0]
+        assert title in text, name
+        reading = [ln for ln in body.splitlines() if ln.startswith("Reading:")]
+        for line in reading:  # the reading appears in the opening list and in the section
+            assert text.count(line.removeprefix("Reading:").strip()) == 2, name
+    for png in figures.glob("*.png"):
+        assert f"![{png.name}]({png.name})" in text, png.name
+    assert "not generated yet" not in text

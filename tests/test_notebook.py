@@ -29,3 +29,13 @@ def test_quickstart_notebook_executes(tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "Pearson" in text or "pearson" in text
+
+
+def test_committed_notebook_shows_its_outputs_and_plots():
+    """A reader sees the tables and plots on GitHub without running anything (make notebook)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    outputs = [o for cell in code for o in cell.get("outputs", [])]
+    assert all(cell.get("execution_count") for cell in code), "run: make notebook"
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no plot in the outputs"
