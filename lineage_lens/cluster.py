@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -75,9 +77,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     }
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["num_cpus"] = num_cpus
+    # ray.init installs its own SIGTERM/SIGINT handlers in the driver; the caller's come back after
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
+        _restore_handlers(handlers)
         raise ConfigError(
             f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')!r} "
             f"({exc}); start it with 'ray start --head' or pass its address."
@@ -87,6 +92,16 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield ray
     finally:
         ray.shutdown()
+        _restore_handlers(handlers)
+
+
+def _restore_handlers(handlers: dict[signal.Signals, Any]) -> None:
+    """Put back the signal handlers ``ray_session`` found (only the main thread may set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in handlers.items():
+        if handler is not None:  # None: installed from outside Python, cannot be restored
+            signal.signal(sig, handler)
 
 
 def task_options(device: str | None, max_retries: int = DEFAULT_MAX_RETRIES) -> dict[str, Any]:

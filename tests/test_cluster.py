@@ -265,3 +265,25 @@ def test_data_parallel_capture_needs_out_and_load_model(tiny_llama, tmp_path):
         collect_head_activations(tiny_llama, examples, workers=2, progress=False)
     with pytest.raises(ConfigError, match="workers must be a positive integer"):
         collect_head_activations(tiny_llama, examples, workers=0, progress=False)
+
+
+def test_a_session_gives_the_callers_signal_handlers_back():
+    """ray.init installs SIGTERM/SIGINT handlers in the driver; after ray_session the caller's own
+    are back (a fresh process: the module's cluster is already connected in this one)."""
+    script = (
+        "import signal\n"
+        "from lineage_lens.cluster import ray_session\n"
+        "def mine(*_): pass\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "before = signal.getsignal(signal.SIGINT)\n"
+        "with ray_session(num_cpus=1):\n"
+        "    pass\n"
+        "assert signal.getsignal(signal.SIGTERM) is mine, signal.getsignal(signal.SIGTERM)\n"
+        "assert signal.getsignal(signal.SIGINT) is before\n"
+        "print('restored')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "restored" in out.stdout
