@@ -48,7 +48,6 @@ import torch
 
 from experiments.score_cache import cached_scores
 from lineage_lens.capture import collect_head_activations
-from lineage_lens.images import vision_settings
 from lineage_lens.models import gguf_to_hf_dir, load_model, packaged_model_path
 from lineage_lens.pipeline import probing_examples
 from lineage_lens.probing import fit_truth_scores
@@ -187,9 +186,8 @@ def _tiny_lineage() -> MllmLineage:
         dtype=torch.float32,
         progress=False,
     )
-    size = vision_settings(model).image_size
     scenes = scene_probe_examples(
-        plan.n_scenes, SCENE_SEED, size=max(size + size % 2, 16), kinds=plan.scene_kinds
+        plan.n_scenes, SCENE_SEED, size=_image_size(path), kinds=plan.scene_kinds
     )
     image = collect_head_activations(
         model,

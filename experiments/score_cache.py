@@ -34,7 +34,8 @@ VERSION = 2
 def _template_identity(template: AnyTemplate | str | None) -> str | None:
     if template is None or isinstance(template, str):
         return template
-    return json.dumps({"type": type(template).__name__, **vars(template)}, sort_keys=True)
+    fields = {"type": type(template).__name__, **vars(template)}
+    return json.dumps(fields, sort_keys=True, default=repr)  # every field, whatever its type
 
 
 def cached_scores_key(
