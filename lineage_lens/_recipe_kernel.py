@@ -10,7 +10,7 @@ it is still in the innermost cache. AdamW is the same element-wise
 update as ``torch.optim.AdamW`` (decoupled weight decay on weight and bias, bias-corrected
 moments). Only the order of float32 additions differs from BLAS, so every head follows the
 trajectory of its own ``nn.Linear`` + ``torch.optim.AdamW`` to float32 rounding
-(``tests/test_probing.py`` checks it against that loop).
+(``tests/probing/test_probing.py`` checks it against that loop).
 
 One caveat holds for any two implementations of the recipe (torch's own on two devices too):
 where a gradient is zero in exact arithmetic -- the intercept's first step on a fold with as many

@@ -13,8 +13,8 @@ import pytest
 
 from lineage_lens.errors import ConfigError
 from lineage_lens.report import lineage_report
-from tests import test_report
-from tests.test_report import PLAN
+from tests.report import test_report
+from tests.report.test_report import PLAN
 
 #: The report tests' tiny family (ancestor, two noisy descendants, an unrelated control).
 family = test_report.family

@@ -255,7 +255,7 @@ def flat_copy(src: Path, dst: Path) -> Path:
 
 def test_report_skips_every_step_judged_from_a_constant_score_map(tiny_dirs, tmp_path):
     from lineage_lens.report import lineage_report
-    from tests.test_report import PLAN
+    from tests.report.test_report import PLAN
 
     flat = flat_copy(tiny_dirs["llama"], tmp_path / "flat")
     out = tmp_path / "report"

@@ -4,7 +4,7 @@ A *family* (:class:`Family`) is one architecture: its Hugging Face ``model_type`
 class, whether it takes images and how (its :class:`~lineage_lens.images.FamilyImageInputs`
 subclass), the TransformerBridge adapter lineage-lens adds where TransformerLens 4.3 has none, and
 the tiny-config builder that :func:`lineage_lens.testing.make_tiny_model` and the conformance test
-(``tests/test_families.py``) use. Each family module declares its families and registers each with
+(``tests/families/test_conformance.py``) use. Each family module declares its families and registers each with
 one line; the imports below, one per module, fill :data:`REGISTRY` (``model_type`` -> family).
 
 * :mod:`~lineage_lens.families.text`: Llama, Qwen2, Qwen3, Mistral, Phi3, Gemma3 text;

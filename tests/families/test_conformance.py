@@ -19,7 +19,7 @@ by :func:`lineage_lens.testing.make_tiny_model` from the family's tiny builder (
 
 ``docs/architectures.md`` is the table this file proves. A new architecture is one new module of
 :mod:`lineage_lens.families` (registered with its tiny builder): it is tested here without a change
-(``tests/test_family_registry.py`` checks that every registered family is).
+(``tests/families/test_registry.py`` checks that every registered family is).
 """
 
 from __future__ import annotations

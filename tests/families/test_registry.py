@@ -1,5 +1,5 @@
 """The family registry (:mod:`lineage_lens.families`): every registered family has a tiny config
-and is in the conformance parametrisation of ``tests/test_families.py``; no ``model_type``
+and is in the conformance parametrisation of ``tests/families/test_conformance.py``; no ``model_type``
 belongs to two families; image inputs, adapters, ``make_tiny_model`` and ``is_multimodal`` all
 follow the registry. No model is built here."""
 
@@ -20,7 +20,7 @@ from lineage_lens.families import (
     is_multimodal,
     register,
 )
-from tests.test_families import CONFORMANCE, MULTIMODAL
+from tests.families.test_conformance import CONFORMANCE, MULTIMODAL
 
 
 def test_every_family_has_a_tiny_config_and_is_in_the_conformance_test():

@@ -2,7 +2,7 @@
 numbers (recomputed here with the library functions the figures are drawn from).
 
 The zoo's tiny family is built once into the zoo cache (``$LINEAGE_LENS_CACHE/zoo``, shared with
-tests/test_zoo.py) and scored once per process (``experiments.zoo_family.zoo_lineage`` is cached)."""
+tests/zoo/test_zoo.py) and scored once per process (``experiments.zoo_family.zoo_lineage`` is cached)."""
 
 from __future__ import annotations
 
