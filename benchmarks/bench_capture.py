@@ -42,7 +42,7 @@ import torch
 from lineage_lens.activations import HeadActivations
 from lineage_lens.batching import model_device
 from lineage_lens.capture import EncodedPrompt, collect_head_activations, encode_examples
-from lineage_lens.data import halueval_probe_examples, load_halueval_qa
+from lineage_lens.data import load_probe_examples
 from lineage_lens.fileio import atomic_open
 from lineage_lens.models import (
     attn_hook_name,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_dir = resolve_model_path(args.model)
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=weights).to(device).eval()
     geo = head_geometry(model)
-    examples = halueval_probe_examples(load_halueval_qa(limit=math.ceil(args.n / 2)))[: args.n]
+    examples = load_probe_examples("halueval", limit=math.ceil(args.n / 2))[: args.n]
     encoded = encode_examples(model, examples)
     n_tokens = [len(e.input_ids) for e in encoded]
     pad_id = model.tokenizer.pad_token_id

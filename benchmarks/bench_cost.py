@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 from lineage_lens.capture import collect_head_activations
-from lineage_lens.evals.outcomes import HaluEvalJudgement
+from lineage_lens.data import load_probe_examples
+from lineage_lens.evals.halueval import HaluEvalJudgement
 from lineage_lens.fileio import atomic_open
 from lineage_lens.gating import TruthGate
 from lineage_lens.models import head_geometry, load_model
-from lineage_lens.pipeline import probing_examples
 from lineage_lens.probing import fit_truth_scores
 
 
@@ -68,7 +68,7 @@ def measure(model_name: str, n: int, eval_rows: int, device: str, repeats: int) 
     geo = head_geometry(model)
     n_params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    examples = probing_examples("halueval", n=max(2, n // 2), seed=0)[:n]
+    examples = load_probe_examples("halueval", n_probe=max(2, n // 2), split_seed=0)[:n]
     capture = dict(batch_size=16, dtype=torch.float32, progress=False)
     collect_head_activations(model, examples[:16], **capture)  # warm-up
     _peak(device)

@@ -10,18 +10,19 @@ Run: ``.venv/bin/python -m benchmarks.bench_evals [--scores runs/demo/scores_smo
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from lineage_lens.evals.outcomes import HaluEvalJudgement
-from lineage_lens.evals.runner import run_sweep
+from lineage_lens.evals.halueval import HaluEvalJudgement
 from lineage_lens.fileio import atomic_open
 from lineage_lens.models import load_model
 from lineage_lens.scores import load_scores
-from lineage_lens.sweep import GateSettings
+from lineage_lens.sweep import TRUTH, GateSettings, gate_sources, gating_sweep
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,20 +39,22 @@ def main(argv: list[str] | None = None) -> None:
     scores = load_scores(args.scores)
     model = load_model("smollm2-135m-instruct", device="cpu")
     t0 = time.perf_counter()
-    judgement = HaluEvalJudgement(
-        seeds=tuple(seeds), limit=args.limit, batch_size=args.batch_size, progress=True
-    )
-    frame = run_sweep(
-        judgement,
+    judgement = HaluEvalJudgement(seeds=tuple(seeds), limit=args.limit, batch_size=args.batch_size)
+    frame = gating_sweep(
         model,
-        scores=scores,
-        alphas=[0.0, args.alpha],
+        judgement,
+        gate_sources(scores, ["random"], control_seed=0),
+        [args.alpha],
         gate=GateSettings(norm="center", placement="z"),
-        controls=["random"],
-        control_seed=0,
+        control="random",
+        versus_control=(TRUTH,),
         out_dir=args.out_dir,
     )
     total = time.perf_counter() - t0
+    # each setting's wall time, from the sweep's results.json
+    results = json.loads((Path(args.out_dir) / "results.json").read_text(encoding="utf-8"))
+    frame["wall_s"] = [s["wall_s"] for s in results["settings"]]
+    frame = frame.rename(columns={"scores": "gate"})
     cols = ["gate", "alpha", "n", "accuracy", "accuracy_std", "precision", "recall", "f1"]
     cols += ["yes_ratio", "n_unparsed"]
     cols += [c for c in ("auroc", "auroc_std") if c in frame.columns] + ["wall_s"]

@@ -1,6 +1,6 @@
 """Paired bootstrap of the AUROC change a gate brings, from a ``bench_evals`` result cache.
 
-``bench_evals`` (through ``run_sweep``) evaluates the ungated model first, then the TruthGate, then
+``bench_evals`` (through ``gating_sweep``) evaluates the ungated model first, then the TruthGate, then
 the random control, appending one line per distinct prompt to ``<out-dir>/cache.jsonl`` under a
 per-setting key prefix. This script groups the lines by prefix in order of first appearance, takes
 the ``log p(Yes) - log p(No)`` margin of every distinct prompt (a row showing its hallucinated

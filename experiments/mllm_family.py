@@ -48,8 +48,8 @@ import torch
 
 from experiments.score_cache import cached_scores
 from lineage_lens.capture import collect_head_activations
+from lineage_lens.data import load_probe_examples
 from lineage_lens.models import gguf_to_hf_dir, load_model, packaged_model_path
-from lineage_lens.pipeline import probing_examples
 from lineage_lens.probing import fit_truth_scores
 from lineage_lens.scores import TruthScores
 from lineage_lens.zoo import build_zoo, scene_probe_examples, world_probe_examples
@@ -125,7 +125,7 @@ def real_lineage(
     anc_path = gguf_to_hf_dir(packaged_model_path(ANCESTOR_ALIAS))
     overrides = {mllm: overrides} if overrides else None
     path = build_zoo(zoo_dir, "demo", members=[mllm], overrides=overrides).path(mllm)
-    text = probing_examples("halueval", n=plan.n_text, seed=0)
+    text = load_probe_examples("halueval", n_probe=plan.n_text, split_seed=0)
     scenes = scene_probe_examples(
         plan.n_scenes, SCENE_SEED, size=_image_size(path), kinds=plan.scene_kinds
     )

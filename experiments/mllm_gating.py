@@ -20,8 +20,8 @@ How sure each number is: POPE accuracies and CHAIR_s carry 95 % Wilson intervals
 bootstrap interval over captions; every gated row carries the paired bootstrap change against the
 ungated model on the same questions and captions (pooled POPE accuracy, CHAIR_i), and inherited and
 own-image rows also against the random control at the same alpha (averaged over its seeds item by
-item): the library sweep (:func:`lineage_lens.sweep.gating_sweep`) with the POPE and CHAIR evaluators of
-:mod:`lineage_lens.evals.outcomes`.
+item): the library sweep (:func:`lineage_lens.sweep.gating_sweep`) with the POPE and CHAIR evaluators
+:class:`~lineage_lens.evals.pope.PopeAnswers` and :class:`~lineage_lens.evals.chair.ChairCaptions`.
 
 The lineage and its Truth Scores come from :mod:`experiments.mllm_family` (``demo``/``full``:
 ``smollm2-vlm`` gated with SmolLM2-135M-Instruct's HaluEval scores; ``test``: the tiny family).
@@ -51,12 +51,13 @@ from experiments._common import (
     save_figure,
 )
 from experiments.mllm_family import mllm_lineage
-from lineage_lens.evals.chair import ObjectVocabulary
-from lineage_lens.evals.outcomes import ChairCaptions, Outcome, PopeAnswers
+from lineage_lens.evals.chair import ChairCaptions, ObjectVocabulary
+from lineage_lens.evals.pope import PopeAnswers
 from lineage_lens.models import load_model
 from lineage_lens.scores import TruthScores
 from lineage_lens.sweep import (
     CONTROL,
+    Outcome,
     ScoreSource,
     change_columns,
     gating_sweep,
@@ -165,6 +166,7 @@ def evaluate(profile: str) -> pd.DataFrame:
             [eval_dir / f"pope_{s}.json" for s in SPLITS],
             prompt_template=VLM_PROMPT,
             limit=plan.pope_limit,
+            progress=False,
         ),
         ChairCaptions(
             eval_dir / "images",
@@ -176,6 +178,7 @@ def evaluate(profile: str) -> pd.DataFrame:
             max_new_tokens=plan.max_new_tokens,
             limit=plan.chair_limit,
             n_resamples=RESAMPLES[profile],
+            progress=False,
         ),
     )
     sources = transfer_sources(

@@ -46,7 +46,6 @@ _EXPORTS: dict[str, str] = {
     "load_probe_examples": "lineage_lens.data",
     "load_halueval_qa": "lineage_lens.data",
     "halueval_probe_examples": "lineage_lens.data",
-    "load_truthprobe_jsonl": "lineage_lens.data",
     "split_probe_eval": "lineage_lens.data",
     "to_dataset": "lineage_lens.hf_datasets",
     "from_dataset": "lineage_lens.records",
@@ -78,12 +77,13 @@ _EXPORTS: dict[str, str] = {
     "evaluate_pope": "lineage_lens.evals",
     "evaluate_chair": "lineage_lens.evals",
     "compute_chair": "lineage_lens.evals",
-    "run_sweep": "lineage_lens.evals",
-    "HaluEvalJudgement": "lineage_lens.evals.outcomes",
-    "PopeAnswers": "lineage_lens.evals.outcomes",
-    "ChairCaptions": "lineage_lens.evals.outcomes",
+    "HaluEvalJudgement": "lineage_lens.evals",
+    "PopeAnswers": "lineage_lens.evals",
+    "ChairCaptions": "lineage_lens.evals",
     "gating_sweep": "lineage_lens.sweep",
     "transfer_sources": "lineage_lens.sweep",
+    "gate_sources": "lineage_lens.sweep",
+    "plot_sweep": "lineage_lens.sweep",
     "ScoreSource": "lineage_lens.sweep",
     "GateSettings": "lineage_lens.sweep",
     # the embedded lineage zoo
@@ -122,21 +122,19 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (`X as X`: re-exp
     from lineage_lens.data import halueval_probe_examples as halueval_probe_examples
     from lineage_lens.data import load_halueval_qa as load_halueval_qa
     from lineage_lens.data import load_probe_examples as load_probe_examples
-    from lineage_lens.data import load_truthprobe_jsonl as load_truthprobe_jsonl
     from lineage_lens.data import split_probe_eval as split_probe_eval
     from lineage_lens.errors import ConfigError as ConfigError
     from lineage_lens.errors import DataError as DataError
     from lineage_lens.errors import LineageLensError as LineageLensError
     from lineage_lens.errors import ModelLoadError as ModelLoadError
     from lineage_lens.errors import ShapeMismatchError as ShapeMismatchError
+    from lineage_lens.evals import ChairCaptions as ChairCaptions
+    from lineage_lens.evals import HaluEvalJudgement as HaluEvalJudgement
+    from lineage_lens.evals import PopeAnswers as PopeAnswers
     from lineage_lens.evals import compute_chair as compute_chair
     from lineage_lens.evals import evaluate_chair as evaluate_chair
     from lineage_lens.evals import evaluate_halueval as evaluate_halueval
     from lineage_lens.evals import evaluate_pope as evaluate_pope
-    from lineage_lens.evals import run_sweep as run_sweep
-    from lineage_lens.evals.outcomes import ChairCaptions as ChairCaptions
-    from lineage_lens.evals.outcomes import HaluEvalJudgement as HaluEvalJudgement
-    from lineage_lens.evals.outcomes import PopeAnswers as PopeAnswers
     from lineage_lens.gating import TruthGate as TruthGate
     from lineage_lens.gating import control_scores as control_scores
     from lineage_lens.hf_datasets import to_dataset as to_dataset
@@ -156,7 +154,9 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (`X as X`: re-exp
     from lineage_lens.scores import load_scores as load_scores
     from lineage_lens.sweep import GateSettings as GateSettings
     from lineage_lens.sweep import ScoreSource as ScoreSource
+    from lineage_lens.sweep import gate_sources as gate_sources
     from lineage_lens.sweep import gating_sweep as gating_sweep
+    from lineage_lens.sweep import plot_sweep as plot_sweep
     from lineage_lens.sweep import transfer_sources as transfer_sources
     from lineage_lens.weights import WeightDrift as WeightDrift
     from lineage_lens.weights import weight_drift as weight_drift

@@ -38,7 +38,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens._display import ShortRepr, label, number
 from lineage_lens.capture import AnyTemplate, collect_head_activations
-from lineage_lens.data import ProbeExample, PromptTemplate, as_probe_examples, check_two_classes
+from lineage_lens.data import ProbeExample, PromptTemplate, check_two_classes, load_probe_examples
 from lineage_lens.errors import ConfigError, DataError, ModelLoadError, check_seed
 from lineage_lens.fileio import tmp_build_dir
 from lineage_lens.headmap import draw_heatmap, read_npz, write_npz
@@ -358,7 +358,7 @@ def probe_baselines(
         capture: further options of :func:`~lineage_lens.capture.collect_head_activations`
             (``position``, ``prepend_bos``, ...); activations are captured in float32.
     """
-    examples = as_probe_examples(examples)
+    examples = load_probe_examples(examples)
     check_two_classes(examples)
     check_seed(seed)  # both seeds before any capture
     check_seed(init_seed, "init_seed")

@@ -36,7 +36,7 @@ among Ray tasks (:mod:`lineage_lens.cluster`) that write into the same directory
 Typical use::
 
     model = load_model("smollm2-135m-instruct")
-    examples = halueval_probe_examples(split_probe_eval(load_halueval_qa())[0])
+    examples = load_probe_examples("halueval", n_probe=292)  # the probing rows' 584 examples
     acts = collect_head_activations(model, examples, out="acts/smollm2")  # resumable
     acts.acts.shape  # (584, 30, 9, 64)
 """
@@ -79,7 +79,7 @@ from lineage_lens.data import (
     ProbeExample,
     PromptSpans,
     PromptTemplate,
-    as_probe_examples,
+    load_probe_examples,
 )
 from lineage_lens.errors import ConfigError, DataError, ShapeMismatchError
 from lineage_lens.families import is_multimodal
@@ -322,7 +322,7 @@ def collect_head_activations(
         "condition": condition,
     }
     if workers > 1:
-        examples = as_probe_examples(examples)
+        examples = load_probe_examples(examples)
         _capture_on_ray(model, examples, options, workers, address, progress)
     result = _capture(model, examples, progress=progress, shard=None, **options)
     assert result is not None  # only a shard returns nothing
@@ -521,7 +521,7 @@ def _plan_capture(
 ) -> _CapturePlan:
     """Prepare a capture: the examples, their condition, template and images, their prompts
     tokenized (and checked against the model's context) and the batches to run."""
-    examples = as_probe_examples(examples)
+    examples = load_probe_examples(examples)
     if not examples:
         raise DataError("no examples to collect activations for; load a dataset first.")
     tokenizer = getattr(model, "tokenizer", None)

@@ -8,13 +8,17 @@ A *source row* is one (context, question) item of a dataset. HaluEval QA gives t
 per source row (its right answer and its hallucinated answer) that share a ``source_id``; splits are
 made by source row so that no row leaks between the probing set and the evaluation set.
 
-Typical use::
+Probing examples come from one function, :func:`load_probe_examples`, whatever their source: the
+vendored HaluEval QA (``"halueval"``), a JSON-lines file, a ``datasets.Dataset`` or a list of
+records. Typical use::
 
-    rows = load_halueval_qa()
-    probe_rows, eval_rows = split_probe_eval(rows, n_probe=292, seed=0)
-    examples = halueval_probe_examples(probe_rows)  # 584 examples, balanced
+    examples = load_probe_examples("halueval", n_probe=292, split_seed=0)  # 584, balanced
     check_two_classes(examples)
     text, spans = DEFAULT_TEMPLATE.render(examples[0])
+
+    rows = load_halueval_qa()  # the rows themselves (the evaluation keeps the other part)
+    probe_rows, eval_rows = split_probe_eval(rows, n_probe=292, seed=0)
+    assert load_probe_examples(probe_rows) == examples
 
 Every loader takes ``as_dataset=True`` to return a Hugging Face ``datasets.Dataset`` in the same
 columns, and the functions that take rows or examples accept one (the columns are listed in
@@ -28,9 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import string
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, overload
@@ -39,7 +45,7 @@ import numpy as np
 
 from lineage_lens._resources import resource_path
 from lineage_lens.errors import ConfigError, DataError, check_seed
-from lineage_lens.hf_datasets import dataset_rows, is_dataset, to_dataset
+from lineage_lens.hf_datasets import check_dataset, dataset_rows, is_dataset, to_dataset
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -344,122 +350,65 @@ def load_halueval_qa(
 
     Returns:
         one :class:`HaluEvalRow` per line; ``row_id`` is the 0-based index among non-blank lines.
+        Their probing examples are ``load_probe_examples(rows)`` (:func:`load_probe_examples`).
     """
     _check_limit(limit)
     p = Path(path) if path is not None else resource_path("halueval", "qa_one-turn_data.json")
-    rows = [
-        parse_halueval_row(obj, str(idx), RecordLocation(p, lineno))
-        for idx, (lineno, obj) in enumerate(read_json_lines(p, limit))
-    ]
+    rows = _halueval_rows_of_lines(p, read_json_lines(p, limit))
     return to_dataset(rows) if as_dataset else rows
 
 
-def halueval_probe_examples(rows: Iterable[HaluEvalRow] | Dataset) -> list[ProbeExample]:
-    """Two :class:`ProbeExample` per row: truthful (label 1) then hallucinated (label 0).
-
-    ``rows`` may be a ``datasets.Dataset`` in the HaluEval QA columns."""
-    return [ex for row in as_halueval_rows(rows) for ex in row.probe_examples()]
-
-
-@overload
-def load_truthprobe_jsonl(
-    path: str | Path, *, limit: int | None = None, as_dataset: Literal[False] = False
-) -> list[ProbeExample]: ...
-
-
-@overload
-def load_truthprobe_jsonl(
-    path: str | Path, *, limit: int | None = None, as_dataset: Literal[True]
-) -> Dataset: ...
-
-
-def load_truthprobe_jsonl(
-    path: str | Path, *, limit: int | None = None, as_dataset: bool = False
-) -> list[ProbeExample] | Dataset:
-    """Read TruthProbe-style JSON lines in either of the authors' two layouts.
-
-    * text: ``context, question, answer, label``;
-    * image: ``image_path, question, answer, label``; ``image_path`` is relative to the file's
-      folder (or absolute) and must exist; the example's ``image`` is the resolved path and its
-      ``context`` is ``""`` (or an optional ``context`` field).
-
-    ``label`` is ``"gold"`` (truthful, 1) or ``"hallucinated"`` (0); ``"truthful"`` and the
-    integers ``1``/``0`` are accepted too. An optional ``source_id`` (or ``id``) field groups
-    examples of the same source item; without one, each line is its own source (``"line-N"``).
-    With ``as_dataset=True`` the examples come as a ``datasets.Dataset`` (``context, question,
-    answer, label, source_id`` and, for images, ``image_path`` holding the resolved path).
-    """
-    _check_limit(limit)
-    p = Path(path)
-    hint = "image paths are relative to the folder of the JSON-lines file."
-    examples = [
-        parse_truthprobe_example(
-            obj, RecordLocation(p, lineno), image_dir=p.parent, image_hint=hint
-        )
-        for lineno, obj in read_json_lines(p, limit)
+def _halueval_rows_of_lines(
+    path: Path, lines: Sequence[tuple[int, dict[str, Any]]]
+) -> list[HaluEvalRow]:
+    """The :class:`HaluEvalRow` of a file's JSON lines (from :func:`read_json_lines`); ``row_id``
+    is the 0-based index among them."""
+    return [
+        parse_halueval_row(obj, str(idx), RecordLocation(path, lineno))
+        for idx, (lineno, obj) in enumerate(lines)
     ]
-    return to_dataset(examples) if as_dataset else examples
 
 
-@overload
-def load_probe_examples(
-    name_or_path: str | Path = "halueval",
-    *,
-    limit: int | None = None,
-    as_dataset: Literal[False] = False,
-) -> list[ProbeExample]: ...
-
-
-@overload
-def load_probe_examples(
-    name_or_path: str | Path = "halueval", *, limit: int | None = None, as_dataset: Literal[True]
-) -> Dataset: ...
-
-
-def load_probe_examples(
-    name_or_path: str | Path = "halueval", *, limit: int | None = None, as_dataset: bool = False
-) -> list[ProbeExample] | Dataset:
-    """Probing examples by name or path.
-
-    ``"halueval"`` gives the vendored HaluEval QA (two examples per row, ``limit`` counting rows);
-    any other value is read as a TruthProbe JSON-lines file (``limit`` counting lines).
-    ``as_dataset=True`` returns them as a ``datasets.Dataset`` in the TruthProbe columns.
-    """
-    if str(name_or_path).lower() == "halueval":
-        examples = halueval_probe_examples(load_halueval_qa(limit=limit))
-    else:
-        p = Path(name_or_path)
-        if not p.exists():
-            raise DataError(
-                "no such file, and not a known dataset name (known: 'halueval').",
-                path=name_or_path,
-            )
-        examples = load_truthprobe_jsonl(p, limit=limit)
-    return to_dataset(examples) if as_dataset else examples
-
-
-# --------------------------------------------------------------------------------------------
-# Hugging Face datasets
-# --------------------------------------------------------------------------------------------
-
-
-def examples_from_dataset(
-    dataset: Dataset, *, image_root: str | Path | None = None
-) -> list[ProbeExample]:
-    """The :class:`ProbeExample` of a ``datasets.Dataset`` in a TruthProbe layout, validated
-    like :func:`load_truthprobe_jsonl` validates lines (errors say ``dataset row N: ...``).
-
-    A Dataset in the HaluEval QA columns gives its two examples per row
-    (:func:`halueval_probe_examples`). An ``image`` column holds PIL images (``datasets.Image()``)
-    or paths; ``image_path`` values and ``image`` paths are relative to ``image_root`` (default:
-    the current folder)."""
-    if is_dataset(dataset) and "right_answer" in getattr(dataset, "column_names", ()):
-        return halueval_probe_examples(dataset)
-    root = Path(image_root) if image_root is not None else Path()
-    hint = (
+def _image_root_hint(root: Path) -> str:
+    return (
         f"image paths are relative to image_root ({root.resolve()}); pass image_root= the "
         "folder the images are in."
     )
+
+
+def _truthprobe_examples_of_lines(
+    path: Path, lines: Sequence[tuple[int, dict[str, Any]]], *, image_root: str | Path | None
+) -> list[ProbeExample]:
+    """The :class:`ProbeExample` of a TruthProbe file's JSON lines, in either layout.
+
+    Relative ``image_path`` values resolve against ``image_root`` (default: the file's folder);
+    a line without ``source_id`` (or ``id``) is its own source, ``"line-N"``.
+    """
+    image_dir = path.parent if image_root is None else Path(image_root)
+    hint = (
+        "image paths are relative to the folder of the JSON-lines file."
+        if image_root is None
+        else _image_root_hint(image_dir)
+    )
+    return [
+        parse_truthprobe_example(
+            obj, RecordLocation(path, lineno), image_dir=image_dir, image_hint=hint
+        )
+        for lineno, obj in lines
+    ]
+
+
+def _examples_from_dataset(
+    dataset: Dataset, *, image_root: str | Path | None = None
+) -> list[ProbeExample]:
+    """The :class:`ProbeExample` of a ``datasets.Dataset`` in a TruthProbe layout, validated
+    like JSON lines are (errors say ``dataset row N: ...``; a row without ``source_id`` is its
+    own source, ``"row-N"``).
+
+    An ``image`` column holds PIL images (``datasets.Image()``) or paths; ``image_path`` values
+    and ``image`` paths are relative to ``image_root`` (default: the current folder)."""
+    root = Path(image_root) if image_root is not None else Path()
+    hint = _image_root_hint(root)
     out = []
     for index, obj in dataset_rows(
         dataset,
@@ -495,14 +444,6 @@ def halueval_rows_from_dataset(dataset: Dataset) -> list[HaluEvalRow]:
     ]
 
 
-def as_probe_examples(examples: Iterable[ProbeExample] | Dataset) -> list[ProbeExample]:
-    """``examples`` as a list of :class:`ProbeExample`, converting a ``datasets.Dataset``
-    (:func:`examples_from_dataset`); the one call functions that take examples start with."""
-    if is_dataset(examples):
-        return examples_from_dataset(examples)
-    return list(examples)
-
-
 def as_halueval_rows(rows: Iterable[HaluEvalRow] | Dataset) -> list[HaluEvalRow]:
     """``rows`` as a list of :class:`HaluEvalRow`, converting a ``datasets.Dataset``
     (:func:`halueval_rows_from_dataset`)."""
@@ -511,16 +452,180 @@ def as_halueval_rows(rows: Iterable[HaluEvalRow] | Dataset) -> list[HaluEvalRow]
     return list(rows)
 
 
+# --------------------------------------------------------------------------------------------
+# Probing examples from any source
+# --------------------------------------------------------------------------------------------
+
+#: What :func:`load_probe_examples` reads probing examples from.
+ProbeSource = Union[str, Path, "Dataset", Iterable[ProbeExample], Iterable[HaluEvalRow]]
+
+PROBE_SOURCES = (
+    "'halueval', the path of a JSON-lines file (TruthProbe or HaluEval QA layout), a "
+    "datasets.Dataset in one of those layouts, or an iterable of ProbeExample or of HaluEvalRow"
+)
+
+
+def _probe_records(
+    source: Any, *, limit: int | None, image_root: str | Path | None
+) -> tuple[list[Any], bool]:
+    """The first ``limit`` records of ``source`` and whether they are :class:`HaluEvalRow`
+    (which give their two examples after the split) rather than :class:`ProbeExample`."""
+    if isinstance(source, (str, Path)):
+        if str(source).lower() == "halueval":
+            return load_halueval_qa(limit=limit), True
+        path = Path(source)
+        if not path.exists():
+            raise DataError(
+                "no such file, and not a known dataset name (known: 'halueval').", path=source
+            )
+        lines = read_json_lines(path, limit)
+        if "right_answer" in lines[0][1]:  # HaluEval QA, recognised by its first line
+            return _halueval_rows_of_lines(path, lines), True
+        return _truthprobe_examples_of_lines(path, lines, image_root=image_root), False
+    if is_dataset(source):
+        dataset: Any = source
+        if limit is not None:
+            dataset = check_dataset(dataset, "probing dataset")
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        if "right_answer" in (getattr(dataset, "column_names", None) or ()):
+            return halueval_rows_from_dataset(dataset), True
+        return _examples_from_dataset(dataset, image_root=image_root), False
+    if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
+        raise ConfigError(f"source must be {PROBE_SOURCES}; got a {type(source).__name__}.")
+    items = list(itertools.islice(source, limit))
+    if all(isinstance(item, ProbeExample) for item in items):
+        return items, False
+    if all(isinstance(item, HaluEvalRow) for item in items):
+        return items, True
+    found = sorted({type(item).__name__ for item in items})
+    raise ConfigError(
+        f"source must be {PROBE_SOURCES}; got a {type(source).__name__} of "
+        f"{' and '.join(found)} (one kind of record only)."
+    )
+
+
+@overload
+def load_probe_examples(
+    source: ProbeSource = "halueval",
+    *,
+    n_probe: int | None = None,
+    split_seed: int = 0,
+    limit: int | None = None,
+    image_root: str | Path | None = None,
+    as_dataset: Literal[False] = False,
+) -> list[ProbeExample]: ...
+
+
+@overload
+def load_probe_examples(
+    source: ProbeSource = "halueval",
+    *,
+    n_probe: int | None = None,
+    split_seed: int = 0,
+    limit: int | None = None,
+    image_root: str | Path | None = None,
+    as_dataset: Literal[True],
+) -> Dataset: ...
+
+
+def load_probe_examples(
+    source: ProbeSource = "halueval",
+    *,
+    n_probe: int | None = None,
+    split_seed: int = 0,
+    limit: int | None = None,
+    image_root: str | Path | None = None,
+    as_dataset: bool = False,
+) -> list[ProbeExample] | Dataset:
+    """Probing examples from any source: the one way to load them.
+
+    Args:
+        source: where the examples are:
+
+            * ``"halueval"`` (any case): the vendored HaluEval QA (500 rows), two examples per
+              row, truthful (label 1) then hallucinated (label 0), sharing the row's
+              ``source_id`` (its 0-based index);
+            * the path (``str`` or ``Path``) of a JSON-lines file, its layout recognised by the
+              fields of its first line: TruthProbe text (``context, question, answer, label``),
+              TruthProbe image (``image_path, question, answer, label``: ``image_path``
+              relative to the file's folder or absolute, and existing; ``context`` optional,
+              ``""`` without it; the example's ``image`` is the resolved path), or HaluEval QA
+              (``knowledge, question, right_answer, hallucinated_answer``: two examples per
+              line, as for ``"halueval"``);
+            * a ``datasets.Dataset`` in any of these layouts (the fields as columns; an ``image``
+              column of PIL images or paths may stand in for ``image_path``; an optional
+              ``row_id`` column for HaluEval; see :mod:`lineage_lens.records`);
+            * an iterable of :class:`ProbeExample` (kept as they are) or of
+              :class:`HaluEvalRow` (two examples each, as for ``"halueval"``).
+
+            A TruthProbe ``label`` is ``"gold"`` (truthful, 1) or ``"hallucinated"`` (0);
+            ``"truthful"``, ``"hallucination"``, ``"true"`` / ``"false"`` and the integers
+            ``1`` / ``0`` are accepted too. An optional ``source_id`` (or ``id``) field groups
+            examples of one source item; without one each line is its own source
+            (``"line-N"``, 1-based; ``"row-N"``, 0-based, in a Dataset).
+        n_probe: keep only the probing part of the deterministic split :func:`split_probe_eval`,
+            ``n_probe`` source rows picked by ``split_seed``. HaluEval is split by rows, then
+            each probing row gives its two examples (the other rows stay free for evaluation);
+            TruthProbe examples are split by ``source_id``. ``None``: every example.
+        split_seed: the seed of that split.
+        limit: read only the first ``limit`` HaluEval rows, file lines (blank lines aside),
+            Dataset rows or iterable items (before any split).
+        image_root: the folder relative image paths are relative to (default: the file's
+            folder for a file, the current folder for a Dataset).
+        as_dataset: return a ``datasets.Dataset`` in the TruthProbe columns (``context,
+            question, answer, label, source_id`` and, for images, ``image_path`` holding the
+            resolved path or an ``image`` column) instead of a list.
+
+    Returns:
+        the :class:`ProbeExample` list in source order (or its Dataset).
+
+    Raises:
+        ConfigError: a source of any other type, ``limit`` below 1, ``n_probe`` outside 1 to
+            the number of source rows.
+        DataError: a path that is neither ``"halueval"`` nor an existing file; a bad line or row,
+            named (``path:line: ...``, ``dataset row N: ...``); a Dataset lacking columns.
+
+    Examples::
+
+        load_probe_examples()                                       # HaluEval: 1,000 examples
+        load_probe_examples("halueval", n_probe=292, split_seed=0)  # its 292 probing rows: 584
+        load_probe_examples("halueval", limit=50)                   # its first 50 rows: 100
+        load_probe_examples("probe.jsonl")                  # TruthProbe text or image layout
+        load_probe_examples("qa_data.json", limit=100)      # HaluEval QA lines: 200 examples
+        load_probe_examples(Dataset.from_json("probe.jsonl"), image_root="data")  # a Dataset
+        load_probe_examples(load_halueval_qa(limit=10))     # HaluEvalRow objects: 20 examples
+        load_probe_examples(my_examples, n_probe=50, split_seed=1)  # ProbeExample objects
+    """
+    _check_limit(limit)
+    records, are_rows = _probe_records(source, limit=limit, image_root=image_root)
+    if n_probe is not None:
+        records, _ = split_probe_eval(records, n_probe=n_probe, seed=split_seed)
+    examples = [ex for row in records for ex in row.probe_examples()] if are_rows else records
+    return to_dataset(examples) if as_dataset else examples
+
+
+def halueval_probe_examples(rows: Iterable[HaluEvalRow] | Dataset) -> list[ProbeExample]:
+    """Deprecated alias of ``load_probe_examples(rows)`` (:func:`load_probe_examples`): two
+    :class:`ProbeExample` per row, truthful (label 1) then hallucinated (label 0)."""
+    warnings.warn(
+        "halueval_probe_examples(rows) is deprecated; use load_probe_examples(rows), which gives "
+        "the same examples.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return load_probe_examples(rows)
+
+
 def check_two_classes(
     examples: Sequence[ProbeExample] | Dataset, what: str = "probing examples"
 ) -> None:
     """Raise :class:`DataError` unless ``examples`` hold both labels (1 = truthful, 0 = halluc.).
 
     Call this before any model work: a probe cannot be trained on one class. ``examples`` may be
-    a ``datasets.Dataset`` (validated as by :func:`examples_from_dataset`).
+    a ``datasets.Dataset`` (read as by :func:`load_probe_examples`).
     """
     if is_dataset(examples):
-        examples = examples_from_dataset(examples)
+        examples = load_probe_examples(examples)
     if len(examples) == 0:
         raise DataError(f"{what}: no examples; load a dataset with both truthful and hallucinated.")
     counts = {TRUTHFUL: 0, HALLUCINATED: 0}
@@ -608,7 +713,7 @@ def split_probe_eval(
         rows = (
             halueval_rows_from_dataset(dataset)
             if "right_answer" in dataset.column_names
-            else examples_from_dataset(dataset)
+            else _examples_from_dataset(dataset)
         )
     sources = list(dict.fromkeys(_source_of(r) for r in rows))
     if not 0 < n_probe <= len(sources):

@@ -16,8 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from lineage_lens.data import load_probe_examples
 from lineage_lens.models import DEFAULT_MODEL, load_model
-from lineage_lens.pipeline import probing_examples, score_model
+from lineage_lens.pipeline import score_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     model = load_model(args.model, device="cpu")
     loaded = time.perf_counter()
-    examples = probing_examples("halueval", n=args.n, seed=0)
+    examples = load_probe_examples("halueval", n_probe=args.n, split_seed=0)
     scores, _ = score_model(model, examples, batch_size=args.batch_size, dataset="halueval")
     scored = time.perf_counter()
 

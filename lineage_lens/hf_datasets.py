@@ -9,6 +9,7 @@ them like JSON lines (:mod:`lineage_lens.data`, :mod:`lineage_lens.evals.pope`;
 
     ds = to_dataset(load_probe_examples("halueval", limit=50))
     acts = collect_head_activations(model, ds)                  # a Dataset works directly
+    examples = load_probe_examples(ds)                          # list[ProbeExample] again
 
 This module knows no record kind (records give their row with ``to_row()``) and imports
 ``datasets`` only when it reads or builds a Dataset; recognising one never imports it.

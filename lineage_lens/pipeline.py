@@ -11,37 +11,13 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lineage_lens.activations import HeadActivations
 from lineage_lens.capture import collect_head_activations
-from lineage_lens.data import (
-    ProbeExample,
-    check_two_classes,
-    example_keys,
-    halueval_probe_examples,
-    load_halueval_qa,
-    load_probe_examples,
-    split_probe_eval,
-)
+from lineage_lens.data import ProbeExample, check_two_classes, example_keys
 from lineage_lens.errors import check_seed
 from lineage_lens.models import model_label
 from lineage_lens.probing import Solver, fit_truth_scores
 from lineage_lens.scores import TruthScores
 
 log = logging.getLogger(__name__)
-
-
-def probing_examples(
-    data: str | Path = "halueval", n: int = 292, seed: int = 0
-) -> list[ProbeExample]:
-    """The probing examples of ``data``: for ``"halueval"`` the ``n``-row probing part of the
-    deterministic split (two examples per row; the rest is left for evaluation), otherwise the
-    first ``n`` source rows of a TruthProbe JSON-lines file (all rows if ``n`` is 0)."""
-    if str(data).lower() == "halueval":
-        probe_rows, _ = split_probe_eval(load_halueval_qa(), n_probe=n, seed=seed)
-        return halueval_probe_examples(probe_rows)
-    examples = load_probe_examples(data)
-    if n:
-        probe, _ = split_probe_eval(examples, n_probe=n, seed=seed)
-        return probe
-    return examples
 
 
 def score_model(

@@ -1,7 +1,7 @@
 """Records of every kind lineage-lens reads, from a Hugging Face ``Dataset``: :func:`from_dataset`.
 
 Each record kind converts itself where it is defined (TruthProbe examples:
-:func:`lineage_lens.data.examples_from_dataset`; HaluEval rows:
+:func:`lineage_lens.data.load_probe_examples`, which reads any probing source; HaluEval rows:
 :func:`lineage_lens.data.halueval_rows_from_dataset`; POPE questions:
 :func:`lineage_lens.evals.pope.load_pope`); this module picks the kind of a Dataset from its
 columns and calls that conversion, so ``ll.from_dataset(ds)`` works for all of them. The way
@@ -70,9 +70,10 @@ def from_dataset(
     if kind is None:
         kind = detect_kind(dataset)
     if kind == "truthprobe":
-        from lineage_lens.data import examples_from_dataset
+        from lineage_lens.data import load_probe_examples
 
-        return examples_from_dataset(dataset, image_root=image_root)
+        check_dataset(dataset, "TruthProbe dataset")  # a Dataset, not another probing source
+        return load_probe_examples(dataset, image_root=image_root)
     if kind == "halueval":
         from lineage_lens.data import halueval_rows_from_dataset
 

@@ -7,10 +7,12 @@ ancestor's scores (``inherited``), its own, and a ``random control`` (the ancest
 permuted over heads, :func:`~lineage_lens.gating.control_scores`) over several seeds.
 
 The evaluator is any callable ``evaluator(model, gate) -> Outcome`` (:class:`Evaluator`; the
-protocol, :class:`Outcome` and :class:`PerExample` are defined here, and implemented by
-:mod:`lineage_lens.evals.outcomes`: HaluEval, POPE, CHAIR; :mod:`lineage_lens.evals.context`: the
-zoo's context following). For each statistic the evaluator pairs (e.g. ``auroc``,
-``pope_accuracy``, ``chair_i``), every gated row gets
+protocol, :class:`Outcome` and :class:`PerExample` are defined here, and implemented by the
+evaluation classes :class:`~lineage_lens.evals.halueval.HaluEvalJudgement`,
+:class:`~lineage_lens.evals.pope.PopeAnswers`, :class:`~lineage_lens.evals.chair.ChairCaptions`
+and the zoo's :class:`~lineage_lens.evals.context.ContextFollowing`; this module imports none of
+them). For each statistic the evaluator pairs (e.g. ``auroc``, ``pope_accuracy``, ``chair_i``),
+every gated row gets
 
 * ``<stat>_delta`` with ``_ci_low``/``_ci_high``: the change against the ungated model on the same
   examples (paired bootstrap, :mod:`lineage_lens.stats`);
@@ -18,19 +20,30 @@ zoo's context following). For each statistic the evaluator pairs (e.g. ``auroc``
   interval, the change against the control at the same alpha -- the control averaged over its
   seeds example by example (an AUROC: the control's AUROCs averaged) -- the transfer test.
 
+With ``out_dir``, :func:`gating_sweep` also writes ``results.json``, ``results.csv`` and
+``sweep.png`` (:func:`plot_sweep`), and a library evaluator caches its per-example results in
+``cache.jsonl`` there, so an interrupted sweep resumes. :func:`gate_sources` builds the sources of
+``lineage-lens eval``: the Truth Scores (``truth``) and control gates of them by kind.
+
 Typical use::
 
     sources = transfer_sources(ancestor_scores, own_scores, control_seeds=(0, 1, 2))
     frame = gating_sweep(model, HaluEvalJudgement(seeds=(0,)), sources, alphas=(2.0, 4.5))
+    frame = gating_sweep(model, PopeAnswers("images"), gate_sources(scores, ["random"]),
+                         alphas=(2.0,), control="random", versus_control=("truth",),
+                         out_dir="runs/pope")
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -38,11 +51,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.fileio import atomic_open, atomic_path, check_output_path
 from lineage_lens.gating import ControlKind, Norm, Placement, TruthGate, control_scores
 from lineage_lens.scores import TruthScores
 from lineage_lens.stats import paired_auroc_delta, paired_bootstrap_delta
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
@@ -51,6 +66,8 @@ log = logging.getLogger(__name__)
 CONTROL = "random control"
 #: The ``scores`` value of the ungated row.
 UNGATED = "none"
+#: The name of the Truth Scores' source (:func:`gate_sources`).
+TRUTH = "truth"
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,6 +210,29 @@ def transfer_sources(
         for s in control_seeds
     ]
     return sources
+
+
+def gate_sources(
+    scores: TruthScores | None,
+    controls: Sequence[ControlKind] = (),
+    *,
+    control_seed: int = 0,
+    metric: str = "accuracy",
+) -> list[ScoreSource]:
+    """The Truth Scores (named :data:`TRUTH`), then each control of their ``metric``
+    (:func:`~lineage_lens.gating.control_scores`, named by its kind: ``random``, ``inverse``,
+    ``uniform``; the random one permuted with ``control_seed``): the sources of
+    ``lineage-lens eval``. No scores: no sources (only the ungated model)."""
+    if scores is None:
+        if controls:
+            raise ConfigError("control gates need Truth Scores (scores=).")
+        return []
+    if len(set(controls)) != len(controls):
+        raise ConfigError(f"controls {list(controls)} repeat a kind; give each control once.")
+    return [ScoreSource(TRUTH, scores)] + [
+        ScoreSource(kind, control_scores(scores, kind, seed=control_seed, metric=metric))
+        for kind in controls
+    ]
 
 
 @dataclass(frozen=True)
@@ -381,12 +421,13 @@ def gating_sweep(
     n_resamples: int = 2000,
     seed: int = 0,
     progress: bool = False,
+    out_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Evaluate ``model`` ungated and gated with every source at every alpha.
 
     Args:
         evaluator: ``evaluator(model, gate) -> Outcome``.
-        sources: the Truth Scores to gate with (:func:`transfer_sources`).
+        sources: the Truth Scores to gate with (:func:`transfer_sources`, :func:`gate_sources`).
         alphas: gating strengths; ``0`` gives each source a row that reuses the ungated result.
         gate: the other gate parameters (default :class:`GateSettings`: center, z, clamp at 0).
         control: the name of the control source the ``versus_control`` sources are compared with.
@@ -395,6 +436,13 @@ def gating_sweep(
         rows: one row per setting with the evaluator's ``metrics`` (``"summary"``), or one per
             group of ``Outcome.groups`` (``"groups"``: e.g. per HaluEval answer seed).
         n_resamples, seed: of the paired bootstraps.
+        out_dir: a folder to write ``results.json`` (the evaluator's ``task``, if it has one,
+            and every setting: ``scores``, ``control_seed``, ``alpha``, ``wall_s``, the summary
+            metrics, the per-group rows and the evaluation's configuration), ``results.csv``
+            (the returned frame) and ``sweep.png`` (:func:`plot_sweep`) into, each atomically.
+            An evaluator that is a dataclass with a ``cache`` field left ``None`` (the library's
+            evaluators) caches its per-example results in ``out_dir/cache.jsonl``, so running
+            an interrupted sweep again resumes where it stopped.
 
     Returns:
         a tidy DataFrame: ``scores`` (``"none"`` for the ungated row, first), ``alpha``,
@@ -404,8 +452,11 @@ def gating_sweep(
     """
     if rows not in ("summary", "groups"):
         raise ConfigError(f"rows must be 'summary' or 'groups', got {rows!r}.")
+    out = None if out_dir is None else _check_out_dir(out_dir)
+    if out is not None and _has_unset_cache(evaluator):
+        evaluator = dataclasses.replace(evaluator, cache=out / "cache.jsonl")  # type: ignore[type-var]
     settings = evaluate_settings(model, evaluator, sources, alphas, gate=gate, progress=progress)
-    return sweep_frame(
+    frame = sweep_frame(
         settings,
         control=control,
         versus_control=versus_control,
@@ -414,10 +465,124 @@ def gating_sweep(
         n_resamples=n_resamples,
         seed=seed,
     )
+    if out is not None:
+        _write(out, getattr(evaluator, "task", None), frame, settings)
+    return frame
+
+
+def _check_out_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {str(out)!r} is a file; pass a folder for the results.")
+    check_output_path(out / "results.json")  # writable, before any evaluation
+    return out
+
+
+def _has_unset_cache(evaluator: Evaluator) -> bool:
+    """Whether ``evaluator`` is a dataclass instance with a ``cache`` field that is ``None``."""
+    if not dataclasses.is_dataclass(evaluator) or isinstance(evaluator, type):
+        return False
+    names = {f.name for f in dataclasses.fields(evaluator)}
+    return "cache" in names and evaluator.cache is None  # type: ignore[attr-defined]
+
+
+def _write(out: Path, task: str | None, frame: pd.DataFrame, settings: Sequence[Setting]) -> None:
+    details = [
+        {
+            "scores": s.scores,
+            "control_seed": s.control_seed,
+            "alpha": s.alpha,
+            "wall_s": s.wall_s,
+            "summary": s.outcome.metrics,
+            "groups": s.outcome.groups,
+            "config": s.outcome.details.get("config", {}),
+        }
+        for s in settings
+    ]
+    payload: dict[str, Any] = {} if task is None else {"task": task}
+    with atomic_open(out / "results.json", "w", encoding="utf-8") as fh:
+        json.dump(payload | {"settings": details}, fh, indent=1, default=str)
+    with atomic_open(out / "results.csv", "w", encoding="utf-8", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    title = "gating sweep" if task is None else f"{task} gating sweep"
+    plot_sweep(frame, out / "sweep.png", title=title)
+
+
+def default_metric(frame: pd.DataFrame) -> str:
+    """The metric :func:`plot_sweep` shows by default: ``chair_i`` for CHAIR sweeps, else
+    ``accuracy``, else the first paired statistic of the frame (``<stat>_delta``)."""
+    for name in ("chair_i", "accuracy"):
+        if name in frame.columns:
+            return name
+    for col in frame.columns:
+        if col.endswith("_delta") and col[: -len("_delta")] in frame.columns:
+            return col[: -len("_delta")]
+    raise ConfigError(
+        f"no metric to plot by default in the columns {', '.join(map(str, frame.columns))}; "
+        "pass metric=."
+    )
+
+
+def plot_sweep(
+    frame: pd.DataFrame,
+    path: str | Path | None = None,
+    *,
+    metric: str | None = None,
+    ax: Axes | None = None,
+    title: str = "gating sweep",
+) -> Axes:
+    """Plot ``metric`` of a :func:`gating_sweep` frame against alpha: one line per source
+    (``scores``; a control's seeds, and the groups of a ``rows="groups"`` frame, averaged), the
+    ungated model as a dashed line, error bars from ``<metric>_std`` where the frame has it.
+
+    Args:
+        frame: the frame of :func:`gating_sweep`.
+        path: write the figure there (PNG, atomically) and close it.
+        metric: the column to plot (default :func:`default_metric`).
+        ax: draw into these axes instead of a new figure.
+        title: the axes' title.
+    """
+    import matplotlib
+
+    if path is not None and ax is None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    metric = metric or default_metric(frame)
+    if metric not in frame.columns or "scores" not in frame.columns:
+        raise ConfigError(
+            f"plot_sweep needs a gating_sweep frame with the columns 'scores', 'alpha' and "
+            f"{metric!r}; got {', '.join(map(str, frame.columns))}."
+        )
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+    else:
+        fig = ax.figure
+    std = f"{metric}_std"
+    cols = [metric, std] if std in frame.columns else [metric]
+    base = frame[frame["scores"] == UNGATED]
+    gated = frame[frame["scores"] != UNGATED]
+    for name, grp in gated.groupby("scores", sort=False):
+        line = grp.groupby("alpha", sort=True)[cols].mean()
+        err = line[std] if std in line.columns else None
+        ax.errorbar(line.index, line[metric], yerr=err, marker="o", capsize=3, label=str(name))
+    if len(base):
+        ax.axhline(float(base[metric].mean()), color="grey", ls="--", label="ungated")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend()
+    if path is not None:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+    return ax
 
 
 __all__ = [
     "CONTROL",
+    "TRUTH",
     "UNGATED",
     "Evaluator",
     "GateSettings",
@@ -427,8 +592,11 @@ __all__ = [
     "Setting",
     "build_gates",
     "change_columns",
+    "default_metric",
     "evaluate_settings",
+    "gate_sources",
     "gating_sweep",
+    "plot_sweep",
     "sweep_frame",
     "transfer_sources",
 ]

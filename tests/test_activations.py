@@ -208,11 +208,11 @@ def test_llava_text_only_hooks_language_blocks(tiny_llava):
 
 @pytest.mark.slow
 def test_smollm2_answer_token_and_batching():
-    from lineage_lens.data import halueval_probe_examples, load_halueval_qa
+    from lineage_lens.data import load_probe_examples
     from lineage_lens.models import load_model
 
     model = load_model("smollm2-135m-instruct", device="cpu")
-    examples = halueval_probe_examples(load_halueval_qa(limit=1))
+    examples = load_probe_examples("halueval", limit=1)
     tok = model.tokenizer
     enc = encode_examples(model, examples)
     # the tokenizer's own special tokens are kept (the GGUF SmolLM2 tokenizer adds its BOS,

@@ -119,7 +119,7 @@ def test_ray_task_errors_are_the_library_errors(family, ray_cluster, tmp_path):
     """A step that fails in a task (here: an evaluation whose rows are missing) raises the same
     LineageLensError as the serial run, not a wrapped Ray error, and is not retried."""
     from lineage_lens.errors import DataError
-    from lineage_lens.evals.outcomes import HaluEvalJudgement
+    from lineage_lens.evals import HaluEvalJudgement
 
     bad = HaluEvalJudgement(rows=[], limit=4)
     with pytest.raises(DataError) as serial_err:

@@ -18,7 +18,6 @@ from lineage_lens.data import (
     halueval_probe_examples,
     load_halueval_qa,
     load_probe_examples,
-    load_truthprobe_jsonl,
     split_probe_eval,
 )
 from lineage_lens.errors import ConfigError, DataError
@@ -41,7 +40,7 @@ def test_vendored_halueval_rows_and_examples():
     assert len(rows) == 500
     assert rows[0].row_id == "0" and rows[499].row_id == "499"
     assert rows[1].right_answer == "Delhi"
-    examples = halueval_probe_examples(rows[:3])
+    examples = load_probe_examples(rows[:3])
     assert [e.label for e in examples] == [TRUTHFUL, HALLUCINATED] * 3
     assert examples[0].source_id == examples[1].source_id == "0"
     assert examples[2].answer == "Delhi" and examples[3].answer == rows[1].hallucinated_answer
@@ -55,10 +54,10 @@ def test_truthprobe_jsonl(tmp_path):
         tmp_path / "d.jsonl",
         [tp_line("gold"), "", tp_line("hallucinated", answer="Rome", source_id=7), tp_line(1)],
     )
-    ex = load_truthprobe_jsonl(p)
+    ex = load_probe_examples(p)
     assert [e.label for e in ex] == [1, 0, 1]
     assert ex[1].source_id == "7" and ex[0].source_id == "line-1" and ex[2].source_id == "line-4"
-    assert load_probe_examples(p) == ex
+    assert ex[1] == ProbeExample("Paris is the capital of France.", "Capital?", "Rome", 0, "7")
     check_two_classes(ex)
 
 
@@ -81,7 +80,7 @@ def test_truthprobe_jsonl(tmp_path):
 def test_truthprobe_bad_lines_name_file_and_line(tmp_path, lines, line, needle):
     p = write_lines(tmp_path / "bad.jsonl", lines)
     with pytest.raises(DataError) as err:
-        load_truthprobe_jsonl(p)
+        load_probe_examples(p)
     assert err.value.line == line and err.value.path == str(p)
     assert needle in str(err.value) and f"bad.jsonl:{line}:" in str(err.value)
 
@@ -103,6 +102,144 @@ def test_halueval_bad_input(tmp_path):
         load_halueval_qa(limit=0)
 
 
+# ---- load_probe_examples: every source kind --------------------------------------------------
+
+
+def expand(rows):
+    """The probing examples of HaluEval rows, built by hand: truthful then hallucinated."""
+    return [ex for row in rows for ex in row.probe_examples()]
+
+
+def test_load_probe_examples_from_halueval_and_halueval_rows(tmp_path):
+    rows = load_halueval_qa(limit=5)
+    want = expand(rows)
+    assert want[0] == ProbeExample(
+        rows[0].knowledge, rows[0].question, rows[0].right_answer, TRUTHFUL, "0"
+    )
+    assert load_probe_examples("halueval", limit=5) == want
+    assert load_probe_examples("HaluEval", limit=5) == want
+    assert load_probe_examples(limit=5) == want  # the default source
+    assert load_probe_examples(rows) == want  # a list of HaluEvalRow
+    assert load_probe_examples(iter(load_halueval_qa(limit=9)), limit=5) == want
+    # a HaluEval QA JSON-lines file is recognised by its fields
+    halu = [
+        {"knowledge": f"k{i}", "question": f"q{i}", "right_answer": "r", "hallucinated_answer": "h"}
+        for i in range(3)
+    ]
+    p = write_lines(tmp_path / "qa.json", [json.dumps(r) for r in halu])
+    assert load_probe_examples(p) == expand(
+        HaluEvalRow(str(i), f"k{i}", f"q{i}", "r", "h") for i in range(3)
+    )
+    assert load_probe_examples(p, limit=2) == load_probe_examples(p)[:4]
+
+
+def test_load_probe_examples_from_truthprobe_files(tmp_path):
+    p = write_lines(
+        tmp_path / "d.jsonl",
+        [tp_line("gold"), "", tp_line("hallucinated", answer="Rome", id=7), tp_line("truthful")],
+    )
+    ctx, q = "Paris is the capital of France.", "Capital?"
+    want = [
+        ProbeExample(ctx, q, "Paris", TRUTHFUL, "line-1"),
+        ProbeExample(ctx, q, "Rome", HALLUCINATED, "7"),
+        ProbeExample(ctx, q, "Paris", TRUTHFUL, "line-4"),
+    ]
+    assert load_probe_examples(p) == load_probe_examples(str(p)) == want
+    assert load_probe_examples(p, limit=2) == want[:2]
+    # the image layout: image_path relative to the file's folder, or to image_root
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "a.png")
+    line = {"image_path": "img/a.png", "question": "q?", "answer": "a cat", "label": "gold"}
+    images = write_lines(tmp_path / "images.jsonl", [json.dumps(line)])
+    want_image = ProbeExample("", "q?", "a cat", TRUTHFUL, "line-1", tmp_path / "img" / "a.png")
+    (got,) = load_probe_examples(images)
+    assert got == want_image and got.image == want_image.image
+    (tmp_path / "sub").mkdir()
+    moved = write_lines(tmp_path / "sub" / "images.jsonl", [json.dumps(line)])
+    with pytest.raises(DataError, match=r"images\.jsonl:1: image 'img/a\.png' not found"):
+        load_probe_examples(moved)
+    (got,) = load_probe_examples(moved, image_root=tmp_path)
+    assert got.image == tmp_path / "img" / "a.png"
+
+
+def test_load_probe_examples_of_datasets_and_example_lists():
+    from datasets import Dataset
+
+    rows = load_halueval_qa(limit=4)
+    assert load_probe_examples(load_halueval_qa(limit=4, as_dataset=True)) == expand(rows)
+    assert load_probe_examples(load_halueval_qa(limit=4, as_dataset=True), limit=2) == expand(
+        rows[:2]
+    )
+    ds = Dataset.from_list(
+        [json.loads(tp_line("gold")), json.loads(tp_line("hallucinated", answer="Rome"))]
+    )
+    ctx, q = "Paris is the capital of France.", "Capital?"
+    want = [
+        ProbeExample(ctx, q, "Paris", TRUTHFUL, "row-0"),
+        ProbeExample(ctx, q, "Rome", HALLUCINATED, "row-1"),
+    ]
+    assert load_probe_examples(ds) == want
+    assert load_probe_examples(ds, limit=1) == want[:1]
+    assert load_probe_examples(want, as_dataset=True)["source_id"] == ["row-0", "row-1"]
+    # a list (or any iterable) of ProbeExample is kept as it is, in a new list
+    got = load_probe_examples(want)
+    assert got == want and got is not want
+    assert load_probe_examples(tuple(want), limit=1) == want[:1]
+    assert load_probe_examples([]) == []
+
+
+def test_n_probe_is_the_probing_part_of_the_row_split(tmp_path):
+    rows = load_halueval_qa()
+    for n, seed in [(292, 0), (20, 1)]:
+        probe_rows, _ = split_probe_eval(rows, n_probe=n, seed=seed)
+        want = expand(probe_rows)
+        assert load_probe_examples("halueval", n_probe=n, split_seed=seed) == want
+        assert load_probe_examples(rows, n_probe=n, split_seed=seed) == want
+        assert len(want) == 2 * n
+    # limit reads the first rows, then the split picks among them
+    probe_rows, _ = split_probe_eval(rows[:10], n_probe=3, seed=2)
+    assert load_probe_examples("halueval", limit=10, n_probe=3, split_seed=2) == expand(probe_rows)
+    # a HaluEval Dataset is split by its rows too
+    ds = load_halueval_qa(limit=30, as_dataset=True)
+    assert load_probe_examples(ds, n_probe=7, split_seed=4) == expand(
+        split_probe_eval(rows[:30], n_probe=7, seed=4)[0]
+    )
+    # other sources: split as examples, grouped by source_id
+    lines = [tp_line("gold", source_id=i // 2) for i in range(12)]
+    p = write_lines(tmp_path / "d.jsonl", lines)
+    examples = load_probe_examples(p)
+    probe, _ = split_probe_eval(examples, n_probe=2, seed=5)
+    assert load_probe_examples(p, n_probe=2, split_seed=5) == probe and len(probe) == 4
+    assert load_probe_examples(examples, n_probe=2, split_seed=5) == probe
+    with pytest.raises(ConfigError, match="n_probe=501"):
+        load_probe_examples("halueval", n_probe=501)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        42,
+        None,
+        b"halueval",
+        {"context": "c", "question": "q", "answer": "a", "label": "gold"},
+        ["halueval"],
+        [ProbeExample("c", "q", "a", 1, "0"), HaluEvalRow("1", "k", "q", "r", "h")],
+    ],
+)
+def test_a_wrong_source_type_is_a_config_error(source):
+    with pytest.raises(ConfigError, match=r"source must be 'halueval', the path of a JSON-lines"):
+        load_probe_examples(source)
+
+
+def test_halueval_probe_examples_is_a_deprecated_alias():
+    rows = load_halueval_qa(limit=3)
+    with pytest.warns(DeprecationWarning, match=r"use load_probe_examples\(rows\)"):
+        got = halueval_probe_examples(rows)
+    assert got == load_probe_examples(rows) == expand(rows)
+
+
 def test_check_two_classes():
     one = [ProbeExample("c", "q", "a", 1, str(i)) for i in range(3)]
     with pytest.raises(DataError, match="only one class"):
@@ -120,7 +257,7 @@ def test_split_is_deterministic_and_disjoint():
     assert split_probe_eval(rows, 292, 0) == (probe, evals)
     assert split_probe_eval(rows, 292, 1)[0] != probe
     # ProbeExamples are grouped by source row: both answers of a row land on one side.
-    ex = halueval_probe_examples(rows[:20])
+    ex = load_probe_examples(rows[:20])
     p_ex, e_ex = split_probe_eval(ex, n_probe=5, seed=3)
     assert len(p_ex) == 10 and len(e_ex) == 30
     assert {e.source_id for e in p_ex}.isdisjoint(e.source_id for e in e_ex)

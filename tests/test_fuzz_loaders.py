@@ -21,7 +21,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lineage_lens.activations import HeadActivations  # noqa: E402
-from lineage_lens.data import load_halueval_qa, load_truthprobe_jsonl  # noqa: E402
+from lineage_lens.data import load_halueval_qa, load_probe_examples  # noqa: E402
 from lineage_lens.errors import LineageLensError  # noqa: E402
 from lineage_lens.evals import ResultCache  # noqa: E402
 from lineage_lens.evals.chair import load_ground_truth  # noqa: E402
@@ -60,7 +60,7 @@ def loads_or_clean_error(load: Callable[[Path], Any], path: Path) -> None:
         assert str(exc).strip(), "an error needs a message"
 
 
-JSONL_LOADERS = [load_truthprobe_jsonl, load_halueval_qa, load_pope, ResultCache]
+JSONL_LOADERS = [load_probe_examples, load_halueval_qa, load_pope, ResultCache]
 
 
 @FUZZ

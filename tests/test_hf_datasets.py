@@ -14,10 +14,8 @@ from lineage_lens.data import (
     HaluEvalRow,
     ProbeExample,
     check_two_classes,
-    halueval_probe_examples,
     load_halueval_qa,
     load_probe_examples,
-    load_truthprobe_jsonl,
     split_probe_eval,
 )
 from lineage_lens.errors import ConfigError, DataError
@@ -68,7 +66,7 @@ def test_halueval_round_trip():
     _, rest = split_probe_eval(rows, n_probe=5, seed=0)
     assert from_dataset(to_dataset(rest), "halueval") == rest
     # functions that take rows or examples accept the Dataset
-    assert halueval_probe_examples(ds) == halueval_probe_examples(rows)
+    assert load_probe_examples(ds) == load_probe_examples(rows)
     assert load_probe_examples("halueval", limit=12, as_dataset=True)["answer"][:2] == [
         rows[0].right_answer,
         rows[0].hallucinated_answer,
@@ -97,11 +95,11 @@ def test_truthprobe_text_round_trip(tmp_path):
         tmp_path / "d.jsonl",
         [tp_row("gold"), tp_row("hallucinated", answer="Rome", id=7), tp_row(1)],
     )
-    examples = load_truthprobe_jsonl(p)
-    ds = load_truthprobe_jsonl(p, as_dataset=True)
+    examples = load_probe_examples(p)
+    ds = load_probe_examples(p, as_dataset=True)
     assert ds.column_names == ["context", "question", "answer", "label", "source_id"]
     assert from_dataset(ds) == examples
-    assert load_probe_examples(p, as_dataset=True)["source_id"] == ["line-1", "7", "line-3"]
+    assert ds["source_id"] == ["line-1", "7", "line-3"]
     check_two_classes(ds)
     # a Dataset read straight from the JSON-lines file gives the same examples, source ids aside
     raw = from_dataset(Dataset.from_json(str(p)))
@@ -112,8 +110,8 @@ def test_truthprobe_text_round_trip(tmp_path):
 
 
 def test_truthprobe_image_path_round_trip(image_file, tmp_path):
-    examples = load_truthprobe_jsonl(image_file)
-    ds = load_truthprobe_jsonl(image_file, as_dataset=True)
+    examples = load_probe_examples(image_file)
+    ds = load_probe_examples(image_file, as_dataset=True)
     assert "image_path" in ds.column_names
     assert from_dataset(ds) == examples
     # relative image paths resolve against image_root
@@ -195,7 +193,7 @@ def test_bad_value_names_the_row_like_the_file_names_the_line(tmp_path, row, nee
     rows = [tp_row(), tp_row(), row]
     p = write_lines(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError) as from_file:
-        load_truthprobe_jsonl(p)
+        load_probe_examples(p)
     ds = Dataset.from_dict({"x": [0, 1, 2]}).map(lambda _, i: rows[i], with_indices=True)
     ds = ds.remove_columns("x")
     with pytest.raises(DataError) as from_ds:
@@ -249,9 +247,7 @@ def test_wrong_objects_say_what_to_pass():
     with pytest.raises(DataError, match="no records"):
         to_dataset([])
     with pytest.raises(ConfigError, match="one kind"):
-        to_dataset(
-            [*load_halueval_qa(limit=1), *halueval_probe_examples(load_halueval_qa(limit=1))]
-        )
+        to_dataset([*load_halueval_qa(limit=1), *load_probe_examples("halueval", limit=1)])
     with pytest.raises(ConfigError, match="unknown dataset kind"):
         from_dataset(ds, "squad")  # type: ignore[arg-type]
     assert is_dataset(ds) and not is_dataset([1])

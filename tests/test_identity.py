@@ -394,7 +394,7 @@ def test_pope_question_file_edited_in_place_is_evaluated_again(tiny_llava, cache
 
 
 def test_pope_identity_follows_question_text_labels_and_pixels(cache, tmp_path) -> None:
-    from lineage_lens.evals.outcomes import PopeAnswers
+    from lineage_lens.evals import PopeAnswers
 
     images, questions = _pope_files(tmp_path)
     ev = PopeAnswers(images, [questions])
@@ -468,10 +468,10 @@ def test_cli_eval_pope_out_dir_rerun_recomputes_changed_inputs(tiny_dirs, cache,
 @pytest.mark.model
 def test_experiment_scores_key_is_the_content_of_model_rows_and_capture(big_family, cache) -> None:
     from experiments.score_cache import cached_scores_key
-    from lineage_lens.pipeline import probing_examples
+    from lineage_lens.data import load_probe_examples
 
-    rows = probing_examples("halueval", n=4, seed=0)
-    other_rows = probing_examples("halueval", n=4, seed=1)
+    rows = load_probe_examples("halueval", n_probe=4, split_seed=0)
+    other_rows = load_probe_examples("halueval", n_probe=4, split_seed=1)
     anc, desc = big_family["anc"], big_family["desc"]
     key = cached_scores_key(anc, rows, 0)
     assert cached_scores_key(desc, rows, 0) != key  # weights differ only mid-file

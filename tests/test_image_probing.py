@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lineage_lens.capture import collect_head_activations, encode_examples
-from lineage_lens.data import LLAVA_PROBE_TEMPLATE, ProbeExample, load_truthprobe_jsonl
+from lineage_lens.data import LLAVA_PROBE_TEMPLATE, ProbeExample, load_probe_examples
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.images import (
     VisionSettings,
@@ -110,13 +110,13 @@ def test_jsonl_image_layout(tmp_path):
     ]
     p = tmp_path / "probe.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    exs = load_truthprobe_jsonl(p)
+    exs = load_probe_examples(p)
     assert exs[0].image == tmp_path / "img" / "a.png" and exs[0].context == ""
     assert exs[1].image is None and exs[1].label == 0
     rows.append({"image_path": "img/missing.png", "question": "q", "answer": "a", "label": 1})
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(DataError, match=r"probe\.jsonl:3.*missing\.png"):
-        load_truthprobe_jsonl(p)
+        load_probe_examples(p)
 
 
 def test_hf_processor_equals_handwritten_clip():

@@ -267,21 +267,21 @@ def test_chair_ground_truth_values_must_be_lists_of_class_names(tmp_path):
 
 
 def test_non_utf8_json_lines_name_file_and_line(tmp_path):
-    from lineage_lens.data import load_halueval_qa, load_truthprobe_jsonl
+    from lineage_lens.data import load_halueval_qa, load_probe_examples
     from lineage_lens.evals.pope import load_pope
 
     path = tmp_path / "data.jsonl"
     good = {"context": "c", "question": "q", "answer": "a", "label": "gold"}
     path.write_bytes(json.dumps(good).encode() + b'\n{"context": "caf\xe9"}\n')
-    for load in (load_truthprobe_jsonl, load_halueval_qa, load_pope):
+    for load in (load_probe_examples, load_halueval_qa, load_pope):
         with pytest.raises(DataError, match=r"data\.jsonl:2: line is not UTF-8 .*0xe9"):
             load(path)
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(good).encode() + b"\n")
-    assert load_truthprobe_jsonl(bom)[0].label == 1  # a UTF-8 byte-order mark is fine
+    assert load_probe_examples(bom)[0].label == 1  # a UTF-8 byte-order mark is fine
     path.write_text(json.dumps({**good, "label": ["gold"]}) + "\n")
     with pytest.raises(DataError, match="unknown label"):
-        load_truthprobe_jsonl(path)  # an unhashable label was a TypeError
+        load_probe_examples(path)  # an unhashable label was a TypeError
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The library gating sweep (lineage_lens.sweep) on fake evaluators: no model is built.
+"""The library gating sweep (lineage_lens.sweep) on fake evaluators: no model is built (but in
+the last test, a HaluEval sweep on the tiny model resuming from its out_dir's cache).
 
 A fake evaluator returns fixed per-example values for each setting (keyed by the gate's scores
 and alpha), so every number the sweep reports can be computed by hand: the grid of sources x
@@ -9,7 +10,10 @@ AUROC for an AUROC).
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +26,7 @@ from lineage_lens.scores import TruthScores
 from lineage_lens.stats import paired_auroc_delta, paired_bootstrap_delta
 from lineage_lens.sweep import (
     CONTROL,
+    TRUTH,
     UNGATED,
     GateSettings,
     Outcome,
@@ -31,7 +36,9 @@ from lineage_lens.sweep import (
     build_gates,
     change_columns,
     evaluate_settings,
+    gate_sources,
     gating_sweep,
+    plot_sweep,
     sweep_frame,
     transfer_sources,
 )
@@ -270,11 +277,202 @@ def test_frame_is_tidy_for_pandas() -> None:
 
 
 def test_the_evaluator_protocol_is_the_sweeps():
-    """The sweep owns its protocol (it imports nothing from lineage_lens.evals); the evaluations
-    give the same objects under their old names."""
-    from lineage_lens import sweep
-    from lineage_lens.evals import outcomes
+    """The sweep owns its protocol and imports nothing from lineage_lens.evals (it is below it);
+    the evaluations build the sweep's objects."""
+    import ast
+    from pathlib import Path
 
+    from lineage_lens import sweep
+    from lineage_lens.evals import halueval, pope
+
+    tree = ast.parse(Path(sweep.__file__).read_text(encoding="utf-8"))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("lineage_lens.evals")]
     for name in ("Evaluator", "Outcome", "PerExample"):
-        assert getattr(outcomes, name) is getattr(sweep, name) and name in sweep.__all__
-    assert Outcome.__module__ == "lineage_lens.sweep"
+        assert name in sweep.__all__
+    assert (
+        halueval.Outcome is pope.Outcome is Outcome and Outcome.__module__ == "lineage_lens.sweep"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The sources of `lineage-lens eval`, the result files of out_dir and the plot
+# --------------------------------------------------------------------------------------------
+
+
+def test_gate_sources_are_the_truth_scores_then_each_control_kind() -> None:
+    sources = gate_sources(INHERITED, ["random", "inverse"], control_seed=3)
+    assert [(s.name, s.control_seed) for s in sources] == [
+        (TRUTH, None),
+        ("random", None),
+        ("inverse", None),
+    ]
+    assert sources[0].scores is INHERITED
+    expected = control_scores(INHERITED, "random", seed=3).accuracy
+    np.testing.assert_array_equal(sources[1].scores.accuracy, expected)
+    assert gate_sources(None) == []
+    with pytest.raises(ConfigError, match="need Truth Scores"):
+        gate_sources(None, ["random"])
+    with pytest.raises(ConfigError, match="repeat a kind"):
+        gate_sources(INHERITED, ["random", "random"])
+
+
+@dataclass(frozen=True)
+class CachedRates:
+    """A dataclass evaluator with a ``cache`` field, as the library's: its per-example values
+    are computed only for settings its cache file does not hold yet (``computed`` counts
+    them)."""
+
+    task = "cached"
+    computed: list = field(default_factory=list, compare=False)
+    cache: str | Path | None = None
+
+    def __call__(self, model: object, gate: TruthGate | None) -> Outcome:
+        key = "|".join(map(str, _key(gate)))
+        store = {} if self.cache is None or not Path(self.cache).is_file() else None
+        if store is None:
+            lines = Path(self.cache).read_text().splitlines()  # type: ignore[arg-type]
+            store = dict(json.loads(line) for line in lines)
+        if key not in store:
+            self.computed.append(key)
+            store[key] = FakeRates().values(_key(gate)).tolist()
+            if self.cache is not None:
+                with open(self.cache, "a") as fh:
+                    fh.write(json.dumps([key, store[key]]) + "\n")
+        v = np.asarray(store[key])
+        return Outcome({"n": len(v), "rate": float(v.mean())}, {"rate": PerExample.mean(v)})
+
+
+def test_out_dir_writes_the_results_and_gives_the_evaluator_a_resumable_cache(tmp_path) -> None:
+    sources = transfer_sources(INHERITED, control_seeds=(0, 1))
+    fake = CachedRates()
+    kw = {"n_resamples": 50, "out_dir": tmp_path}
+    frame = gating_sweep(None, fake, sources, (2.0,), **kw)  # type: ignore[arg-type]
+    # the frame is the one without out_dir, written as results.csv
+    plain = gating_sweep(None, CachedRates(), sources, (2.0,), n_resamples=50)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(frame, plain)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv"), frame)
+    details = json.loads((tmp_path / "results.json").read_text())
+    assert details["task"] == "cached"
+    assert [(s["scores"], s["control_seed"], s["alpha"]) for s in details["settings"]] == [
+        (UNGATED, None, 0.0),
+        ("inherited", None, 2.0),
+        (CONTROL, 0, 2.0),
+        (CONTROL, 1, 2.0),
+    ]
+    first = details["settings"][0]
+    assert first["summary"] == {"n": N, "rate": frame.loc[0, "rate"]} and first["wall_s"] > 0
+    assert set(first) == {
+        "scores",
+        "control_seed",
+        "alpha",
+        "wall_s",
+        "summary",
+        "groups",
+        "config",
+    }
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    # the evaluator's cache was the file cache.jsonl: run again, nothing is computed again
+    assert len(fake.computed) == 4 and (tmp_path / "cache.jsonl").is_file()
+    again = CachedRates()
+    pd.testing.assert_frame_equal(gating_sweep(None, again, sources, (2.0,), **kw), frame)  # type: ignore[arg-type]
+    assert again.computed == []
+
+
+def test_out_dir_keeps_an_evaluators_own_cache_and_needs_a_folder(tmp_path) -> None:
+    own = tmp_path / "own.jsonl"
+    sources = [ScoreSource("own", OWN)]
+    gating_sweep(None, CachedRates(cache=own), sources, (1.0,), out_dir=tmp_path / "a")  # type: ignore[arg-type]
+    assert own.is_file() and not (tmp_path / "a" / "cache.jsonl").exists()
+
+    # an evaluator that is no dataclass gets no cache; without a task results.json has none
+    def no_task(model: object, gate: TruthGate | None) -> Outcome:
+        return FakeRates()(model, gate)
+
+    gating_sweep(None, no_task, sources, (1.0,), n_resamples=20, out_dir=tmp_path / "b")  # type: ignore[arg-type]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "results.csv",
+        "results.json",
+        "sweep.png",
+    ]
+    assert "task" not in json.loads((tmp_path / "b" / "results.json").read_text())
+    (tmp_path / "file").write_text("x")
+    fake = FakeRates()
+    with pytest.raises(ConfigError, match="is a file"):
+        gating_sweep(None, fake, sources, (1.0,), out_dir=tmp_path / "file")  # type: ignore[arg-type]
+    assert fake.calls == []
+
+
+def test_plot_sweep_draws_each_source_over_alpha_and_the_ungated_line(tmp_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = transfer_sources(INHERITED, OWN, control_seeds=SEEDS)
+    frame = gating_sweep(None, FakeRates(), sources, (1.0, 2.0), n_resamples=20)  # type: ignore[arg-type]
+    frame["rate_std"] = 0.1
+    ax = plot_sweep(frame)
+    _, labels = ax.get_legend_handles_labels()
+    assert sorted(labels) == sorted(["inherited", "own", CONTROL, "ungated"])
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("alpha", "rate")  # the paired statistic
+    # the control's seeds averaged at each alpha; error bars from rate_std
+    control = ax.containers[2]
+    x, y = control.lines[0].get_data()
+    at = frame[frame["scores"] == CONTROL].groupby("alpha")["rate"].mean()
+    np.testing.assert_allclose(np.asarray(x, dtype=float), at.index.to_numpy(dtype=float))
+    np.testing.assert_allclose(np.asarray(y, dtype=float), at.to_numpy(dtype=float))
+    assert control.has_yerr
+    (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert dashed.get_ydata()[0] == pytest.approx(frame.loc[0, "rate"])
+    plt.close(ax.figure)
+    plot_sweep(frame, tmp_path / "s.png", metric="n")
+    assert (tmp_path / "s.png").stat().st_size > 0
+    with pytest.raises(ConfigError, match="'nope'"):
+        plot_sweep(frame, metric="nope")
+
+
+# --------------------------------------------------------------------------------------------
+# A library evaluator on a tiny model: the result files and resuming from cache.jsonl
+# --------------------------------------------------------------------------------------------
+
+
+def test_halueval_sweep_resumes_from_the_out_dir_cache_without_forward_passes(
+    tiny_llama, tmp_path
+) -> None:
+    from lineage_lens.data import HaluEvalRow
+    from lineage_lens.evals import HaluEvalJudgement
+
+    rows = [
+        HaluEvalRow(str(i), "Paris is the capital of France", "what is the capital ?", a, b)
+        for i, (a, b) in enumerate([("Paris", "Rome"), ("France", "Italy")])
+    ]
+    short = "Is the answer hallucinated ? Answer yes or no ."
+    evaluator = HaluEvalJudgement(rows=rows, seeds=(0, 1), instruction=short, progress=False)
+    scores = TruthScores({"accuracy": np.random.default_rng(0).random((2, 4))}, model="tiny")
+    sources = gate_sources(scores, ["random"])
+    kw = {"control": "random", "versus_control": (TRUTH,), "n_resamples": 50, "out_dir": tmp_path}
+    frame = gating_sweep(tiny_llama, evaluator, sources, (3.0,), **kw)
+    assert list(zip(frame["scores"], frame["alpha"], strict=True)) == [
+        (UNGATED, 0.0),
+        (TRUTH, 3.0),
+        ("random", 3.0),
+    ]
+    assert (frame["n"] == 4).all() and {"accuracy", "accuracy_std", "f1"} <= set(frame.columns)
+    assert "wall_s" not in frame.columns and "task" not in frame.columns
+    # the paired AUROC changes: vs ungated on the gated rows, vs the control on the truth row
+    assert frame["auroc_delta"].isna().tolist() == [True, False, False]
+    assert frame["auroc_vs_control"].notna().tolist() == [False, True, False]
+    details = json.loads((tmp_path / "results.json").read_text())
+    assert details["task"] == "halueval"
+    assert [len(s["groups"]) for s in details["settings"]] == [2, 2, 2]
+    assert details["settings"][1]["config"]["gate"]["alpha"] == 3.0
+    n_cached = len((tmp_path / "cache.jsonl").read_text().splitlines())
+    assert n_cached > 0
+
+    forwards = []
+    with tiny_llama.hooks(fwd_hooks=[("ln_final.hook_out", lambda x, hook: forwards.append(1))]):
+        again = gating_sweep(tiny_llama, evaluator, sources, (3.0,), **kw)
+    assert forwards == [] and len((tmp_path / "cache.jsonl").read_text().splitlines()) == n_cached
+    pd.testing.assert_frame_equal(again, frame)

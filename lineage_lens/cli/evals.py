@@ -32,7 +32,7 @@ from lineage_lens.cli._options import (
 from lineage_lens.errors import ConfigError, check_seed
 
 if TYPE_CHECKING:  # the library (torch) loads when a command runs, not for --help
-    from lineage_lens.evals.runner import TaskEvaluator
+    from lineage_lens.evals import ChairCaptions, HaluEvalJudgement, PopeAnswers
     from lineage_lens.gating import ControlKind
     from lineage_lens.sweep import GateSettings
 
@@ -57,6 +57,16 @@ def parse_ints(spec: str, what: str = "seeds") -> list[int]:
         return [int(x) for x in spec.split(",") if x.strip()]
     except ValueError as exc:
         raise ConfigError(f"cannot parse {what} {spec!r}; use e.g. '0,1,2'.") from exc
+
+
+def check_counts(**counts: int | None) -> None:
+    """Each given count (``limit=``, ``batch_size=``, ...) an integer >= 1, else a one-line
+    error naming its option (``--limit``, ...); the evaluators check them too, by field name."""
+    from lineage_lens.cli._checks import check_at_least
+
+    for key, value in counts.items():
+        if value is not None:
+            check_at_least(value, "--" + key.replace("_", "-"), 1)
 
 
 @dataclass(frozen=True)
@@ -90,40 +100,40 @@ class SweepOptions:
         return GateSettings(norm=self.norm, placement=self.placement)  # type: ignore[arg-type]
 
 
-def _sweep(evaluator: TaskEvaluator, options: SweepOptions) -> None:
-    """Check every option, load the model, run the library sweep and print its table."""
-    from lineage_lens.cli._checks import check_at_least, check_device, check_output_dir
-    from lineage_lens.evals._common import check_mode
-    from lineage_lens.evals.outcomes import HaluEvalJudgement, PopeAnswers
-    from lineage_lens.evals.runner import gate_sources, run_sweep
+def _sweep(
+    evaluator: HaluEvalJudgement | PopeAnswers | ChairCaptions, options: SweepOptions
+) -> None:
+    """Check every option, load the model, run the library sweep and print its table.
+
+    The evaluator checked its own options when it was made (before this runs)."""
+    from lineage_lens.cli._checks import check_device, check_output_dir
     from lineage_lens.models import load_model
     from lineage_lens.scores import load_scores
-    from lineage_lens.sweep import build_gates, change_columns
+    from lineage_lens.sweep import TRUTH, build_gates, change_columns, gate_sources, gating_sweep
 
     # Everything that can be checked without the model is checked before loading it.
     check_output_dir(options.out_dir)
     device = check_device(options.device)
-    if isinstance(evaluator, (HaluEvalJudgement, PopeAnswers)):
-        check_mode(evaluator.mode)
-    for key in ("batch_size", "limit", "n_probe"):
-        if getattr(evaluator, key, None) is not None:
-            check_at_least(getattr(evaluator, key), "--" + key.replace("_", "-"), 1)
     scores = load_scores(options.scores) if options.scores is not None else None
     alphas = options.alphas(scores is not None)
     controls = options.control_kinds()
     if scores is None and (any(a != 0 for a in alphas) or controls):
         raise ConfigError("gated settings (--sweep-alpha other than 0, --control) need --gate.")
     gate = options.gate()
+    sources = gate_sources(scores, controls, metric=gate.metric)
     # a bad alpha, norm, placement or control fails here, not mid-sweep
-    build_gates(gate_sources(scores, controls, metric=gate.metric), alphas, gate)
+    build_gates(sources, alphas, gate)
+    # the ungated row is always there; with no gated alpha there is nothing to gate
+    gated = [a for a in alphas if a != 0]
     bridge = load_model(options.model, device=device)
-    frame = run_sweep(
-        evaluator,
+    frame = gating_sweep(
         bridge,
-        scores=scores,
-        alphas=alphas,
+        evaluator,
+        sources if gated else [],
+        gated or [0.0],
         gate=gate,
-        controls=controls,
+        control=controls[0] if controls else "",
+        versus_control=(TRUTH,),
         out_dir=options.out_dir,
     )
     changes = [
@@ -136,7 +146,7 @@ def _sweep(evaluator: TaskEvaluator, options: SweepOptions) -> None:
 
 #: The columns ``eval`` prints, where the task has them (results.csv has every column).
 SHOWN = (
-    "gate",
+    "scores",
     "alpha",
     "accuracy",
     "accuracy_std",
@@ -147,7 +157,6 @@ SHOWN = (
     "recall",
     "n",
     "n_unparsed",
-    "wall_s",
 )
 #: The paired statistics whose changes ``eval`` prints (vs ungated, vs the first control).
 PAIRED_STATS = ("auroc", "accuracy_all", "pope_accuracy", "chair_i")
@@ -171,15 +180,15 @@ def halueval_command(
     device: Device = None,
 ) -> None:
     """HaluEval QA judgement (the probing rows excluded), baseline and gated."""
-    from lineage_lens.evals.outcomes import HaluEvalJudgement
+    from lineage_lens.evals import HaluEvalJudgement
 
+    check_counts(limit=limit, batch_size=batch_size, n_probe=n_probe)
     evaluator = HaluEvalJudgement(
         seeds=tuple(check_seed(s, "a --seeds value") for s in parse_ints(seeds)),
         mode=mode,  # type: ignore[arg-type]
         n_probe=n_probe,
         limit=limit,
         batch_size=batch_size,
-        progress=True,
     )
     options = SweepOptions(
         model=model,
@@ -218,16 +227,16 @@ def pope_command(
     device: Device = None,
 ) -> None:
     """POPE yes/no object probing, per split and mean."""
-    from lineage_lens.evals.outcomes import PopeAnswers
+    from lineage_lens.evals import PopeAnswers
 
+    check_counts(limit=limit, batch_size=batch_size)
     evaluator = PopeAnswers(
         image_dir=images,  # type: ignore[arg-type]
         splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
         mode=mode,  # type: ignore[arg-type]
-        prompt_template=template or None,
         limit=limit,
         batch_size=batch_size,
-        progress=True,
+        **({"prompt_template": template} if template else {}),
     )
     options = SweepOptions(
         model=model,
@@ -282,8 +291,7 @@ def chair_command(
     device: Device = None,
 ) -> None:
     """CHAIR_s / CHAIR_i / recall of a caption file, or of captions generated by --model."""
-    from lineage_lens.evals.chair import ObjectVocabulary, compute_chair
-    from lineage_lens.evals.outcomes import ChairCaptions
+    from lineage_lens.evals.chair import ChairCaptions, ObjectVocabulary, compute_chair
 
     vocab = ObjectVocabulary.from_synonyms_file(synonyms) if synonyms else None
     counting = "once_per_caption" if once_per_caption else "every_mention"
@@ -308,6 +316,7 @@ def chair_command(
         return
     if not model or images is None:
         raise ConfigError("give --captions FILE, or --model and --images to generate captions.")
+    check_counts(limit=limit, batch_size=batch_size)
     evaluator = ChairCaptions(
         image_dir=images,
         file_pattern=file_pattern,
@@ -316,7 +325,6 @@ def chair_command(
         vocabulary=vocab,
         ground_truth=ground_truth,
         counting=counting,
-        progress=True,
     )
     options = SweepOptions(
         model=model,

@@ -38,9 +38,10 @@ def score(
 ) -> None:
     """Probe every head's hook_z at the answer's last token and write its Truth Scores."""
     from lineage_lens.cli._checks import check_at_least, check_device, check_output
+    from lineage_lens.data import load_probe_examples
     from lineage_lens.errors import ConfigError
     from lineage_lens.models import load_model
-    from lineage_lens.pipeline import probing_examples, score_model
+    from lineage_lens.pipeline import score_model
     from lineage_lens.probing import SOLVERS
 
     # Every option is checked before the (minutes-long) capture, and before anything is written.
@@ -54,7 +55,7 @@ def score(
     check_at_least(batch_size, "--batch-size", 1)
     device = check_device(device)
     start = time.perf_counter()
-    examples = probing_examples(data, n=n, seed=seed)
+    examples = load_probe_examples(data, n_probe=n, split_seed=seed)
     units = len(examples) if solver == "truthprobe" else len({e.source_id for e in examples})
     if folds > units:
         what = "examples" if solver == "truthprobe" else "source rows (folds are grouped by them)"

@@ -1,9 +1,18 @@
 """Evaluations: HaluEval QA judgement, POPE and CHAIR, with optional TruthGate sweeps.
 
-* :func:`evaluate_halueval` -- is the shown answer hallucinated? (probing rows excluded)
-* :func:`evaluate_pope` -- "Is there a <object> in the image?" on POPE-schema files
-* :func:`compute_chair` / :func:`evaluate_chair` -- object hallucination in captions
-* :func:`run_sweep` -- baseline vs gated vs control settings; results JSON/CSV/plot + cache
+* :class:`HaluEvalJudgement` / :func:`evaluate_halueval` -- is the shown answer hallucinated?
+  (probing rows excluded)
+* :class:`PopeAnswers` / :func:`evaluate_pope` -- "Is there a <object> in the image?" on
+  POPE-schema files
+* :func:`compute_chair`, :class:`ChairCaptions` / :func:`evaluate_chair` -- object hallucination
+  in captions
+
+Each class holds one evaluation's options as fields (checked when it is made): its
+``evaluate(model, gate)`` runs the evaluation, and the object itself is a sweep evaluator of
+:func:`lineage_lens.sweep.gating_sweep` (baseline vs gated vs control settings, with result files
+and a resumable cache given ``out_dir``). Each function is its class's ``evaluate`` with the
+options as keywords.
+
 * :func:`paired_bootstrap_delta`, :func:`paired_auroc_delta`, :func:`proportion_ci` -- how sure a
   change or a rate is (paired bootstrap over the same examples; Wilson interval)
 * :func:`run_prompts` over :class:`PromptItem` s, :func:`encode_chat`, :func:`yes_no_token_ids`,
@@ -23,9 +32,12 @@ from typing import Any
 #: Public name -> the module that defines it.
 _LAZY: dict[str, str] = {
     "Caption": "lineage_lens.evals.chair",
+    "ChairCaptions": "lineage_lens.evals.chair",
     "ChairResult": "lineage_lens.evals.chair",
     "EvalResult": "lineage_lens.evals._common",
+    "HaluEvalJudgement": "lineage_lens.evals.halueval",
     "ObjectVocabulary": "lineage_lens.evals.chair",
+    "PopeAnswers": "lineage_lens.evals.pope",
     "PromptItem": "lineage_lens.evals._common",
     "ResultCache": "lineage_lens.evals._common",
     "binary_metrics": "lineage_lens.stats",
@@ -44,10 +56,8 @@ _LAZY: dict[str, str] = {
     "paired_auroc_delta": "lineage_lens.stats",
     "paired_bootstrap_delta": "lineage_lens.stats",
     "parse_yes_no": "lineage_lens.evals._common",
-    "plot_sweep": "lineage_lens.evals.runner",
     "proportion_ci": "lineage_lens.stats",
     "run_prompts": "lineage_lens.evals._common",
-    "run_sweep": "lineage_lens.evals.runner",
     "singularize": "lineage_lens.evals.chair",
     "yes_no_token_ids": "lineage_lens.evals._common",
 }

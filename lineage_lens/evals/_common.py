@@ -21,11 +21,12 @@ run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -83,6 +84,37 @@ def check_mode(mode: str) -> Mode:
     if mode not in MODES:
         raise ConfigError(f"mode must be 'logprob' or 'generate', got {mode!r}.")
     return mode  # type: ignore[return-value]
+
+
+def check_count(value: object, name: str, *, optional: bool = False) -> int | None:
+    """``value`` if it is an integer >= 1 (or ``None`` when ``optional``), else a
+    :class:`ConfigError` naming the option ``name``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+def check_sequence(value: object, name: str) -> tuple[Any, ...]:
+    """``value`` (a list, tuple or other iterable, not a string) as a tuple, else a
+    :class:`ConfigError` naming the option ``name``."""
+    if isinstance(value, (str, bytes, Path)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a sequence (a list or tuple), got {value!r}.")
+    return tuple(value)
+
+
+def check_options(evaluator: type, options: Mapping[str, Any], caller: str) -> None:
+    """Raise :class:`ConfigError` naming every key of ``options`` that is not a field of the
+    dataclass ``evaluator`` (the options of ``caller``), with the valid fields."""
+    names = [f.name for f in dataclasses.fields(evaluator)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{caller}() got unknown option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}; its options are the fields of "
+            f"{evaluator.__name__}: {', '.join(names)}."
+        )
 
 
 # ------------------------------------------------------------------------------ tokens

@@ -27,8 +27,8 @@ from lineage_lens.batching import check_context, check_logits
 from lineage_lens.data import PAPER_TEMPLATE
 from lineage_lens.errors import DataError
 from lineage_lens.evals._common import gate_context
-from lineage_lens.evals.outcomes import Outcome, PerExample
 from lineage_lens.stats import proportion_ci
+from lineage_lens.sweep import Outcome, PerExample
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

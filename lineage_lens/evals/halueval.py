@@ -14,6 +14,10 @@ says "Yes") is the positive class.
 Evaluation rows never include probing rows: by default the vendored HaluEval QA is split with
 :func:`lineage_lens.data.split_probe_eval` (``n_probe=292``) and only the remainder is evaluated;
 explicit ``rows`` are checked against ``exclude_ids``.
+
+:class:`HaluEvalJudgement` holds the evaluation's options as fields (checked when it is made);
+its ``evaluate(model, gate)`` runs it and the object is a sweep evaluator
+(:func:`lineage_lens.sweep.gating_sweep`). :func:`evaluate_halueval` is its ``evaluate``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,15 +40,20 @@ from lineage_lens.evals._common import (
     Mode,
     PromptItem,
     ResultCache,
+    check_count,
     check_mode,
+    check_options,
+    check_sequence,
     encode_chat,
     gate_description,
     maybe_cache,
     run_prompts,
 )
+from lineage_lens.hf_datasets import is_dataset
 from lineage_lens.identity import record_digest
 from lineage_lens.models import model_label
 from lineage_lens.stats import binary_metrics
+from lineage_lens.sweep import Outcome, PerExample
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -136,121 +146,219 @@ def halueval_inputs_identity(
     )
 
 
-def evaluate_halueval(
-    model: TransformerBridge,
-    rows: Sequence[HaluEvalRow] | Dataset | None = None,
-    *,
-    seeds: Sequence[int] = (0, 1, 2),
-    mode: Mode = "logprob",
-    gate: TruthGate | None = None,
-    n_probe: int = 292,
-    split_seed: int = 0,
-    exclude_ids: Iterable[str] | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 8,
-    use_chat_template: bool = True,
-    instruction: str | None = None,
-    cache: ResultCache | str | Path | None = None,
-    progress: bool = True,
-) -> EvalResult:
-    """Evaluate ``model`` as a HaluEval QA hallucination judge.
+def distinct_margins(examples: pd.DataFrame) -> pd.Series:
+    """HaluEval ``log p(Yes) - log p(No)`` per distinct prompt ``(row_id, hallucinated)``,
+    sorted (answer seeds that show a row the same answer repeat the same prompt)."""
+    first = examples.drop_duplicates(["row_id", "hallucinated"]).set_index(
+        ["row_id", "hallucinated"]
+    )
+    return (first["log_p_yes"] - first["log_p_no"]).sort_index()
+
+
+@dataclass(frozen=True)
+class HaluEvalJudgement:
+    """HaluEval QA hallucination judgement: the evaluation and its options as fields.
+
+    :meth:`evaluate` runs it (as :func:`evaluate_halueval` does); calling the object,
+    ``judgement(model, gate)``, is the sweep evaluator of
+    :func:`lineage_lens.sweep.gating_sweep`: ``metrics`` mean ± std over the seeds, one group
+    per seed, and the paired statistic ``auroc`` (of ``log p(yes) - log p(no)`` per distinct
+    prompt, :func:`distinct_margins`), or ``accuracy_all`` when generating.
 
     Args:
-        model: a loaded bridge.
         rows: evaluation rows (default: the vendored HaluEval QA minus the ``n_probe`` probing
             rows of ``split_probe_eval(..., seed=split_seed)``); a ``datasets.Dataset`` in the
             HaluEval QA columns works too.
         seeds: each seed picks which answer every row shows; metrics are reported per seed.
         mode: ``"logprob"`` (yes/no next-token comparison) or ``"generate"`` (greedy + parse).
-        gate: a :class:`~lineage_lens.gating.TruthGate` applied during the evaluation.
+        n_probe, split_seed: the probing split of the vendored rows left out of the evaluation.
         exclude_ids: row ids that must not be evaluated (the probing rows of your scores).
         limit: evaluate only the first ``limit`` rows.
         batch_size, max_new_tokens: batching and generation length.
         use_chat_template: wrap the prompt in the tokenizer's chat template when it has one.
         instruction: replace the vendored instruction.
         cache: a :class:`ResultCache` or its path; finished examples are reused.
+        progress: show a progress bar.
+
+    Raises:
+        ConfigError: on construction, for a mode other than ``logprob``/``generate``, no seeds
+            or a seed outside numpy's range, or a ``n_probe``, ``limit``, ``batch_size`` or
+            ``max_new_tokens`` that is not a positive integer.
+    """
+
+    task = "halueval"
+    rows: Sequence[HaluEvalRow] | Dataset | None = None
+    seeds: Sequence[int] = (0, 1, 2)
+    mode: Mode = "logprob"
+    n_probe: int = 292
+    split_seed: int = 0
+    exclude_ids: Sequence[str] | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 8
+    use_chat_template: bool = True
+    instruction: str | None = None
+    cache: ResultCache | str | Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        seeds = check_sequence(self.seeds, "seeds")
+        if not seeds:
+            raise ConfigError("give at least one seed (seeds=).")
+        object.__setattr__(self, "seeds", tuple(check_seed(s, "a seed") for s in seeds))
+        if self.rows is not None and not is_dataset(self.rows):
+            object.__setattr__(self, "rows", check_sequence(self.rows, "rows"))
+        if self.exclude_ids is not None:
+            object.__setattr__(self, "exclude_ids", check_sequence(self.exclude_ids, "exclude_ids"))
+        check_count(self.n_probe, "n_probe")
+        check_seed(self.split_seed, "split_seed")
+        check_count(self.limit, "limit", optional=True)
+        check_count(self.batch_size, "batch_size")
+        check_count(self.max_new_tokens, "max_new_tokens")
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise ConfigError(
+                f"instruction must be a string, got {type(self.instruction).__name__}."
+            )
+
+    def inputs_identity(self) -> str:
+        """The content identity of the rows and instruction this evaluation reads
+        (:func:`halueval_inputs_identity`)."""
+        return halueval_inputs_identity(
+            self.rows,
+            n_probe=self.n_probe,
+            split_seed=self.split_seed,
+            exclude_ids=self.exclude_ids,
+            limit=self.limit,
+            instruction=self.instruction,
+        )
+
+    def evaluate(self, model: TransformerBridge, gate: TruthGate | None = None) -> EvalResult:
+        """Evaluate ``model`` (gated with ``gate``, a :class:`~lineage_lens.gating.TruthGate`,
+        if given) as a HaluEval QA hallucination judge.
+
+        Returns:
+            an :class:`EvalResult`: ``metrics`` has one row per seed, ``summary()`` mean ± std.
+        """
+        mode = self.mode
+        seeds = list(self.seeds)
+        rows = eval_rows(
+            self.rows,
+            n_probe=self.n_probe,
+            split_seed=self.split_seed,
+            exclude_ids=self.exclude_ids,
+        )
+        if self.limit is not None:
+            rows = rows[: self.limit]
+        tok = model.tokenizer
+        instr = qa_instruction() if self.instruction is None else self.instruction
+        encoded: dict[tuple[str, bool], tuple[int, ...]] = {}
+        items: list[PromptItem] = []
+        plan: list[tuple[int, HaluEvalRow, bool]] = []
+        for seed in seeds:
+            for row, halluc in zip(rows, shown_answers(rows, seed), strict=True):
+                halluc = bool(halluc)
+                plan.append((int(seed), row, halluc))
+                key = (row.row_id, halluc)
+                if key not in encoded:
+                    answer = row.hallucinated_answer if halluc else row.right_answer
+                    user = halueval_user_message(row.knowledge, row.question, answer, instr)
+                    ids = encode_chat(
+                        tok, user, system=HALUEVAL_SYSTEM, use_chat_template=self.use_chat_template
+                    )
+                    encoded[key] = tuple(ids)
+                    items.append(PromptItem(f"{row.row_id}:{'h' if halluc else 'r'}", tuple(ids)))
+        setting = {
+            "task": "halueval",
+            "chat": self.use_chat_template,
+            "instruction": instr if self.instruction is not None else "vendored",
+        }
+        with maybe_cache(self.cache) as c:
+            records = run_prompts(
+                model,
+                items,
+                mode=mode,
+                batch_size=self.batch_size,
+                max_new_tokens=self.max_new_tokens,
+                gate=gate,
+                cache=c,
+                setting=setting,
+                progress=self.progress,
+                desc=f"HaluEval {mode}",
+            )
+        ex_rows = []
+        for seed, row, halluc in plan:
+            rec = records[f"{row.row_id}:{'h' if halluc else 'r'}"]
+            ex_rows.append(
+                {
+                    "seed": seed,
+                    "row_id": row.row_id,
+                    "hallucinated": halluc,
+                    "answer": rec.get("answer"),
+                    "log_p_yes": rec.get("log_p_yes"),
+                    "log_p_no": rec.get("log_p_no"),
+                    "text": rec.get("text"),
+                }
+            )
+        examples = pd.DataFrame(ex_rows)
+        metric_rows = []
+        for seed, grp in examples.groupby("seed", sort=False):
+            pred = [None if pd.isna(a) else a == "yes" for a in grp["answer"]]
+            margin = None
+            if mode == "logprob":  # "Yes" = hallucinated, the positive class
+                margin = (grp["log_p_yes"] - grp["log_p_no"]).to_numpy(dtype=float)
+            metric_rows.append(
+                {"seed": seed, **binary_metrics(grp["hallucinated"].tolist(), pred, margin)}
+            )
+        config = {
+            "model": model_label(model),
+            "mode": mode,
+            "seeds": seeds,
+            "n_rows": len(rows),
+            "n_probe": self.n_probe if self.exclude_ids is None else None,
+            "split_seed": self.split_seed,
+            "gate": gate_description(gate),
+            "chat": self.use_chat_template,
+        }
+        return EvalResult("halueval", pd.DataFrame(metric_rows), examples, config)
+
+    def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome:
+        """The sweep evaluator: :meth:`evaluate` as an :class:`~lineage_lens.sweep.Outcome`."""
+        res = self.evaluate(model, gate)
+        groups = res.metrics.to_dict(orient="records")
+        if res.config["mode"] == "logprob":
+            margins = distinct_margins(res.examples)
+            truth = margins.index.get_level_values("hallucinated")
+            paired = {"auroc": PerExample.auroc(truth, margins.to_numpy(), margins.index)}
+        else:
+            ex = res.examples
+            correct = (ex["answer"] == "yes") == ex["hallucinated"].astype(bool)
+            ids = list(zip(ex["seed"], ex["row_id"], strict=True))
+            paired = {"accuracy_all": PerExample.mean(correct.to_numpy(dtype=float), ids)}
+        return Outcome(res.summary(), paired, groups, {"config": res.config})
+
+
+def evaluate_halueval(
+    model: TransformerBridge,
+    rows: Sequence[HaluEvalRow] | Dataset | None = None,
+    *,
+    gate: TruthGate | None = None,
+    **options: Any,
+) -> EvalResult:
+    """Evaluate ``model`` as a HaluEval QA hallucination judge:
+    ``HaluEvalJudgement(rows=rows, **options).evaluate(model, gate)``.
+
+    Args:
+        model: a loaded bridge.
+        rows: evaluation rows (default: the vendored HaluEval QA minus its probing rows).
+        gate: a :class:`~lineage_lens.gating.TruthGate` applied during the evaluation.
+        options: the other fields of :class:`HaluEvalJudgement` (``seeds``, ``mode``,
+            ``n_probe``, ``split_seed``, ``exclude_ids``, ``limit``, ``batch_size``,
+            ``max_new_tokens``, ``use_chat_template``, ``instruction``, ``cache``,
+            ``progress``); an unknown one is a :class:`ConfigError`.
 
     Returns:
         an :class:`EvalResult`: ``metrics`` has one row per seed, ``summary()`` mean ± std.
     """
-    mode = check_mode(mode)
-    if not seeds:
-        raise ConfigError("give at least one seed.")
-    seeds = [check_seed(s) for s in seeds]  # before any forward pass
-    rows = eval_rows(rows, n_probe=n_probe, split_seed=split_seed, exclude_ids=exclude_ids)
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"limit must be positive, got {limit}.")
-        rows = rows[:limit]
-    tok = model.tokenizer
-    instr = qa_instruction() if instruction is None else instruction
-    encoded: dict[tuple[str, bool], tuple[int, ...]] = {}
-    items: list[PromptItem] = []
-    plan: list[tuple[int, HaluEvalRow, bool]] = []
-    for seed in seeds:
-        for row, halluc in zip(rows, shown_answers(rows, seed), strict=True):
-            halluc = bool(halluc)
-            plan.append((int(seed), row, halluc))
-            key = (row.row_id, halluc)
-            if key not in encoded:
-                answer = row.hallucinated_answer if halluc else row.right_answer
-                user = halueval_user_message(row.knowledge, row.question, answer, instr)
-                ids = encode_chat(
-                    tok, user, system=HALUEVAL_SYSTEM, use_chat_template=use_chat_template
-                )
-                encoded[key] = tuple(ids)
-                items.append(PromptItem(f"{row.row_id}:{'h' if halluc else 'r'}", tuple(ids)))
-    setting = {
-        "task": "halueval",
-        "chat": use_chat_template,
-        "instruction": instr if instruction is not None else "vendored",
-    }
-    with maybe_cache(cache) as c:
-        records = run_prompts(
-            model,
-            items,
-            mode=mode,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            gate=gate,
-            cache=c,
-            setting=setting,
-            progress=progress,
-            desc=f"HaluEval {mode}",
-        )
-    ex_rows = []
-    for seed, row, halluc in plan:
-        rec = records[f"{row.row_id}:{'h' if halluc else 'r'}"]
-        ex_rows.append(
-            {
-                "seed": seed,
-                "row_id": row.row_id,
-                "hallucinated": halluc,
-                "answer": rec.get("answer"),
-                "log_p_yes": rec.get("log_p_yes"),
-                "log_p_no": rec.get("log_p_no"),
-                "text": rec.get("text"),
-            }
-        )
-    examples = pd.DataFrame(ex_rows)
-    metric_rows = []
-    for seed, grp in examples.groupby("seed", sort=False):
-        pred = [None if pd.isna(a) else a == "yes" for a in grp["answer"]]
-        margin = None
-        if mode == "logprob":  # "Yes" = hallucinated, the positive class
-            margin = (grp["log_p_yes"] - grp["log_p_no"]).to_numpy(dtype=float)
-        metric_rows.append(
-            {"seed": seed, **binary_metrics(grp["hallucinated"].tolist(), pred, margin)}
-        )
-    config = {
-        "model": model_label(model),
-        "mode": mode,
-        "seeds": list(seeds),
-        "n_rows": len(rows),
-        "n_probe": n_probe if exclude_ids is None else None,
-        "split_seed": split_seed,
-        "gate": gate_description(gate),
-        "chat": use_chat_template,
-    }
-    return EvalResult("halueval", pd.DataFrame(metric_rows), examples, config)
+    check_options(HaluEvalJudgement, options, "evaluate_halueval")
+    return HaluEvalJudgement(rows=rows, **options).evaluate(model, gate)

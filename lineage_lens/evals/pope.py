@@ -9,6 +9,10 @@ raise :class:`DataError` with how many and which folder, before any model work.
 Answers are scored by yes/no next-token log-probability (default) or greedy generation + parse
 (unparsed outputs counted, see :mod:`lineage_lens.evals._common`). "yes" is the positive class.
 Metrics are reported per split, and their mean by :meth:`EvalResult.summary`.
+
+:class:`PopeAnswers` holds the evaluation's options as fields (checked when it is made); its
+``evaluate(model, gate)`` runs it and the object is a sweep evaluator
+(:func:`lineage_lens.sweep.gating_sweep`). :func:`evaluate_pope` is its ``evaluate``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from lineage_lens.evals._common import (
     Mode,
     PromptItem,
     ResultCache,
+    check_count,
     check_mode,
+    check_options,
+    check_sequence,
     gate_description,
     maybe_cache,
     run_prompts,
@@ -43,7 +50,8 @@ from lineage_lens.images import (
     image_inputs,
 )
 from lineage_lens.models import model_label
-from lineage_lens.stats import binary_metrics
+from lineage_lens.stats import binary_metrics, proportion_ci
+from lineage_lens.sweep import Outcome, PerExample
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -198,6 +206,186 @@ def pope_inputs_identity(
     )
 
 
+def pope_label(split: str | Path) -> str:
+    """Column prefix of a POPE split: ``pope_random`` for ``"random"`` and ``.../pope_random.json``,
+    ``pope_<stem>`` for other files."""
+    stem = Path(split).stem
+    return stem if stem.startswith("pope_") else f"pope_{stem}"
+
+
+@dataclass(frozen=True)
+class PopeAnswers:
+    """POPE yes/no object probing of a vision-language model: the evaluation and its options
+    as fields.
+
+    :meth:`evaluate` runs it (as :func:`evaluate_pope` does); calling the object,
+    ``pope(model, gate)``, is the sweep evaluator of :func:`lineage_lens.sweep.gating_sweep`:
+    ``metrics`` the mean over splits (``accuracy``, ``accuracy_std``, ...), per split
+    ``<label>_<metric>`` (:func:`pope_label`) with ``<label>_accuracy_ci_low/high`` (Wilson, an
+    unparsed answer counting as "no"), and the accuracy pooled over every question
+    ``pope_accuracy`` with its Wilson interval and ``pope_n``; one group per split; the paired
+    statistic ``pope_accuracy`` (per-question correctness).
+
+    Args:
+        image_dir: folder holding the questions' images.
+        splits: vendored split names and/or paths of files in the POPE schema, or
+            ``datasets.Dataset`` objects in its columns (named by their ``split``), or a mapping
+            split name -> any of these; one name or path alone is one split.
+        mode: ``"logprob"`` or ``"generate"``.
+        prompt_template: text with ``{image}`` once and ``{question}`` (default: LLaVA-1.5's).
+        limit: questions per split (the first ``limit``).
+        batch_size, max_new_tokens: batching and generation length.
+        cache: a :class:`ResultCache` or its path; finished examples are reused.
+        progress: show a progress bar.
+
+    Raises:
+        ConfigError: on construction, for no splits, a mode other than ``logprob``/``generate``,
+            a template without ``{image}`` once and ``{question}``, or a ``limit``,
+            ``batch_size`` or ``max_new_tokens`` that is not a positive integer.
+    """
+
+    task = "pope"
+    image_dir: str | Path
+    splits: Sequence[str | Path | Dataset] | Mapping[str, str | Path | Dataset] | Dataset = (
+        POPE_SPLITS
+    )
+    mode: Mode = "logprob"
+    prompt_template: str = LLAVA_TEMPLATE
+    limit: int | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 8
+    cache: ResultCache | str | Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        splits = self.splits
+        if isinstance(splits, (str, Path)):
+            splits = (splits,)
+        elif not isinstance(splits, Mapping) and not is_dataset(splits):
+            splits = check_sequence(splits, "splits")
+        if not is_dataset(splits) and not splits:
+            raise ConfigError("give at least one POPE split or file (splits=).")
+        object.__setattr__(self, "splits", splits)
+        check_mode(self.mode)
+        template = self.prompt_template
+        if (
+            not isinstance(template, str)
+            or template.count("{image}") != 1
+            or "{question}" not in template
+        ):
+            raise ConfigError(
+                f"prompt_template must contain {{image}} once and {{question}}, got {template!r}."
+            )
+        check_count(self.limit, "limit", optional=True)
+        check_count(self.batch_size, "batch_size")
+        check_count(self.max_new_tokens, "max_new_tokens")
+
+    def inputs_identity(self) -> str:
+        """The content identity of the questions and images this evaluation reads
+        (:func:`pope_inputs_identity`)."""
+        return pope_inputs_identity(self.image_dir, self.splits, limit=self.limit)
+
+    def evaluate(self, model: TransformerBridge, gate: TruthGate | None = None) -> EvalResult:
+        """Evaluate ``model`` (its language model gated with ``gate``, a
+        :class:`~lineage_lens.gating.TruthGate`, if given) on the POPE questions.
+
+        Returns:
+            an :class:`EvalResult` whose ``metrics`` has one row per split.
+        """
+        mode = self.mode
+        limit = self.limit
+        prompt_template = self.prompt_template
+        per_split = {
+            name: load_pope(s, limit=limit) for name, s in _named_splits(self.splits).items()
+        }
+        folder = check_images([q for qs in per_split.values() for q in qs], self.image_dir)
+        img_in = image_inputs(model)  # the family's image tokens and inputs (lineage_lens.images)
+        tok = model.tokenizer
+        items: list[PromptItem] = []
+        for split, qs in per_split.items():
+            for q in qs:
+                path = str(folder / q.image)
+                ids = encode_image_prompt(tok, q.text, img_in, prompt_template, image=path)
+                items.append(PromptItem(f"{split}:{q.question_id}", tuple(ids), path))
+
+        setting = {"task": "pope", "template": prompt_template, "image_dir": str(folder)}
+        with maybe_cache(self.cache) as c:
+            records = run_prompts(
+                model,
+                items,
+                mode=mode,
+                batch_size=self.batch_size,
+                max_new_tokens=self.max_new_tokens,
+                gate=gate,
+                cache=c,
+                setting=setting,
+                progress=self.progress,
+                desc=f"POPE {mode}",
+                image_inputs=img_in,
+            )
+        ex_rows = []
+        for split, qs in per_split.items():
+            for q in qs:
+                rec = records[f"{split}:{q.question_id}"]
+                ex_rows.append(
+                    {
+                        "split": split,
+                        "question_id": q.question_id,
+                        "image": q.image,
+                        "question": q.text,
+                        "label": q.label,
+                        "answer": rec.get("answer"),
+                        "log_p_yes": rec.get("log_p_yes"),
+                        "log_p_no": rec.get("log_p_no"),
+                        "text": rec.get("text"),
+                    }
+                )
+        examples = pd.DataFrame(ex_rows)
+        metric_rows = []
+        for split, grp in examples.groupby("split", sort=False):
+            pred = [None if pd.isna(a) else a == "yes" for a in grp["answer"]]
+            margin = None
+            if mode == "logprob":
+                margin = (grp["log_p_yes"] - grp["log_p_no"]).to_numpy(dtype=float)
+            metric_rows.append(
+                {"split": split, **binary_metrics(grp["label"].tolist(), pred, margin)}
+            )
+        config = {
+            "model": model_label(model),
+            "mode": mode,
+            "splits": list(per_split),
+            "image_dir": str(folder),
+            "template": prompt_template,
+            "gate": gate_description(gate),
+            "limit": limit,
+        }
+        return EvalResult("pope", pd.DataFrame(metric_rows), examples, config)
+
+    def __call__(self, model: TransformerBridge, gate: TruthGate | None) -> Outcome:
+        """The sweep evaluator: :meth:`evaluate` as an :class:`~lineage_lens.sweep.Outcome`."""
+        res = self.evaluate(model, gate)
+        ex = res.examples
+        correct = ((ex["answer"] == "yes") == ex["label"].astype(bool)).to_numpy(dtype=float)
+        metrics: dict[str, Any] = res.summary()
+        groups = res.metrics.to_dict(orient="records")
+        for g in groups:
+            label = pope_label(g["split"])
+            metrics |= {f"{label}_{k}": v for k, v in g.items() if k != "split"}
+            hits = correct[(ex["split"] == g["split"]).to_numpy()]
+            _, low, high = proportion_ci(int(hits.sum()), len(hits))
+            metrics |= {f"{label}_accuracy_ci_low": low, f"{label}_accuracy_ci_high": high}
+        _, low, high = proportion_ci(int(correct.sum()), len(correct))
+        metrics |= {
+            "pope_accuracy": float(correct.mean()),
+            "pope_accuracy_ci_low": low,
+            "pope_accuracy_ci_high": high,
+            "pope_n": len(correct),
+        }
+        ids = list(zip(ex["split"], ex["question_id"], strict=True))
+        paired = {"pope_accuracy": PerExample.mean(correct, ids)}
+        return Outcome(metrics, paired, groups, {"config": res.config})
+
+
 def evaluate_pope(
     model: TransformerBridge,
     image_dir: str | Path,
@@ -205,93 +393,23 @@ def evaluate_pope(
     | Mapping[str, str | Path | Dataset]
     | Dataset = POPE_SPLITS,
     *,
-    mode: Mode = "logprob",
     gate: TruthGate | None = None,
-    prompt_template: str = LLAVA_TEMPLATE,
-    limit: int | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 8,
-    cache: ResultCache | str | Path | None = None,
-    progress: bool = True,
+    **options: Any,
 ) -> EvalResult:
-    """Evaluate a vision-language ``model`` on POPE question files.
+    """Evaluate a vision-language ``model`` on POPE question files:
+    ``PopeAnswers(image_dir, splits, **options).evaluate(model, gate)``.
 
     Args:
         model: a vision-language bridge of a family in :data:`lineage_lens.images.IMAGE_INPUT_BUILDERS`.
         image_dir: folder holding the questions' images.
-        splits: vendored split names and/or paths of files in the POPE schema, or
-            ``datasets.Dataset`` objects in its columns (named by their ``split``), or a mapping
-            split name -> any of these.
-        mode: ``"logprob"`` or ``"generate"``.
+        splits: vendored split names, POPE-schema files or Datasets (see :class:`PopeAnswers`).
         gate: a TruthGate applied to the language model during the evaluation.
-        prompt_template: text with ``{image}`` and ``{question}`` (default: LLaVA-1.5's).
-        limit: questions per split (the first ``limit``).
-        cache: a :class:`ResultCache` or its path.
+        options: the other fields of :class:`PopeAnswers` (``mode``, ``prompt_template``,
+            ``limit``, ``batch_size``, ``max_new_tokens``, ``cache``, ``progress``); an unknown
+            one is a :class:`ConfigError`.
 
     Returns:
         an :class:`EvalResult` whose ``metrics`` has one row per split.
     """
-    mode = check_mode(mode)
-    if not splits:
-        raise ConfigError("give at least one POPE split or file.")
-    per_split = {name: load_pope(s, limit=limit) for name, s in _named_splits(splits).items()}
-    folder = check_images([q for qs in per_split.values() for q in qs], image_dir)
-    img_in = image_inputs(model)  # the family's image tokens and inputs (lineage_lens.images)
-    tok = model.tokenizer
-    items: list[PromptItem] = []
-    for split, qs in per_split.items():
-        for q in qs:
-            path = str(folder / q.image)
-            ids = encode_image_prompt(tok, q.text, img_in, prompt_template, image=path)
-            items.append(PromptItem(f"{split}:{q.question_id}", tuple(ids), path))
-
-    setting = {"task": "pope", "template": prompt_template, "image_dir": str(folder)}
-    with maybe_cache(cache) as c:
-        records = run_prompts(
-            model,
-            items,
-            mode=mode,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            gate=gate,
-            cache=c,
-            setting=setting,
-            progress=progress,
-            desc=f"POPE {mode}",
-            image_inputs=img_in,
-        )
-    ex_rows = []
-    for split, qs in per_split.items():
-        for q in qs:
-            rec = records[f"{split}:{q.question_id}"]
-            ex_rows.append(
-                {
-                    "split": split,
-                    "question_id": q.question_id,
-                    "image": q.image,
-                    "question": q.text,
-                    "label": q.label,
-                    "answer": rec.get("answer"),
-                    "log_p_yes": rec.get("log_p_yes"),
-                    "log_p_no": rec.get("log_p_no"),
-                    "text": rec.get("text"),
-                }
-            )
-    examples = pd.DataFrame(ex_rows)
-    metric_rows = []
-    for split, grp in examples.groupby("split", sort=False):
-        pred = [None if pd.isna(a) else a == "yes" for a in grp["answer"]]
-        margin = None
-        if mode == "logprob":
-            margin = (grp["log_p_yes"] - grp["log_p_no"]).to_numpy(dtype=float)
-        metric_rows.append({"split": split, **binary_metrics(grp["label"].tolist(), pred, margin)})
-    config = {
-        "model": model_label(model),
-        "mode": mode,
-        "splits": list(per_split),
-        "image_dir": str(folder),
-        "template": prompt_template,
-        "gate": gate_description(gate),
-        "limit": limit,
-    }
-    return EvalResult("pope", pd.DataFrame(metric_rows), examples, config)
+    check_options(PopeAnswers, options, "evaluate_pope")
+    return PopeAnswers(image_dir=image_dir, splits=splits, **options).evaluate(model, gate)

@@ -17,7 +17,7 @@ accepts (text or multimodal) and writes a self-contained report folder:
 4. *Transfer?* Each descendant gated with the ancestor's scores (``inherited``), its own, and a
    random control over several seeds (:func:`~lineage_lens.sweep.gating_sweep`,
    :func:`~lineage_lens.sweep.transfer_sources`) on HaluEval judgements, POPE or CHAIR
-   (:mod:`lineage_lens.evals.outcomes`); the ancestor gated with its own scores as the reference.
+   (:mod:`lineage_lens.evals`); the ancestor gated with its own scores as the reference.
 
 Every step is cached under ``out/cache`` by the content identity of the models it reads
 (:func:`model_identity`) and its own parameters, so an interrupted run resumes where it stopped,

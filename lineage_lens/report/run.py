@@ -42,43 +42,25 @@ log = logging.getLogger(__name__)
 
 
 def report_examples(data: Any, n_probe: int, seed: int) -> tuple[list[ProbeExample], str, bool]:
-    """The probing examples of ``data`` (``"halueval"``, a TruthProbe JSON-lines file, a
-    ``datasets.Dataset`` or a list of :class:`~lineage_lens.data.ProbeExample`), a label of the
-    data, and whether they are the vendored HaluEval's probing rows (whose evaluation rows the
-    HaluEval judgement then excludes). Validated before any model loads (DataError naming
-    missing columns or bad lines)."""
-    from lineage_lens.data import (
-        ProbeExample,
-        check_two_classes,
-        examples_from_dataset,
-        split_probe_eval,
-    )
+    """The probing examples of ``data`` (any source :func:`~lineage_lens.data.load_probe_examples`
+    reads: ``"halueval"``, a JSON-lines file, a ``datasets.Dataset``, a list of
+    :class:`~lineage_lens.data.ProbeExample` or of HaluEval rows), the probing part of its
+    ``n_probe``-row split by ``seed`` (0: all of a source other than ``"halueval"``), with a
+    label of the data and whether they are the vendored HaluEval's probing rows (whose
+    evaluation rows the HaluEval judgement then excludes). Validated before any model loads
+    (DataError naming missing columns or bad lines; both classes present)."""
+    from lineage_lens.data import check_two_classes, load_probe_examples
     from lineage_lens.hf_datasets import is_dataset
-    from lineage_lens.pipeline import probing_examples
 
+    is_halueval = isinstance(data, (str, Path)) and str(data).lower() == "halueval"
+    n = n_probe if n_probe or is_halueval else None
+    examples = load_probe_examples(data, n_probe=n, split_seed=seed)
     if isinstance(data, (str, Path)):
-        is_halueval = str(data).lower() == "halueval"
-        if not is_halueval and not Path(data).is_file():
-            raise DataError(
-                "no such file, and not a known dataset name (known: 'halueval').", path=data
-            )
-        examples = probing_examples(data, n=n_probe, seed=seed)
         label = "halueval" if is_halueval else str(data)
     elif is_dataset(data):
-        examples = examples_from_dataset(data)
-        if n_probe:
-            examples, _ = split_probe_eval(examples, n_probe=n_probe, seed=seed)
-        label, is_halueval = f"datasets.Dataset ({len(data)} rows)", False
+        label = f"datasets.Dataset ({len(data)} rows)"
     else:
-        examples = list(data)
-        if not all(isinstance(e, ProbeExample) for e in examples):
-            raise ConfigError(
-                "data must be 'halueval', a TruthProbe JSON-lines file, a datasets.Dataset or a "
-                "list of ProbeExample."
-            )
-        if n_probe:
-            examples, _ = split_probe_eval(examples, n_probe=n_probe, seed=seed)
-        label, is_halueval = f"{len(examples)} ProbeExample objects", False
+        label = f"{len(examples)} ProbeExample objects"
     check_two_classes(examples)
     return examples, label, is_halueval
 
@@ -539,8 +521,7 @@ def make_evaluator(
     the ground truth (its ids are the images captioned) and a ``synonyms.txt`` there the object
     vocabulary (default: COCO's).
     """
-    from lineage_lens.evals.chair import ObjectVocabulary
-    from lineage_lens.evals.outcomes import ChairCaptions, HaluEvalJudgement, PopeAnswers
+    from lineage_lens.evals import ChairCaptions, HaluEvalJudgement, ObjectVocabulary, PopeAnswers
 
     if evaluation not in EVALS:
         raise ConfigError(f"unknown evaluation {evaluation!r}; use one of {', '.join(EVALS)}.")
@@ -550,6 +531,7 @@ def make_evaluator(
             exclude_ids=tuple(exclude_ids) if exclude_ids else None,
             limit=plan.eval_rows,
             batch_size=plan.eval_batch_size,
+            progress=False,  # the report shows its own progress
         )
         key = {
             "eval": "halueval",
@@ -573,7 +555,13 @@ def make_evaluator(
         files = sorted(eval_dir.glob("pope_*.json"))
         splits: Sequence[Any] = files or ("random", "popular", "adversarial")
         key["splits"] = [f.name for f in files] or list(splits)
-        pope = PopeAnswers(images, splits, limit=plan.eval_rows, batch_size=plan.eval_batch_size)
+        pope = PopeAnswers(
+            images,
+            splits,
+            limit=plan.eval_rows,
+            batch_size=plan.eval_batch_size,
+            progress=False,
+        )
         return pope, key | {"inputs": pope.inputs_identity()}
     gt, synonyms = eval_dir / "gt_objects.json", eval_dir / "synonyms.txt"
     vocabulary = ObjectVocabulary.from_synonyms_file(synonyms) if synonyms.is_file() else None
@@ -584,6 +572,7 @@ def make_evaluator(
         ground_truth=gt if gt.is_file() else None,
         limit=plan.eval_rows,
         n_resamples=plan.n_resamples,
+        progress=False,
     )
     return chair, key | {"inputs": chair.inputs_identity()}
 
@@ -618,10 +607,10 @@ def lineage_report(
             multimodal. Controls are unrelated models: compared, never gated.
         out: the report folder (REPORT.md, figures, CSVs, JSON; ``cache/`` holds every step).
         profile: ``quick`` or ``paper`` (:data:`PROFILES`); ``plan`` replaces it entirely.
-        data: ``"halueval"`` (vendored), a TruthProbe JSON-lines file, a ``datasets.Dataset``
-            in the TruthProbe or HaluEval columns, or a list of ProbeExample.
+        data: ``"halueval"`` (vendored), a JSON-lines file, a ``datasets.Dataset`` or a list
+            of records: any source :func:`~lineage_lens.data.load_probe_examples` reads.
         evaluation: ``halueval``, ``pope`` or ``chair`` (the latter two with ``eval_dir``).
-        evaluator: a sweep evaluator to use instead (:mod:`lineage_lens.evals.outcomes`, e.g.
+        evaluator: a sweep evaluator to use instead (:mod:`lineage_lens.evals`, e.g.
             ``ChairCaptions`` with your vocabulary, prompt and ``file_pattern``); its ``task``
             names the evaluation, and its ``repr`` keys the gating cache.
         names: one label per model (ancestor, descendants, controls); default: the last path

@@ -401,7 +401,7 @@ def write_scene_probe_set(
     Files: ``images/scene{seed}_{i:05d}.png`` and ``probe.jsonl`` (one line per example:
     ``image_path`` relative to the file, ``question``, ``answer``, ``label`` ``"gold"`` or
     ``"hallucinated"``, ``source_id``), readable by
-    :func:`lineage_lens.data.load_truthprobe_jsonl`.
+    :func:`lineage_lens.data.load_probe_examples` (``load_probe_examples(path)``).
     """
     out_dir = Path(out_dir)
     examples = scene_probe_examples(n, seed, size=size, kinds=kinds, image_dir=out_dir / "images")

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks import bench_capture
 from lineage_lens.capture import collect_head_activations, encode_examples
-from lineage_lens.data import halueval_probe_examples, load_halueval_qa
+from lineage_lens.data import load_probe_examples
 from lineage_lens.models import head_geometry, load_model
 
 
@@ -22,7 +22,7 @@ def test_baselines_read_our_vectors(tiny_dirs, arch):
 
     model = load_model(tiny_dirs[arch], device="cpu")
     hf_model = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch], dtype=torch.float32).eval()
-    examples = halueval_probe_examples(load_halueval_qa(limit=3))
+    examples = load_probe_examples("halueval", limit=3)
     encoded = encode_examples(model, examples)
     n_heads = head_geometry(model).n_heads
     ours = np.asarray(

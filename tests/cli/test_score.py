@@ -3,13 +3,12 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from lineage_lens.cli import app
-from lineage_lens.data import ProbeExample
-from lineage_lens.pipeline import probing_examples
+from lineage_lens.data import ProbeExample, load_probe_examples
 from lineage_lens.scores import TruthScores
 
 
-def test_probing_examples_split_is_disjoint_from_evaluation():
-    examples = probing_examples("halueval", n=20, seed=0)
+def test_probing_split_is_disjoint_from_evaluation():
+    examples = load_probe_examples("halueval", n_probe=20, split_seed=0)
     assert len(examples) == 40
     assert all(isinstance(e, ProbeExample) for e in examples)
     assert len({e.source_id for e in examples}) == 20

@@ -486,3 +486,71 @@ def test_find_image_files_by_coco_name_number_name_or_pattern(tmp_path):
         find_image_files(zoo, ["0"])
     with pytest.raises(DataError, match="image folder not found"):
         find_image_files(tmp_path / "none", ["0"])
+
+
+# ------------------------------------------------------------------ the evaluator class
+@pytest.fixture
+def chair_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+        Image.fromarray(image).save(tmp_path / f"im{i}.png")
+    return tmp_path, {"0": ["cat"], "1": ["dog", "person"], "2": ["car"]}
+
+
+def test_evaluate_chair_is_the_class_evaluate(tiny_llava, chair_images) -> None:
+    import pandas as pd
+
+    from lineage_lens.evals.chair import ChairCaptions, evaluate_chair
+
+    images, truth = chair_images
+    options = {
+        "ground_truth": truth,
+        "file_pattern": "im{image_id}.png",
+        "max_new_tokens": 3,
+        "batch_size": 2,
+        "n_resamples": 50,
+        "progress": False,
+    }
+    by_function = evaluate_chair(tiny_llava, images, **options)
+    by_class = ChairCaptions(images, **options).evaluate(tiny_llava)
+    assert by_function.per_caption["image_id"].tolist() == ["0", "1", "2"]
+    pd.testing.assert_series_equal(pd.Series(by_function.metrics), pd.Series(by_class.metrics))
+    pd.testing.assert_frame_equal(by_function.per_caption, by_class.per_caption)
+    assert by_function.config == by_class.config and by_class.config["gate"] is None
+    chair = ChairCaptions(images, image_ids=["2", 0], **options)
+    assert chair.image_ids == ("2", 0)
+    outcome = chair(tiny_llava, None)  # the sweep evaluator, on the images asked for
+    assert outcome.paired["chair_i"].ids == ("2", "0")
+
+
+def test_evaluate_chair_unknown_option_names_it_and_the_fields(tmp_path) -> None:
+    from lineage_lens.evals.chair import evaluate_chair
+
+    with pytest.raises(ConfigError, match=r"unknown option 'mode'.*ChairCaptions: image_dir"):
+        evaluate_chair(None, tmp_path, mode="generate")
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"counting": "once"}, "counting must be one of"),
+        ({"prompt": " "}, "prompt must be a non-empty string"),
+        ({"prompt_template": "{question} only"}, r"\{image\} once and \{question\}"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+        ({"limit": 0}, "limit must be an integer >= 1, got 0"),
+        ({"batch_size": -4}, "batch_size must be"),
+        ({"n_resamples": 0}, "n_resamples must be"),
+        ({"image_ids": "123"}, "image_ids must be a sequence"),
+    ],
+)
+def test_bad_chair_options_fail_when_the_evaluator_is_made(tmp_path, options, pattern) -> None:
+    from lineage_lens.evals.chair import ChairCaptions, evaluate_chair
+
+    with pytest.raises(ConfigError, match=pattern):
+        ChairCaptions(tmp_path, **options)
+    with pytest.raises(ConfigError, match=pattern):  # the function: before any model work
+        evaluate_chair(None, tmp_path, **options)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lineage_lens.data import HaluEvalRow, load_halueval_qa, split_probe_eval
 from lineage_lens.errors import ConfigError, DataError
 from lineage_lens.evals import EvalResult, ResultCache, parse_yes_no, yes_no_token_ids
-from lineage_lens.evals.halueval import eval_rows, evaluate_halueval, shown_answers
+from lineage_lens.evals.halueval import (
+    HaluEvalJudgement,
+    eval_rows,
+    evaluate_halueval,
+    shown_answers,
+)
 from lineage_lens.gating import TruthGate
 from lineage_lens.stats import binary_metrics
 
@@ -240,3 +246,49 @@ def test_proportion_ci_is_wilsons() -> None:
     assert proportion_ci(0, 10)[1] == 0.0
     with pytest.raises(DataError, match="successes"):
         proportion_ci(11, 10)
+
+
+# ------------------------------------------------------------------ the evaluator class
+def test_evaluate_halueval_is_the_class_evaluate(tiny_llama) -> None:
+    options = {"seeds": [0, 1], "instruction": SHORT, "progress": False}
+    gate = TruthGate(np.random.default_rng(3).random((2, 4)), alpha=2.0)
+    judgement = HaluEvalJudgement(rows=ROWS, **options)
+    assert judgement.seeds == (0, 1) and isinstance(judgement.rows, tuple)
+    for g in (None, gate):
+        by_function = evaluate_halueval(tiny_llama, ROWS, gate=g, **options)
+        by_class = judgement.evaluate(tiny_llama, g)
+        pd.testing.assert_frame_equal(by_function.metrics, by_class.metrics)
+        pd.testing.assert_frame_equal(by_function.examples, by_class.examples)
+        assert by_function.config == by_class.config
+    # the sweep evaluator: the same result as its summary, one group per seed
+    outcome = judgement(tiny_llama, gate)
+    pd.testing.assert_series_equal(pd.Series(outcome.metrics), pd.Series(by_function.summary()))
+    assert len(outcome.groups) == 2 and set(outcome.paired) == {"auroc"}
+
+
+def test_evaluate_halueval_unknown_option_names_it_and_the_fields() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown option 'sedes'.*HaluEvalJudgement: rows, seeds"
+    ):
+        evaluate_halueval(None, ROWS, sedes=(0,))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"mode": "guess"}, "mode must be 'logprob' or 'generate', got 'guess'"),
+        ({"seeds": ()}, "at least one seed"),
+        ({"seeds": (0, -1)}, "a seed must be an integer from 0"),
+        ({"seeds": 0}, "seeds must be a sequence"),
+        ({"limit": 0}, "limit must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be an integer >= 1"),
+        ({"n_probe": 0}, "n_probe must be"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be"),
+        ({"split_seed": -2}, "split_seed must be"),
+    ],
+)
+def test_bad_halueval_options_fail_when_the_evaluator_is_made(options, pattern) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        HaluEvalJudgement(rows=ROWS, **options)
+    with pytest.raises(ConfigError, match=pattern):  # the function: before any model work
+        evaluate_halueval(None, ROWS, **options)  # type: ignore[arg-type]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from lineage_lens.errors import ConfigError, DataError
-from lineage_lens.evals.pope import POPE_SPLITS, evaluate_pope, load_pope
+from lineage_lens.evals.pope import POPE_SPLITS, PopeAnswers, evaluate_pope, load_pope
 from lineage_lens.images import encode_image_prompt, load_pixel_values, vision_settings
 from lineage_lens.testing import TINY_IMAGE_SIZE, TINY_IMAGE_TOKENS
 
@@ -106,3 +107,51 @@ def test_logprob_and_generate_modes(tiny_llava, pope_set) -> None:
     )
     assert gen.examples["text"].map(type).eq(str).all()
     assert int(gen.metrics["n_unparsed"].iloc[0]) == int(gen.examples["answer"].isna().sum())
+
+
+# ------------------------------------------------------------------ the evaluator class
+def test_evaluate_pope_is_the_class_evaluate(tiny_llava, pope_set) -> None:
+    from lineage_lens.gating import TruthGate
+    from lineage_lens.models import head_geometry
+
+    img_dir, qfile = pope_set
+    geo = head_geometry(tiny_llava)
+    gate = TruthGate(np.random.default_rng(0).random((geo.n_layers, geo.n_heads)), alpha=2.0)
+    options = {"batch_size": 3, "progress": False}
+    pope = PopeAnswers(img_dir, [qfile], **options)
+    assert pope.splits == (qfile,) and PopeAnswers(img_dir, qfile).splits == (qfile,)
+    for g in (None, gate):
+        by_function = evaluate_pope(tiny_llava, img_dir, [qfile], gate=g, **options)
+        by_class = pope.evaluate(tiny_llava, g)
+        pd.testing.assert_frame_equal(by_function.metrics, by_class.metrics)
+        pd.testing.assert_frame_equal(by_function.examples, by_class.examples)
+        assert by_function.config == by_class.config
+    outcome = pope(tiny_llava, gate)  # the sweep evaluator
+    assert outcome.metrics["pope_n"] == len(QUESTIONS) and set(outcome.paired) == {"pope_accuracy"}
+    assert outcome.metrics["accuracy"] == pytest.approx(by_function.summary()["accuracy"])
+
+
+def test_evaluate_pope_unknown_option_names_it_and_the_fields(pope_set) -> None:
+    img_dir, qfile = pope_set
+    with pytest.raises(ConfigError, match=r"unknown options 'prompt', 'seeds'.*PopeAnswers: image"):
+        evaluate_pope(None, img_dir, [qfile], prompt="x", seeds=(0,))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"splits": ()}, "at least one POPE split"),
+        ({"mode": "guess"}, "mode must be 'logprob' or 'generate', got 'guess'"),
+        ({"prompt_template": "no image {question}"}, r"\{image\} once and \{question\}"),
+        ({"prompt_template": "{image} {image} {question}"}, r"\{image\} once"),
+        ({"limit": -1}, "limit must be an integer >= 1, got -1"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"max_new_tokens": True}, "max_new_tokens must be"),
+    ],
+)
+def test_bad_pope_options_fail_when_the_evaluator_is_made(pope_set, options, pattern) -> None:
+    img_dir, _ = pope_set
+    with pytest.raises(ConfigError, match=pattern):
+        PopeAnswers(img_dir, **options)
+    with pytest.raises(ConfigError, match=pattern):  # the function: before any model work
+        evaluate_pope(None, img_dir, **options)  # type: ignore[arg-type]

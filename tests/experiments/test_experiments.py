@@ -466,8 +466,9 @@ def test_real_mllm_lineage_scores_every_set_as_the_library_does(monkeypatch):
     images, set d one example per caption of the plan, the control SmolLM2's untrained twin; a
     second call reads every score from the content-keyed cache."""
     from experiments import score_cache
+    from lineage_lens.data import load_probe_examples
     from lineage_lens.models import load_model
-    from lineage_lens.pipeline import probing_examples, score_model
+    from lineage_lens.pipeline import score_model
     from lineage_lens.zoo import default_zoo_dir
     from lineage_lens.zoo.train import VLM_CONTEXT_PROBE_TEMPLATE
 
@@ -486,7 +487,7 @@ def test_real_mllm_lineage_scores_every_set_as_the_library_does(monkeypatch):
     assert lin.sets["a"].n == lin.sets["b"].n == lin.text["smollm2"].n == 12
     assert lin.sets["d"].n == 16
     assert not np.allclose(lin.text["smollm2"].accuracy, lin.text[lin.control].accuracy)
-    examples = probing_examples("halueval", n=6, seed=0)
+    examples = load_probe_examples("halueval", n_probe=6, split_seed=0)
     expected, _ = score_model(
         load_model(lin.path),
         examples,

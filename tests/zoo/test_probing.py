@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lineage_lens.data import HALLUCINATED, TRUTHFUL, load_truthprobe_jsonl
+from lineage_lens.data import HALLUCINATED, TRUTHFUL, load_probe_examples
 from lineage_lens.errors import ConfigError
 from lineage_lens.zoo import scene_probe_examples, world_probe_examples, write_scene_probe_set
 from lineage_lens.zoo.images import (
@@ -130,7 +130,7 @@ def test_scene_examples_bad_arguments():
 
 def test_scene_probe_set_round_trips_through_the_image_loader(tmp_path):
     path = write_scene_probe_set(tmp_path / "set", n=12, seed=2, size=32)
-    loaded = load_truthprobe_jsonl(path)
+    loaded = load_probe_examples(path)
     made = scene_probe_examples(12, seed=2, size=32)
     assert len(loaded) == len(made) == 24
     for got, want in zip(loaded, made, strict=True):

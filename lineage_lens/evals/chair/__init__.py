@@ -47,13 +47,14 @@ Modules (everything is re-exported here, so ``from lineage_lens.evals.chair impo
   :func:`find_image_files`;
 * :mod:`~lineage_lens.evals.chair.metric` -- :func:`compute_chair`, :class:`ChairResult` (no
   model code);
-* :mod:`~lineage_lens.evals.chair.captions` -- :func:`generate_captions`, :func:`evaluate_chair`
-  (caption images with a model, then score them).
+* :mod:`~lineage_lens.evals.chair.captions` -- :func:`generate_captions`, :class:`ChairCaptions`
+  and :func:`evaluate_chair` (caption images with a model, then score them).
 """
 
 from lineage_lens.evals.chair.captions import (
     CAPTION_MAX_NEW_TOKENS,
     CAPTION_PROMPT,
+    ChairCaptions,
     evaluate_chair,
     generate_captions,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "COCO_VEHICLE_WORDS",
     "COUNTINGS",
     "Caption",
+    "ChairCaptions",
     "ChairResult",
     "Counting",
     "Mention",
