@@ -260,7 +260,15 @@ def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
     # the report's further questions (per-head CKA, attention to evidence), as it words them
     extra = [f for f in fam.report.findings() if "CKA" in f or "evidence" in f]
     lines += ["", *[f"- {f}" for f in extra]]
-    lines += ["", f"The whole report (`lineage-lens report`): {fam.report.meta['out']}/REPORT.md."]
+    # named under the cache root, so the committed section holds no machine's own path
+    out = Path(fam.report.meta["out"])
+    root = cache_dir()
+    shown = (
+        f"$LINEAGE_LENS_CACHE/{out.relative_to(root).as_posix()}"
+        if out.is_relative_to(root)
+        else str(out)
+    )
+    lines += ["", f"The whole report (`lineage-lens report`): `{shown}/REPORT.md`."]
     table = gating.groupby(["model", "scores", "alpha"], sort=False).agg(
         n=("n", "sum"),
         settings=("control_seed", lambda c: max(c.nunique(), 1)),

@@ -29,8 +29,8 @@ from experiments import (
     real_family,
     weight_drift,
 )
-from experiments._common import FIGURES, PROFILES, Section
-from experiments.results_doc import RESULTS, assemble, write_section
+from experiments._common import FIGURES, PROFILES, Section, write_section
+from experiments.results_doc import RESULTS, assemble
 from lineage_lens.fileio import atomic_open
 
 log = logging.getLogger(__name__)
