@@ -469,7 +469,8 @@ def compare_scores(
         ks: top-k sizes for the overlap table, each from 1 to the number of heads
             (:func:`check_ks`; default: :data:`DEFAULT_KS` up to the number of heads).
         n_resamples: bootstrap resamples for the BCa CIs; n_permutations: head shuffles for the
-            permutation p-values (the smallest attainable p is ``1 / (n_permutations + 1)``).
+            permutation p-values (two-sided, so the smallest attainable p is
+            ``2 / (n_permutations + 1)``).
         confidence_level: of the CIs; seed: makes CIs and p-values reproducible.
 
     Returns:
