@@ -68,6 +68,17 @@ CONTROL = "random control"
 UNGATED = "none"
 #: The name of the Truth Scores' source (:func:`gate_sources`).
 TRUTH = "truth"
+#: One colour per score source in :func:`plot_sweep`, as across the project's figures: the
+#: inherited (or given) Truth Scores blue, a descendant's own orange, the random control red.
+SOURCE_COLOURS: dict[str, str] = {
+    TRUTH: "C0",
+    "inherited": "C0",
+    "own": "C1",
+    CONTROL: "C3",
+    "random": "C3",
+    "inverse": "C4",
+    "uniform": "C5",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,7 +576,15 @@ def plot_sweep(
     for name, grp in gated.groupby("scores", sort=False):
         line = grp.groupby("alpha", sort=True)[cols].mean()
         err = line[std] if std in line.columns else None
-        ax.errorbar(line.index, line[metric], yerr=err, marker="o", capsize=3, label=str(name))
+        ax.errorbar(
+            line.index,
+            line[metric],
+            yerr=err,
+            marker="o",
+            capsize=3,
+            label=str(name),
+            color=SOURCE_COLOURS.get(str(name)),  # others: the next colour of the cycle
+        )
     if len(base):
         ax.axhline(float(base[metric].mean()), color="grey", ls="--", label="ungated")
     ax.set_xlabel("alpha")
@@ -582,6 +601,7 @@ def plot_sweep(
 
 __all__ = [
     "CONTROL",
+    "SOURCE_COLOURS",
     "TRUTH",
     "UNGATED",
     "Evaluator",

@@ -424,6 +424,12 @@ def test_plot_sweep_draws_each_source_over_alpha_and_the_ungated_line(tmp_path) 
     np.testing.assert_allclose(np.asarray(x, dtype=float), at.index.to_numpy(dtype=float))
     np.testing.assert_allclose(np.asarray(y, dtype=float), at.to_numpy(dtype=float))
     assert control.has_yerr
+    # one colour per source, as across the project's figures (inherited blue, control red)
+    from matplotlib.colors import to_hex
+
+    colours = {c.get_label(): to_hex(c.lines[0].get_color()) for c in ax.containers}
+    assert colours["inherited"] == to_hex("C0") and colours[CONTROL] == to_hex("C3")
+    assert colours["own"] == to_hex("C1")
     (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert dashed.get_ydata()[0] == pytest.approx(frame.loc[0, "rate"])
     plt.close(ax.figure)
