@@ -61,6 +61,15 @@ print("FINISHED", flush=True)
 """
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM as an interactive shell leaves them. A test
+    run started in the background of a non-interactive shell (``make test &``, ``nohup``)
+    inherits SIGINT ignored, and a Python started with SIGINT ignored never turns it into
+    KeyboardInterrupt, so the Ctrl-C this file sends would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(script: str, arg: Path, cache: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "LINEAGE_LENS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -69,6 +78,7 @@ def _start(script: str, arg: Path, cache: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_default_signals,
     )
 
 
