@@ -5,8 +5,8 @@ Vicuna-7B on HaluEval (292 samples), LLaVA-1.5-7B and LLaVA-NeXT-7B (descendants
 RLHF-V (2,726). Writes ``heatmaps_published.png`` and ``heatmaps_published.csv`` (one row per model,
 layer and head).
 
-With ``zoo=True`` also the zoo's tiny family (``heatmaps_zoo.png`` / ``.csv``), on one shared colour
-scale since all members were probed on the same examples.
+:func:`run_zoo` draws the zoo's tiny family (``heatmaps_zoo.png`` / ``.csv``) on one shared colour
+scale, since all members were probed on the same examples; :mod:`experiments.tiny_family` reports it.
 """
 
 from __future__ import annotations
@@ -68,31 +68,35 @@ def _summary(scores: dict[str, TruthScores]) -> list[str]:
     ]
 
 
-def run(profile: str = "demo", out_dir: Path = FIGURES, zoo: bool = True) -> Section:
-    """Plot the published lineage's heatmaps (and the zoo family's when ``zoo``); write the PNGs
-    and the plotted numbers."""
+def run_zoo(profile: str, out_dir: Path) -> tuple[str, list[Path]]:
+    """The zoo's tiny family: write its heatmaps (PNG and CSV), return the summary and files."""
+    out_dir = Path(out_dir)
+    lineage = zoo_lineage(profile)
+    files = [
+        save_csv(heatmap_frame(lineage.scores), out_dir / "heatmaps_zoo.csv"),
+        save_figure(
+            plot_heatmaps(
+                lineage.scores,
+                shared_scale=True,
+                title=f"Truth Scores of the zoo family ({2 * lineage.n_items} examples)",
+            ),
+            out_dir / "heatmaps_zoo.png",
+        ),
+    ]
+    return "\n".join(_summary(lineage.scores)), files
+
+
+def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
+    """Plot the published lineage's heatmaps; write the PNG and the plotted numbers."""
     out_dir = Path(out_dir)
     scores = published_lineage()
     files = [
         save_csv(heatmap_frame(scores), out_dir / "heatmaps_published.csv"),
         save_figure(plot_heatmaps(scores), out_dir / "heatmaps_published.png"),
     ]
-    lines = _summary(scores)
-    if zoo:
-        lineage = zoo_lineage(profile)
-        files += [
-            save_csv(heatmap_frame(lineage.scores), out_dir / "heatmaps_zoo.csv"),
-            save_figure(
-                plot_heatmaps(
-                    lineage.scores,
-                    shared_scale=True,
-                    title=f"Truth Scores of the zoo family ({2 * lineage.n_items} examples)",
-                ),
-                out_dir / "heatmaps_zoo.png",
-            ),
-        ]
-        lines += ["", "Zoo tiny family:", *_summary(lineage.scores)]
-    return Section("Truth Score heatmaps of the published lineage", "\n".join(lines), files)
+    return Section(
+        "Truth Score heatmaps of the published lineage", "\n".join(_summary(scores)), files
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ LLaVA-1.5 and LLaVA-NeXT, and the unrelated Mistral-7B), the Pearson and Spearma
 each model's per-head Truth Scores with Vicuna's, with bootstrap 95 % CIs and head-shuffle
 permutation p-values. Writes ``inheritance_published.png`` and ``inheritance_published.csv``.
 
-With ``zoo=True`` the same statistics on the zoo's tiny family (see :mod:`experiments.zoo_family`):
+:func:`run_zoo` computes the same statistics on the zoo's tiny family (see
+:mod:`experiments.zoo_family`; reported by :mod:`experiments.tiny_family`):
 ancestor ``base`` against its descendants ``instruct`` and ``vlm`` and the same-shape unrelated
 ``control``; writes ``inheritance_zoo.png`` (correlation matrix and bars) and
 ``inheritance_zoo.csv`` (one row per pair: Pearson/Spearman r, CIs, permutation p-values).
@@ -155,9 +156,8 @@ def run_zoo(profile: str, out_dir: Path) -> tuple[str, list[Path]]:
     return "\n".join(lines), files
 
 
-def run(profile: str = "demo", out_dir: Path = FIGURES, zoo: bool = True) -> Section:
-    """Recompute Fig. 1 from the published files (and the zoo family when ``zoo``); write the
-    PNGs and CSVs; return the section."""
+def run(profile: str = "demo", out_dir: Path = FIGURES) -> Section:
+    """Recompute Fig. 1 from the published files; write the PNG and CSV; return the section."""
     out_dir = Path(out_dir)
     frame = fig1_frame(profile)
     files = [
@@ -178,10 +178,6 @@ def run(profile: str = "demo", out_dir: Path = FIGURES, zoo: bool = True) -> Sec
     )
     md_rows.attrs.update(frame.attrs)
     markdown = reading + "\n\n" + format_fig1_markdown(md_rows)
-    if zoo:
-        zoo_md, zoo_files = run_zoo(profile, out_dir)
-        markdown += "\n\n" + zoo_md
-        files += zoo_files
     return Section("Inheritance of Truth Scores (Fig. 1)", markdown, files)
 
 

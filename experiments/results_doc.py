@@ -32,6 +32,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("inheritance", "make demo (published scores); python -m experiments.inheritance"),
     ("heatmaps", "make demo (published scores); python -m experiments.heatmaps"),
     ("real_family", "python -m experiments.real_family --profile demo"),
+    ("tiny_family", "python -m experiments.tiny_family --profile demo"),
     ("weight_drift", "python -m experiments.weight_drift --profile demo"),
     ("cka", "python -m experiments.cka --profile demo"),
     ("evidence", "python -m experiments.evidence --profile demo"),

@@ -27,6 +27,7 @@ from experiments import (
     mllm_conditions,
     mllm_gating,
     real_family,
+    tiny_family,
     weight_drift,
 )
 from experiments._common import FIGURES, PROFILES, Section, write_section
@@ -40,6 +41,7 @@ EXPERIMENTS = (
     inheritance,
     mllm_conditions,
     heatmaps,
+    tiny_family,
     weight_drift,
     cka,
     evidence,
@@ -50,12 +52,12 @@ EXPERIMENTS = (
 
 
 #: The experiments of each profile, in report order, with the keyword arguments of their ``run``
-#: (``make demo``: the published scores without the tiny family, then the real MLLM lineage).
+#: (``make demo``: the published scores, then the real MLLM lineage; the tiny family is ``full``'s).
 PROFILE_EXPERIMENTS: dict[str, tuple[tuple[ModuleType, dict[str, Any]], ...]] = {
     "test": tuple((m, {}) for m in EXPERIMENTS),
     "demo": (
-        (inheritance, {"zoo": False}),
-        (heatmaps, {"zoo": False}),
+        (inheritance, {}),
+        (heatmaps, {}),
         (mllm_conditions, {}),
         (mllm_gating, {}),
     ),
