@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, overload
 import numpy as np
 
 from lineage_lens._resources import resource_path
-from lineage_lens.errors import ConfigError, DataError, check_seed
+from lineage_lens.errors import ConfigError, DataError, check_count, check_seed
 from lineage_lens.hf_datasets import check_dataset, dataset_rows, is_dataset, to_dataset
 
 if TYPE_CHECKING:
@@ -321,11 +321,6 @@ TRUTHPROBE_LAYOUT = (
 )
 
 
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be a positive integer or None, got {limit}.")
-
-
 @overload
 def load_halueval_qa(
     path: str | Path | None = None, *, limit: int | None = None, as_dataset: Literal[False] = False
@@ -352,7 +347,7 @@ def load_halueval_qa(
         one :class:`HaluEvalRow` per line; ``row_id`` is the 0-based index among non-blank lines.
         Their probing examples are ``load_probe_examples(rows)`` (:func:`load_probe_examples`).
     """
-    _check_limit(limit)
+    check_count(limit, "limit", optional=True)
     p = Path(path) if path is not None else resource_path("halueval", "qa_one-turn_data.json")
     rows = _halueval_rows_of_lines(p, read_json_lines(p, limit))
     return to_dataset(rows) if as_dataset else rows
@@ -596,7 +591,7 @@ def load_probe_examples(
         load_probe_examples(load_halueval_qa(limit=10))     # HaluEvalRow objects: 20 examples
         load_probe_examples(my_examples, n_probe=50, split_seed=1)  # ProbeExample objects
     """
-    _check_limit(limit)
+    check_count(limit, "limit", optional=True)
     records, are_rows = _probe_records(source, limit=limit, image_root=image_root)
     if n_probe is not None:
         records, _ = split_probe_eval(records, n_probe=n_probe, seed=split_seed)

@@ -64,6 +64,16 @@ class ModelOutputError(LineageLensError, ArithmeticError):
 MAX_SEED = 2**32 - 1
 
 
+def check_count(value: object, name: str, *, optional: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is an integer >= 1 (or ``None`` when ``optional``), else a
+    :class:`ConfigError` naming the option ``name`` (a limit, a batch size, a count)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
 def check_seed(seed: object, name: str = "seed") -> int:
     """``seed`` as an ``int`` if it is an integer from 0 to :data:`MAX_SEED`, else a
     :class:`ConfigError` naming ``name`` (numpy would raise a bare ``ValueError`` later)."""

@@ -86,16 +86,6 @@ def check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-def check_count(value: object, name: str, *, optional: bool = False) -> int | None:
-    """``value`` if it is an integer >= 1 (or ``None`` when ``optional``), else a
-    :class:`ConfigError` naming the option ``name``."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.")
-    return int(value)
-
-
 def check_sequence(value: object, name: str) -> tuple[Any, ...]:
     """``value`` (a list, tuple or other iterable, not a string) as a tuple, else a
     :class:`ConfigError` naming the option ``name``."""

@@ -34,13 +34,12 @@ import pandas as pd
 
 from lineage_lens._resources import resource_path
 from lineage_lens.data import HaluEvalRow, as_halueval_rows, load_halueval_qa, split_probe_eval
-from lineage_lens.errors import ConfigError, DataError, check_seed
+from lineage_lens.errors import ConfigError, DataError, check_count, check_seed
 from lineage_lens.evals._common import (
     EvalResult,
     Mode,
     PromptItem,
     ResultCache,
-    check_count,
     check_mode,
     check_options,
     check_sequence,

@@ -28,13 +28,12 @@ import pandas as pd
 
 from lineage_lens._resources import resource_path
 from lineage_lens.data import RecordLocation, read_json_lines
-from lineage_lens.errors import ConfigError, DataError
+from lineage_lens.errors import ConfigError, DataError, check_count
 from lineage_lens.evals._common import (
     EvalResult,
     Mode,
     PromptItem,
     ResultCache,
-    check_count,
     check_mode,
     check_options,
     check_sequence,

@@ -164,7 +164,8 @@ class ChairCaptions:
 
     def __post_init__(self) -> None:
         # the checks live with the model code, imported when a ChairCaptions is made
-        from lineage_lens.evals._common import check_count, check_sequence
+        from lineage_lens.errors import check_count
+        from lineage_lens.evals._common import check_sequence
 
         if self.image_ids is not None:
             object.__setattr__(self, "image_ids", check_sequence(self.image_ids, "image_ids"))
